@@ -75,6 +75,9 @@ OBJS := $(C_SRCS:%.c=$(BUILD)/obj/%.o) $(CU_SRCS:%.cu=$(BUILD)/obj/%.o)
 LIB := $(BUILD)/libsluice.a
 BIN := $(BUILD)/sluice
 TEST_SRCS := $(wildcard tests/test_*.c)
+ifneq ($(CUDA),1)
+TEST_SRCS := $(filter-out tests/test_gpu_%,$(TEST_SRCS))
+endif
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 TEST_COMMON := $(BUILD)/obj/tests/testutil.o
 

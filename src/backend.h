@@ -65,6 +65,11 @@ struct Backend {
     int (*load_linear)(Backend *be, LinearWeight *w, const float *host, const float *bias,
                        int out_dim, int in_dim, sl_err *err);
 
+    // Sizes the per-step buffers (step metadata, attention workspace) once for
+    // the job's limits. Called by model_kv_alloc, before the first step.
+    void (*reserve)(Backend *be, int max_tokens, int max_seqs, int max_seq_len, int block_size,
+                    int n_heads, int head_dim);
+
     // --- per step ---
     // Makes the step's metadata visible to the ops; returns a Batch whose
     // arrays are backend memory, valid until the next call.

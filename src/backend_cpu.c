@@ -38,6 +38,9 @@ static int cpu_load_linear(Backend *be, LinearWeight *w, const float *host, cons
     return 0;
 }
 
+static void cpu_reserve(Backend *be, int max_tokens, int max_seqs, int max_seq_len,
+                        int block_size, int n_heads, int head_dim) {}
+
 static const Batch *cpu_set_batch(Backend *be, const Batch *host) { return host; }
 
 static void cpu_embed_op(Backend *be, void *out, const void *table, const Batch *b, int dim) {
@@ -98,6 +101,7 @@ Backend *backend_cpu_create(int threads) {
     be->upload_f32 = cpu_upload_f32;
     be->upload_table = cpu_upload_table;
     be->load_linear = cpu_load_linear;
+    be->reserve = cpu_reserve;
     be->set_batch = cpu_set_batch;
     be->embed = cpu_embed_op;
     be->rmsnorm = cpu_rmsnorm_op;

@@ -11,7 +11,7 @@
 #include "h5io.h"
 #include "model.h"
 #include "sampling.h"
-#include "sched.h"
+#include "scheduler.h"
 
 typedef struct {
     int max_batch;          // sequences per step (--max-batch)

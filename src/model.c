@@ -270,6 +270,8 @@ void model_kv_alloc(Model *m, int n_blocks, int block_size) {
     size_t bytes = m->kv_layer_elems * m->cfg.n_layers * backend_kv_bytes(be);
     m->k_cache = be->alloc(be, bytes);
     m->v_cache = be->alloc(be, bytes);
+    be->reserve(be, m->opt.max_tokens, m->opt.max_seqs, m->cfg.max_seq_len, block_size,
+                m->attn.n_heads, m->attn.head_dim);
 }
 
 // ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 #ifndef SLUICE_SAMPLING_H
 #define SLUICE_SAMPLING_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {

@@ -1,6 +1,6 @@
 // test_config.c: the model-config reader (src/config.c).
 //
-// The bundled models/tiny-code-llama config (transformers 5 style,
+// The bundled tests/models/tiny-code-llama config (transformers 5 style,
 // rope_parameters) and a transformers 4 style Llama-3.1 config (rope_theta +
 // rope_scaling llama3, a list of eos ids) are read field by field; defaults,
 // generation_config.json overrides, and every refusal (bad JSON, unsupported
@@ -135,7 +135,7 @@ static void write_in(const char *dir, const char *name, const char *text) {
 static void test_tiny_code_llama(void) {
     ModelConfig c;
     sl_err e = {{0}};
-    int rc = config_load(&c, tu_path("models/tiny-code-llama"), &e);
+    int rc = config_load(&c, tu_path("tests/models/tiny-code-llama"), &e);
     if (rc) fprintf(stderr, "  %s\n", e.msg);
     CU_ASSERT_EQUAL_FATAL(rc, 0);
     CU_ASSERT_STRING_EQUAL(c.architecture, "LlamaForCausalLM");

@@ -1,6 +1,6 @@
 // test_model.c: the CPU forward pass against Hugging Face transformers.
 //
-// - models/tiny-code-llama (a real trained Llama, bf16, 3 shards): the golden
+// - tests/models/tiny-code-llama (a real trained Llama, bf16, 3 shards): the golden
 //   greedy continuations and last-position logits recorded by HF in fp32.
 // - tests/golden/llama-*: small random Llamas with awkward shapes (GQA ratios
 //   1, 2, 4 and MQA, head_dim 18, untied heads, llama3 and linear rope
@@ -123,9 +123,9 @@ static void show_tie(const float *v, int n, int want, int got) {
 
 static void test_tiny_code_llama_golden(void) {
     Runner r;
-    CU_ASSERT_FATAL(runner_open(&r, tu_path("models/tiny-code-llama"), 256) == 0);
+    CU_ASSERT_FATAL(runner_open(&r, tu_path("tests/models/tiny-code-llama"), 256) == 0);
     json_error_t je;
-    json_t *g = json_load_file(tu_path("models/tiny-code-llama/golden_greedy.json"), 0, &je);
+    json_t *g = json_load_file(tu_path("tests/models/tiny-code-llama/golden_greedy.json"), 0, &je);
     CU_ASSERT_FATAL(g != NULL);
     json_t *cases = json_object_get(g, "cases");
     CU_ASSERT_FATAL(json_array_size(cases) == 8);
@@ -240,8 +240,8 @@ static void test_fixture_mqa(void) { check_fixture(fixtures[3]); }
 
 static void test_chunked_prefill_exact(void) {
     Runner a, b;
-    CU_ASSERT_FATAL(runner_open(&a, tu_path("models/tiny-code-llama"), 256) == 0);
-    CU_ASSERT_FATAL(runner_open(&b, tu_path("models/tiny-code-llama"), 256) == 0);
+    CU_ASSERT_FATAL(runner_open(&a, tu_path("tests/models/tiny-code-llama"), 256) == 0);
+    CU_ASSERT_FATAL(runner_open(&b, tu_path("tests/models/tiny-code-llama"), 256) == 0);
     uint64_t rng = 7;
     int32_t prompt[77], ga[8], gb[8];
     for (int i = 0; i < 77; i++) prompt[i] = 1 + (int32_t)(tu_rand_u64(&rng) % 8000);
@@ -267,7 +267,7 @@ static void test_load_errors(void) {
     CU_ASSERT(strstr(err.msg, "/nonexistent/model") != NULL);
     // --tp that does not divide the heads (tiny-code-llama: 6 heads, 2 kv heads)
     mo.tp_size = 4;
-    CU_ASSERT(model_load(&m, tu_path("models/tiny-code-llama"), be, &mo, &err) == -1);
+    CU_ASSERT(model_load(&m, tu_path("tests/models/tiny-code-llama"), be, &mo, &err) == -1);
     CU_ASSERT(strstr(err.msg, "--tp 4") != NULL);
     CU_ASSERT(m == NULL);
     be->destroy(be);

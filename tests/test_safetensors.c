@@ -2,7 +2,7 @@
 //
 // Valid files are written byte by byte here (header JSON by hand, data from
 // known bit patterns) and read back; the bundled 3-shard checkpoint
-// models/tiny-code-llama is checked against numbers computed independently in
+// tests/models/tiny-code-llama is checked against numbers computed independently in
 // Python; and every malformed case the reader promises to catch is generated
 // into tu_tmpdir() and must fail with -1 and a message naming the file and
 // the tensor.
@@ -286,14 +286,14 @@ static void test_all_dtypes(void) {
 }
 
 // ----------------------------------------------------------------------------
-// the bundled checkpoint: models/tiny-code-llama (3 shards + index)
+// the bundled checkpoint: tests/models/tiny-code-llama (3 shards + index)
 //
 // Expected numbers were computed in Python (numpy 2.4) without this reader:
 // the header parsed with json.loads, the BF16 bytes read with
 // np.frombuffer(..., '<u2').astype(np.uint32) << 16 viewed as float32, sums
 // in float64. 74 tensors: 16 + 35 + 23 in the three shards; all BF16.
 
-#define CKPT "models/tiny-code-llama"
+#define CKPT "tests/models/tiny-code-llama"
 
 static double sum_f32(const st_tensor *t) {
     int64_t n = (int64_t)(t->nbytes / st_dtype_size(t->dtype));

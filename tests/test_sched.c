@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sched.h"
+#include "scheduler.h"
 #include "testutil.h"
 
 static int32_t fake_next(const int32_t *t, int n) {

@@ -1,5 +1,5 @@
-// sched.c: paged KV blocks and iteration-level scheduling (see sched.h).
-#include "sched.h"
+// scheduler.c: paged KV blocks and iteration-level scheduling (see scheduler.h).
+#include "scheduler.h"
 
 #include <stdio.h>
 #include <stdlib.h>

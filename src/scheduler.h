@@ -1,4 +1,4 @@
-// sched.h: the paged KV block pool and the iteration-level scheduler.
+// scheduler.h: the paged KV block pool and the iteration-level scheduler.
 //
 // The pool holds n_blocks blocks of block_size tokens; each sequence owns a
 // block table. The scheduler decides, step by step, which token rows run:
@@ -19,8 +19,8 @@
 //                  when blocks allow.
 // The scheduler knows nothing about models or sampling: a sequence is a
 // growing token array.
-#ifndef SLUICE_SCHED_H
-#define SLUICE_SCHED_H
+#ifndef SLUICE_SCHEDULER_H
+#define SLUICE_SCHEDULER_H
 
 #include <stdint.h>
 
