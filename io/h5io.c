@@ -721,6 +721,10 @@ void h5_prompts_free(PromptSet *ps) {
     free(ps->top_p);
     free(ps->top_k);
     free(ps->seed);
+    free(ps->min_p);
+    free(ps->repetition_penalty);
+    free(ps->presence_penalty);
+    free(ps->frequency_penalty);
     free_strs(ps->request_id, ps->n);
     free_strs(ps->prompt_text, ps->n);
     memset(ps, 0, sizeof *ps);
@@ -754,6 +758,13 @@ static int prompts_read(PromptSet *ps, const char *path, sl_err *err) {
         load_opt(f, path, "top_p", K_F32, ps->n, per, (void **)&ps->top_p, err) ||
         load_opt(f, path, "top_k", K_I32, ps->n, per, (void **)&ps->top_k, err) ||
         load_opt(f, path, "seed", K_I64, ps->n, per, (void **)&ps->seed, err) ||
+        load_opt(f, path, "min_p", K_F32, ps->n, per, (void **)&ps->min_p, err) ||
+        load_opt(f, path, "repetition_penalty", K_F32, ps->n, per,
+                 (void **)&ps->repetition_penalty, err) ||
+        load_opt(f, path, "presence_penalty", K_F32, ps->n, per, (void **)&ps->presence_penalty,
+                 err) ||
+        load_opt(f, path, "frequency_penalty", K_F32, ps->n, per,
+                 (void **)&ps->frequency_penalty, err) ||
         load_opt(f, path, "request_id", K_STR, ps->n, per, (void **)&ps->request_id, err) ||
         load_opt(f, path, "prompt_text", K_STR, ps->n, per, (void **)&ps->prompt_text, err))
         goto fail;
@@ -812,6 +823,17 @@ static int prompts_write(const char *path, const PromptSet *ps, sl_err *err) {
          write_1d(f, path, "top_k", H5T_STD_I32LE, H5T_NATIVE_INT32, n, ps->top_k, err)) ||
         (ps->seed &&
          write_1d(f, path, "seed", H5T_STD_I64LE, H5T_NATIVE_INT64, n, ps->seed, err)) ||
+        (ps->min_p &&
+         write_1d(f, path, "min_p", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, n, ps->min_p, err)) ||
+        (ps->repetition_penalty &&
+         write_1d(f, path, "repetition_penalty", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, n,
+                  ps->repetition_penalty, err)) ||
+        (ps->presence_penalty &&
+         write_1d(f, path, "presence_penalty", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, n,
+                  ps->presence_penalty, err)) ||
+        (ps->frequency_penalty &&
+         write_1d(f, path, "frequency_penalty", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, n,
+                  ps->frequency_penalty, err)) ||
         (ps->request_id && write_strs(f, path, "request_id", ps->request_id, n, err)) ||
         (ps->prompt_text && write_strs(f, path, "prompt_text", ps->prompt_text, n, err)) ||
         write_attr_str(f, path, FORMAT_ATTR, FORMAT_PROMPTS, err))

@@ -32,6 +32,10 @@ typedef struct {
     float *top_p;            // (n)
     int32_t *top_k;          // (n)
     int64_t *seed;           // (n)
+    float *min_p;            // (n)
+    float *repetition_penalty; // (n)
+    float *presence_penalty;   // (n)
+    float *frequency_penalty;  // (n)
     char **request_id;       // (n) UTF-8, each malloc'd
     char **prompt_text;      // (n) UTF-8, each malloc'd (tokenizer issue)
 } PromptSet;

@@ -44,6 +44,7 @@ static void run_usage(FILE *f) {
         "  --repetition-penalty R 1 = off;  --presence-penalty P, --frequency-penalty F: 0 = off\n"
         "  --seed S               base seed of per-request random streams (default 0)\n"
         "  --ignore-eos           keep generating past end-of-sequence tokens\n"
+        "  --stop-token-ids LIST  comma-separated ids that also end a completion\n"
         "  --logprobs             also write the chosen tokens' log probabilities\n"
         "  --max-seq-len N        context length (default: the model's max_position_embeddings)\n"
         "batching and memory:\n"
@@ -196,7 +197,7 @@ enum {
     OPT_MODEL = 1000, OPT_INPUT, OPT_OUTPUT, OPT_MAX_NEW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP,
     OPT_REP, OPT_PRES, OPT_FREQ, OPT_SEED, OPT_IGNORE_EOS, OPT_LOGPROBS, OPT_MAX_SEQ,
     OPT_MAX_BATCH, OPT_MAX_TOKENS, OPT_BLOCK, OPT_KV_BLOCKS, OPT_KV_MEM, OPT_SCHED, OPT_BACKEND,
-    OPT_THREADS, OPT_STRICT, OPT_OVERWRITE, OPT_PROGRESS, OPT_QUIET, OPT_VERBOSE, OPT_HELP,
+    OPT_THREADS, OPT_STRICT, OPT_OVERWRITE, OPT_PROGRESS, OPT_QUIET, OPT_VERBOSE, OPT_HELP, OPT_STOP,
 };
 
 int cli_run(int argc, char **argv, Comm *comm) {
@@ -214,6 +215,7 @@ int cli_run(int argc, char **argv, Comm *comm) {
         {"frequency-penalty", required_argument, 0, OPT_FREQ},
         {"seed", required_argument, 0, OPT_SEED},
         {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
+        {"stop-token-ids", required_argument, 0, OPT_STOP},
         {"logprobs", no_argument, 0, OPT_LOGPROBS},
         {"max-seq-len", required_argument, 0, OPT_MAX_SEQ},
         {"max-batch", required_argument, 0, OPT_MAX_BATCH},
@@ -287,6 +289,21 @@ int cli_run(int argc, char **argv, Comm *comm) {
             eo.sampling.seed = (uint64_t)v;
             break;
         case OPT_IGNORE_EOS: eo.ignore_eos = 1; break;
+        case OPT_STOP: {
+            char *list = sl_strdup(optarg), *save = NULL;
+            eo.n_stop = 0;
+            for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                if (eo.n_stop == (int)(sizeof eo.stop_ids / sizeof eo.stop_ids[0]) ||
+                    cli_int(C, "--stop-token-ids", t, 0, INT32_MAX, &v)) {
+                    if (eo.n_stop == 64) fprintf(stderr, "sluice run: --stop-token-ids: at most 64 ids\n");
+                    free(list);
+                    return EXIT_USAGE;
+                }
+                eo.stop_ids[eo.n_stop++] = (int32_t)v;
+            }
+            free(list);
+            break;
+        }
         case OPT_LOGPROBS: eo.logprobs = 1; break;
         case OPT_MAX_SEQ:
             if (cli_int(C, "--max-seq-len", optarg, 2, 1 << 24, &v)) return EXIT_USAGE;

@@ -46,6 +46,10 @@ static SamplingParams req_sampling(const PromptSet *ps, int64_t i, const EngineO
     if (ps->temperature) p.temperature = ps->temperature[i];
     if (ps->top_p) p.top_p = ps->top_p[i];
     if (ps->top_k) p.top_k = ps->top_k[i];
+    if (ps->min_p) p.min_p = ps->min_p[i];
+    if (ps->repetition_penalty) p.repetition_penalty = ps->repetition_penalty[i];
+    if (ps->presence_penalty) p.presence_penalty = ps->presence_penalty[i];
+    if (ps->frequency_penalty) p.frequency_penalty = ps->frequency_penalty[i];
     if (ps->seed) p.seed = (uint64_t)ps->seed[i];
     else p.seed = o->sampling.seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(i + 1));
     return p;
@@ -86,7 +90,10 @@ const char *engine_check_request(const ModelConfig *c, const PromptSet *ps, int6
 // ----------------------------------------------------------------------------
 // helpers
 
-static int is_eos(const ModelConfig *c, int32_t t) {
+static int is_stop(const ModelConfig *c, const EngineOptions *o, int32_t t) {
+    for (int i = 0; i < o->n_stop; i++)
+        if (o->stop_ids[i] == t) return 1;
+    if (o->ignore_eos) return 0;
     for (int i = 0; i < c->n_eos; i++)
         if (c->eos_ids[i] == t) return 1;
     return 0;
@@ -296,7 +303,7 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
             if (r->logprobs) r->logprobs[q->len - q->prompt_len] = next_lp[j];
             q->tokens[q->len++] = t;
             FinishReason fin = FINISH_ERROR;
-            if (!o.ignore_eos && is_eos(c, t)) fin = FINISH_STOP;
+            if (is_stop(c, &o, t)) fin = FINISH_STOP;
             else if (q->len >= q->max_len) fin = FINISH_LENGTH;
             if (fin != FINISH_ERROR) {
                 if (emit(w, r, fin, NULL, t0, now, st, err)) goto loop_fail;

@@ -21,7 +21,9 @@ typedef struct {
     SchedPolicy policy;     // --sched reserve|preempt
     int max_new_tokens;     // default when the input has no per-request value
     int max_seq_len;        // context length (prompt + completion)
-    int ignore_eos;
+    int ignore_eos;         // do not stop at the model's eos ids
+    int n_stop;             // extra stop token ids (job-wide), always honoured
+    int32_t stop_ids[64];
     int strict;             // any bad request fails the job before it starts
     SamplingParams sampling; // job-wide defaults for fields the input lacks
     int logprobs;           // record the chosen tokens' log probabilities

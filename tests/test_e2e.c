@@ -196,6 +196,69 @@ static void test_golden_greedy(void) {
     json_decref(g);
 }
 
+// --stop-token-ids ends a completion at the first listed id (kept in the
+// output, finish_reason stop); a per-request repetition_penalty dataset changes
+// the greedy continuation of that request only, and --logprobs records one
+// log probability per generated token (<= 0; greedy picks the most likely).
+static void test_stop_ids_and_per_request_penalty(void) {
+    json_t *g = golden_cases();
+    json_t *cases = json_object_get(g, "cases");
+    json_t *want0 = json_object_get(json_array_get(cases, 0), "greedy_ids");
+    int stop_tok = (int)json_integer_value(json_array_get(want0, 5));
+    int first = 5; // the first occurrence of that id in case 0's continuation
+    for (int k = 0; k < 5; k++)
+        if (json_integer_value(json_array_get(want0, k)) == stop_tok) first = k;
+    const char *in = tmp("stop.h5"), *out = tmp("stop-out");
+    golden_prompts_file(in, cases);
+    CU_ASSERT_FATAL(sluice("run --model %s --input %s --output %s --max-new-tokens 48 --ignore-eos "
+                           "--stop-token-ids 8191,%d --logprobs",
+                           model_dir(), in, out, stop_tok) == 0);
+    CompletionSet cs;
+    read_completions(out, &cs);
+    CU_ASSERT_EQUAL(cs.offsets[1] - cs.offsets[0], first + 1);
+    CU_ASSERT_EQUAL(cs.finish[0], FINISH_STOP);
+    CU_ASSERT_EQUAL(cs.tokens[cs.offsets[0] + first], stop_tok);
+    CU_ASSERT_FATAL(cs.logprobs != NULL);
+    for (int64_t k = 0; k < cs.offsets[cs.n]; k++) CU_ASSERT(cs.logprobs[k] <= 0.0f);
+    h5_completions_free(&cs);
+
+    // two copies of one prompt, the second with a repetition penalty
+    json_t *ids = json_object_get(json_array_get(cases, 1), "prompt_ids");
+    int len = (int)json_array_size(ids);
+    int32_t *pr = malloc(sizeof(int32_t) * len);
+    for (int k = 0; k < len; k++) pr[k] = (int32_t)json_integer_value(json_array_get(ids, k));
+    PromptSet ps;
+    memset(&ps, 0, sizeof ps);
+    int64_t off[3] = {0, len, 2 * len};
+    int32_t *tok = malloc(sizeof(int32_t) * 2 * len);
+    memcpy(tok, pr, sizeof(int32_t) * len);
+    memcpy(tok + len, pr, sizeof(int32_t) * len);
+    float rep[2] = {1.0f, 1.5f};
+    ps.n = 2;
+    ps.n_tokens = 2 * len;
+    ps.tokens = tok;
+    ps.offsets = off;
+    ps.repetition_penalty = rep;
+    const char *in2 = tmp("rep.h5"), *out2 = tmp("rep-out");
+    sl_err err = {{0}};
+    CU_ASSERT_FATAL(h5_prompts_write(in2, &ps, &err) == 0);
+    CU_ASSERT_FATAL(sluice("run --model %s --input %s --output %s --max-new-tokens 48 --ignore-eos",
+                           model_dir(), in2, out2) == 0);
+    read_completions(out2, &cs);
+    json_t *want1 = json_object_get(json_array_get(cases, 1), "greedy_ids");
+    int same0 = 1, same1 = 1;
+    for (int k = 0; k < 48; k++) {
+        same0 &= cs.tokens[cs.offsets[0] + k] == (int32_t)json_integer_value(json_array_get(want1, k));
+        same1 &= cs.tokens[cs.offsets[1] + k] == (int32_t)json_integer_value(json_array_get(want1, k));
+    }
+    CU_ASSERT(same0);  // no penalty: HF's greedy continuation
+    CU_ASSERT(!same1); // penalised: a different continuation
+    h5_completions_free(&cs);
+    free(pr);
+    free(tok);
+    json_decref(g);
+}
+
 // ----------------------------------------------------------------------------
 // in-flight batching changes nothing
 
@@ -515,7 +578,9 @@ static void test_export(void) {
 
 int main(void) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    static const tu_test golden[] = {{"golden_greedy_and_eos", test_golden_greedy}, {NULL, NULL}};
+    static const tu_test golden[] = {{"golden_greedy_and_eos", test_golden_greedy},
+                                     {"stop_ids_penalty_logprobs", test_stop_ids_and_per_request_penalty},
+                                     {NULL, NULL}};
     static const tu_test batching[] = {{"greedy_identical_across_batching", test_batching_greedy},
                                        {"seeded_sampling_identical_across_batching", test_batching_sampled},
                                        {NULL, NULL}};
