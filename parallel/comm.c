@@ -1,4 +1,4 @@
-// comm.c: MPI bootstrap (see comm.h).
+// comm.c: MPI bootstrap, groups and the few collectives sluice needs (see comm.h).
 #include "comm.h"
 
 #include <mpi.h>
@@ -36,7 +36,7 @@ static int env_int(const char *name, int dflt) {
 
 void comm_init(Comm *c, int *argc, char ***argv) {
     memset(c, 0, sizeof *c);
-    c->size = 1;
+    c->size = c->local_size = c->tp = c->n_replicas = 1;
     if (!launched_by_mpi()) return;
     int provided;
     MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
@@ -45,18 +45,101 @@ void comm_init(Comm *c, int *argc, char ***argv) {
     MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &c->rank));
     MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &c->size));
     c->local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", env_int("SLURM_LOCALID", 0));
+    c->local_size = env_int("OMPI_COMM_WORLD_LOCAL_SIZE",
+                            env_int("SLURM_NTASKS_PER_NODE", c->size));
+    c->n_replicas = c->size;
     sl_set_abort_hook(mpi_abort_hook);
     sl_log_set_identity(c->rank, -1);
 }
 
 void comm_finalize(Comm *c) {
+    if (c->tp_comm) {
+        MPI_Comm_free((MPI_Comm *)c->tp_comm);
+        free(c->tp_comm);
+        c->tp_comm = NULL;
+    }
     if (c->mpi) MPI_Finalize();
     c->mpi = 0;
 }
 
-void comm_allreduce_sum_f32(Comm *c, float *buf, size_t n) {
+int comm_setup_groups(Comm *c, int tp, char *why, size_t n) {
+    if (tp < 1 || c->size % tp) {
+        snprintf(why, n, "--tp %d does not divide the %d ranks of this job", tp, c->size);
+        return -1;
+    }
+    c->tp = tp;
+    c->tp_rank = c->rank % tp;
+    c->replica = c->rank / tp;
+    c->n_replicas = c->size / tp;
+    if (c->mpi) {
+        MPI_Comm *g = sl_malloc(sizeof *g);
+        MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, c->replica, c->tp_rank, g));
+        MPI_CHECK(MPI_Comm_set_errhandler(*g, MPI_ERRORS_RETURN));
+        c->tp_comm = g;
+    }
+    return 0;
+}
+
+void comm_abort(Comm *c, int code) {
+    fflush(stdout);
+    fflush(stderr);
+    if (c->mpi && c->size > 1) MPI_Abort(MPI_COMM_WORLD, code);
+    exit(code);
+}
+
+void comm_tp_allreduce_f32(Comm *c, float *buf, size_t n) {
+    if (c->tp == 1 || !c->tp_comm) return;
+    MPI_Comm g = *(MPI_Comm *)c->tp_comm;
+    // MPI counts are int: large buffers go in pieces.
+    for (size_t off = 0; off < n; off += (size_t)1 << 30) {
+        size_t k = n - off < ((size_t)1 << 30) ? n - off : ((size_t)1 << 30);
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)k, MPI_FLOAT, MPI_SUM, g));
+    }
+}
+
+void comm_tp_bcast(Comm *c, void *buf, size_t bytes) {
+    if (c->tp == 1 || !c->tp_comm || bytes == 0) return;
+    MPI_CHECK(MPI_Bcast(buf, (int)bytes, MPI_BYTE, 0, *(MPI_Comm *)c->tp_comm));
+}
+
+void comm_sum_i64(Comm *c, int64_t *v, int n) {
     if (!c->mpi || c->size == 1) return;
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD));
+}
+
+void comm_max_f64(Comm *c, double *v, int n) {
+    if (!c->mpi || c->size == 1) return;
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+}
+
+void comm_gather_f64(Comm *c, const double *v, int64_t n, double **out, int64_t *n_out) {
+    *out = NULL;
+    *n_out = 0;
+    if (!c->mpi || c->size == 1) {
+        *out = sl_malloc(sizeof(double) * (n ? n : 1));
+        memcpy(*out, v, sizeof(double) * n);
+        *n_out = n;
+        return;
+    }
+    int cnt = (int)n, *counts = NULL, *displs = NULL;
+    if (c->rank == 0) {
+        counts = sl_malloc(sizeof(int) * c->size);
+        displs = sl_malloc(sizeof(int) * c->size);
+    }
+    MPI_CHECK(MPI_Gather(&cnt, 1, MPI_INT, counts, 1, MPI_INT, 0, MPI_COMM_WORLD));
+    if (c->rank == 0) {
+        int64_t total = 0;
+        for (int i = 0; i < c->size; i++) {
+            displs[i] = (int)total;
+            total += counts[i];
+        }
+        *out = sl_malloc(sizeof(double) * (total ? total : 1));
+        *n_out = total;
+    }
+    MPI_CHECK(MPI_Gatherv(v, cnt, MPI_DOUBLE, *out, counts, displs, MPI_DOUBLE, 0,
+                          MPI_COMM_WORLD));
+    free(counts);
+    free(displs);
 }
 
 int comm_allreduce_max_int(Comm *c, int v) {

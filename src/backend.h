@@ -70,6 +70,15 @@ struct Backend {
     void (*reserve)(Backend *be, int max_tokens, int max_seqs, int max_seq_len, int block_size,
                     int n_heads, int head_dim);
 
+    // --- random weights (benchmarks) ---
+    // Allocates w for an (out_dim, in_dim) matrix in the backend's weight
+    // format, contents undefined.
+    void (*alloc_linear)(Backend *be, LinearWeight *w, int out_dim, int in_dim);
+    // n elements at dst = mean + std * N(0,1) (counter-based, keyed by seed):
+    // fp32 when f32, else the activation dtype.
+    void (*fill_normal)(Backend *be, void *dst, size_t n, int f32, uint64_t seed, float mean,
+                        float std);
+
     // --- per step ---
     // Makes the step's metadata visible to the ops; returns a Batch whose
     // arrays are backend memory, valid until the next call.

@@ -41,6 +41,19 @@ static int cpu_load_linear(Backend *be, LinearWeight *w, const float *host, cons
 static void cpu_reserve(Backend *be, int max_tokens, int max_seqs, int max_seq_len,
                         int block_size, int n_heads, int head_dim) {}
 
+static void cpu_alloc_linear(Backend *be, LinearWeight *w, int out_dim, int in_dim) {
+    memset(w, 0, sizeof *w);
+    w->fmt = WFMT_F32;
+    w->out_dim = out_dim;
+    w->in_dim = in_dim;
+    w->data = sl_malloc(sizeof(float) * (size_t)out_dim * in_dim);
+}
+
+static void cpu_fill_normal_op(Backend *be, void *dst, size_t n, int f32, uint64_t seed,
+                               float mean, float std) {
+    cpu_fill_normal(dst, n, seed, mean, std); // everything is fp32 here
+}
+
 static const Batch *cpu_set_batch(Backend *be, const Batch *host) { return host; }
 
 static void cpu_embed_op(Backend *be, void *out, const void *table, const Batch *b, int dim) {
@@ -102,6 +115,8 @@ Backend *backend_cpu_create(int threads) {
     be->upload_table = cpu_upload_table;
     be->load_linear = cpu_load_linear;
     be->reserve = cpu_reserve;
+    be->alloc_linear = cpu_alloc_linear;
+    be->fill_normal = cpu_fill_normal_op;
     be->set_batch = cpu_set_batch;
     be->embed = cpu_embed_op;
     be->rmsnorm = cpu_rmsnorm_op;

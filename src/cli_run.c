@@ -53,52 +53,20 @@ static void run_usage(FILE *f) {
         "  --kv-block-size N      tokens per KV block, a power of two (default 32)\n"
         "  --kv-blocks N          KV pool size in blocks (default: from --kv-mem-gb on the CPU)\n"
         "  --kv-mem-gb G          CPU KV pool budget in GiB when --kv-blocks is not given (default 1)\n"
+        "  --kv-fraction F        GPU KV pool: this share of the memory free after the weights\n"
+        "                         (default 0.90)\n"
         "  --sched POLICY         preempt (default): fill memory, preempt the newest when it runs\n"
         "                         out; reserve: admit only with worst-case blocks free\n"
         "execution:\n"
-        "  --backend NAME         cpu (default: cpu in this build)\n"
-        "  --threads N            CPU threads (default: all cores)\n"
+        "  --backend NAME         auto (default: the GPU when one is usable), cpu, cuda\n"
+        "  --threads N            CPU threads (default: the node's cores shared by its ranks)\n"
+        "  --tp T                 tensor-parallel ranks per replica; the job's N ranks form\n"
+        "                         N/T data-parallel replicas (default 1)\n"
         "  --strict               fail the job on any bad request instead of reporting it\n"
         "  --overwrite            replace existing output in OUTDIR\n"
         "  --progress SECONDS     seconds between progress lines (default 5; 0 = none)\n"
         "  --quiet, --verbose     less / more logging\n"
         "  --help\n");
-}
-
-// ----------------------------------------------------------------------------
-// number parsing shared by the subcommands
-
-int cli_int(const char *cmd, const char *flag, const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end) {
-        fprintf(stderr, "sluice %s: %s: '%s' is not an integer\n", cmd, flag, s);
-        return -1;
-    }
-    if (v < lo || v > hi) {
-        fprintf(stderr, "sluice %s: %s: %ld is outside [%ld, %ld]\n", cmd, flag, v, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-int cli_float(const char *cmd, const char *flag, const char *s, double lo, double hi,
-              double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) {
-        fprintf(stderr, "sluice %s: %s: '%s' is not a finite number\n", cmd, flag, s);
-        return -1;
-    }
-    if (v < lo || v > hi) {
-        fprintf(stderr, "sluice %s: %s: %g is outside [%g, %g]\n", cmd, flag, v, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -191,13 +159,97 @@ static int write_report(const char *outdir, json_t *cfg, const EngineStats *st,
 }
 
 // ----------------------------------------------------------------------------
+// several ranks
+
+static void tp_allreduce(void *ctx, void *buf, size_t n) { comm_tp_allreduce_f32(ctx, buf, n); }
+
+static void tp_sync_tokens(void *ctx, int32_t *tokens, float *logprobs, int n) {
+    comm_tp_bcast(ctx, tokens, sizeof(int32_t) * (size_t)n);
+    comm_tp_bcast(ctx, logprobs, sizeof(float) * (size_t)n);
+}
+
+static const EngineOptions *g_cost_eo;
+static const PromptSet *g_cost_ps;
+
+static int64_t req_cost(int64_t i) {
+    int64_t plen = g_cost_ps->offsets[i + 1] - g_cost_ps->offsets[i];
+    int64_t mn = g_cost_ps->max_new_tokens ? g_cost_ps->max_new_tokens[i]
+                                           : g_cost_eo->max_new_tokens;
+    return plen + (mn > 0 ? mn : 0);
+}
+
+static int cmp_cost_desc(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    int64_t cx = req_cost(x), cy = req_cost(y);
+    if (cx != cy) return cx > cy ? -1 : 1;
+    return (x > y) - (x < y);
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+// Replica `rep`'s prompts: largest first to the least loaded replica (by
+// prompt + completion tokens), so replicas finish together; in prompt order.
+// The same on every rank. Returns a fresh array (the caller frees) of *n ids.
+static int64_t *assign_share(const PromptSet *ps, const EngineOptions *eo, int n_rep, int rep,
+                             int64_t *n) {
+    int64_t *order = sl_malloc(sizeof(int64_t) * (ps->n ? ps->n : 1));
+    for (int64_t i = 0; i < ps->n; i++) order[i] = i;
+    if (n_rep == 1) {
+        *n = ps->n;
+        return order;
+    }
+    g_cost_eo = eo;
+    g_cost_ps = ps;
+    qsort(order, ps->n, sizeof(int64_t), cmp_cost_desc);
+    int64_t *load = sl_calloc(n_rep, sizeof(int64_t)), k = 0;
+    for (int64_t j = 0; j < ps->n; j++) {
+        int best = 0;
+        for (int r = 1; r < n_rep; r++)
+            if (load[r] < load[best]) best = r;
+        load[best] += req_cost(order[j]) + 1;
+        if (best == rep) order[k++] = order[j]; // k <= j: in-place compaction
+    }
+    free(load);
+    qsort(order, k, sizeof(int64_t), cmp_i64);
+    *n = k;
+    return order;
+}
+
+// Sums the replicas' statistics into st on rank 0 (counts summed, the wall
+// time and batch sizes maxed, latency samples gathered).
+static void gather_stats(Comm *c, EngineStats *st) {
+    if (c->size == 1) return;
+    int64_t sums[9] = {st->n_requests, st->n_ok,          st->n_errors,
+                       st->n_stop,     st->n_length,      st->prompt_tokens,
+                       st->output_tokens, (int64_t)st->steps, (int64_t)st->preemptions};
+    comm_sum_i64(c, sums, 9);
+    double maxes[3] = {st->seconds, st->max_seqs_seen, st->max_rows_seen};
+    comm_max_f64(c, maxes, 3);
+    double *ttft, *tpot, *lat;
+    int64_t n1, n2, n3;
+    comm_gather_f64(c, st->ttft_s, st->n_lat, &ttft, &n1);
+    comm_gather_f64(c, st->tpot_s, st->n_lat, &tpot, &n2);
+    comm_gather_f64(c, st->latency_s, st->n_lat, &lat, &n3);
+    engine_stats_free(st);
+    st->n_requests = sums[0], st->n_ok = sums[1], st->n_errors = sums[2];
+    st->n_stop = sums[3], st->n_length = sums[4], st->prompt_tokens = sums[5];
+    st->output_tokens = sums[6], st->steps = (long)sums[7], st->preemptions = (long)sums[8];
+    st->seconds = maxes[0];
+    st->max_seqs_seen = (int)maxes[1], st->max_rows_seen = (int)maxes[2];
+    st->ttft_s = ttft, st->tpot_s = tpot, st->latency_s = lat, st->n_lat = n1;
+}
+
+// ----------------------------------------------------------------------------
 // the command
 
 enum {
     OPT_MODEL = 1000, OPT_INPUT, OPT_OUTPUT, OPT_MAX_NEW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP,
     OPT_REP, OPT_PRES, OPT_FREQ, OPT_SEED, OPT_IGNORE_EOS, OPT_LOGPROBS, OPT_MAX_SEQ,
     OPT_MAX_BATCH, OPT_MAX_TOKENS, OPT_BLOCK, OPT_KV_BLOCKS, OPT_KV_MEM, OPT_SCHED, OPT_BACKEND,
-    OPT_THREADS, OPT_STRICT, OPT_OVERWRITE, OPT_PROGRESS, OPT_QUIET, OPT_VERBOSE, OPT_HELP, OPT_STOP,
+    OPT_THREADS, OPT_STRICT, OPT_OVERWRITE, OPT_PROGRESS, OPT_QUIET, OPT_VERBOSE, OPT_HELP, OPT_STOP, OPT_KV_FRAC, OPT_TP,
 };
 
 int cli_run(int argc, char **argv, Comm *comm) {
@@ -223,6 +275,8 @@ int cli_run(int argc, char **argv, Comm *comm) {
         {"kv-block-size", required_argument, 0, OPT_BLOCK},
         {"kv-blocks", required_argument, 0, OPT_KV_BLOCKS},
         {"kv-mem-gb", required_argument, 0, OPT_KV_MEM},
+        {"kv-fraction", required_argument, 0, OPT_KV_FRAC},
+        {"tp", required_argument, 0, OPT_TP},
         {"sched", required_argument, 0, OPT_SCHED},
         {"backend", required_argument, 0, OPT_BACKEND},
         {"threads", required_argument, 0, OPT_THREADS},
@@ -234,11 +288,11 @@ int cli_run(int argc, char **argv, Comm *comm) {
         {"help", no_argument, 0, OPT_HELP},
         {0, 0, 0, 0},
     };
-    const char *model_dir = NULL, *input = NULL, *outdir = NULL, *backend = "cpu";
+    const char *model_dir = NULL, *input = NULL, *outdir = NULL, *backend = "auto";
     EngineOptions eo;
     engine_options_defaults(&eo);
-    long threads = 0, kv_blocks = 0;
-    double kv_mem_gb = 1.0;
+    long threads = 0, kv_blocks = 0, tp = 1;
+    double kv_mem_gb = 1.0, kv_fraction = 0.90;
     int overwrite = 0;
     long v;
     double d;
@@ -331,6 +385,12 @@ int cli_run(int argc, char **argv, Comm *comm) {
         case OPT_KV_MEM:
             if (cli_float(C, "--kv-mem-gb", optarg, 1e-6, 1e6, &kv_mem_gb)) return EXIT_USAGE;
             break;
+        case OPT_TP:
+            if (cli_int(C, "--tp", optarg, 1, 1 << 16, &tp)) return EXIT_USAGE;
+            break;
+        case OPT_KV_FRAC:
+            if (cli_float(C, "--kv-fraction", optarg, 0.01, 0.99, &kv_fraction)) return EXIT_USAGE;
+            break;
         case OPT_SCHED:
             if (!strcmp(optarg, "reserve")) eo.policy = SCHED_RESERVE;
             else if (!strcmp(optarg, "preempt")) eo.policy = SCHED_PREEMPT;
@@ -372,15 +432,23 @@ int cli_run(int argc, char **argv, Comm *comm) {
                         "(try 'sluice run --help')\n");
         return EXIT_USAGE;
     }
-    if (strcmp(backend, "cpu") != 0) {
-        fprintf(stderr, "sluice run: --backend: '%s' is not available in this build "
-                        "(available: cpu)\n", backend);
+    if (strcmp(backend, "cpu") && strcmp(backend, "cuda") && strcmp(backend, "auto")) {
+        fprintf(stderr, "sluice run: --backend: '%s' is not one of auto, cpu, cuda\n", backend);
         return EXIT_USAGE;
     }
-    if (comm->size > 1) {
-        fprintf(stderr, "sluice run: several ranks are not supported yet; run one process\n");
-        return EXIT_USAGE;
+    {
+        char why[256];
+        if (comm_setup_groups(comm, (int)tp, why, sizeof why)) {
+            if (comm->rank == 0) fprintf(stderr, "sluice run: %s\n", why);
+            return EXIT_USAGE;
+        }
     }
+    // Ranks on one node share its cores unless told otherwise.
+    if (threads == 0 && comm->local_size > 1 && !getenv("OMP_NUM_THREADS")) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = cores / comm->local_size > 0 ? cores / comm->local_size : 1;
+    }
+    if (comm->tp_rank != 0 && sl_log_level() == LOG_INFO) sl_log_set_level(LOG_WARN);
 
     sl_err err = {{0}};
     int rc = EXIT_FAIL;
@@ -392,32 +460,38 @@ int cli_run(int argc, char **argv, Comm *comm) {
     EngineStats st;
     memset(&st, 0, sizeof st);
     json_t *cfg_json = NULL;
+    int64_t *mine = NULL;
     double t_load = sl_now();
 
     // 1) everything that can be wrong with the inputs, before touching OUTDIR
     if (h5_prompts_read(&ps, input, &err)) goto fail;
-    be = backend_cpu_create((int)threads);
-    ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch, .tp_size = 1};
+    be = cli_backend_create(backend, (int)threads, comm->local_rank, &err);
+    if (!be) goto fail;
+    ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch,
+                       .tp_rank = comm->tp_rank, .tp_size = comm->tp};
+    if (comm->tp > 1) {
+        if (strcmp(be->name, "cpu") != 0) {
+            sl_errf(&err, "--tp %d: tensor parallelism on the %s backend is not available yet "
+                          "(it runs on the CPU backend, over MPI)", comm->tp, be->name);
+            goto fail;
+        }
+        mo.allreduce = tp_allreduce;
+        mo.allreduce_ctx = comm;
+        eo.sync_tokens = tp_sync_tokens;
+        eo.sync_ctx = comm;
+    }
     if (model_load(&m, model_dir, be, &mo, &err)) goto fail;
     if (eo.max_seq_len <= 0 || eo.max_seq_len > m->cfg.max_seq_len)
         eo.max_seq_len = m->cfg.max_seq_len;
+    if (cli_size_kv(m, &eo, kv_blocks, kv_mem_gb, kv_fraction, &err)) goto fail;
     {
-        size_t bb = model_kv_block_bytes(m, eo.block_size);
-        int full = (eo.max_seq_len + eo.block_size - 1) / eo.block_size;
-        if (kv_blocks <= 0) {
-            double budget = kv_mem_gb * (double)(1ull << 30);
-            long from_mem = (long)(budget / bb);
-            long want = (long)full * eo.max_batch;
-            kv_blocks = from_mem < want ? from_mem : want;
-            if (kv_blocks < full) kv_blocks = full;
-        }
-        eo.kv_blocks = (int)kv_blocks;
         char desc[256];
         config_describe(&m->cfg, desc, sizeof desc);
         LOGI("model %s: %s", model_dir, desc);
         LOGI("backend %s; KV pool %d blocks x %d tokens (%.1f MiB); max batch %d, "
              "max tokens/step %d, %s scheduling",
-             be->name, eo.kv_blocks, eo.block_size, (double)bb * eo.kv_blocks / (1 << 20),
+             be->name, eo.kv_blocks, eo.block_size,
+             (double)model_kv_block_bytes(m, eo.block_size) * eo.kv_blocks / (1 << 20),
              eo.max_batch, eo.max_tokens, eo.policy == SCHED_RESERVE ? "reserve" : "preempt");
     }
     if (eo.strict) {
@@ -431,39 +505,64 @@ int cli_run(int argc, char **argv, Comm *comm) {
     }
     t_load = sl_now() - t_load;
 
-    // 2) generate, streaming completions into the part file
-    if (prepare_outdir(outdir, overwrite, &err)) goto fail;
-    if (h5_writer_open(&w, outdir, comm->rank, 0, eo.logprobs, &err)) goto fail;
-    LOGI("%ld prompts from %s -> %s", (long)ps.n, input, outdir);
-    if (engine_run(m, &ps, NULL, ps.n, &eo, w, &st, &err)) goto fail;
-    if (h5_writer_close(w, &err)) {
+    // 2) this replica's share of the prompts, generated and streamed into
+    //    its part file (written by the replica's first rank)
+    if (comm->rank == 0 && prepare_outdir(outdir, overwrite, &err)) goto fail;
+    comm_barrier(comm);
+    int64_t n_mine = ps.n;
+    mine = assign_share(&ps, &eo, comm->n_replicas, comm->replica, &n_mine);
+    if (comm->tp_rank == 0 && h5_writer_open(&w, outdir, comm->replica, 0, eo.logprobs, &err))
+        goto fail;
+    LOGI("%ld prompts from %s -> %s (replica %d of %d: %ld prompts, %d tensor-parallel ranks)",
+         (long)ps.n, input, outdir, comm->replica, comm->n_replicas, (long)n_mine, comm->tp);
+    if (engine_run(m, &ps, mine, n_mine, &eo, w, &st, &err)) goto fail;
+    if (w && h5_writer_close(w, &err)) {
         w = NULL;
         goto fail;
     }
     w = NULL;
 
-    // 3) merge and report
-    if (h5_merge_parts(outdir, ps.n, &err)) goto fail;
-    cfg_json = json_pack(
-        "{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:s,s:i,s:f,s:i,s:f,s:f,s:f,s:f,s:f,s:I,s:b,s:b,s:i}",
-        "model", model_dir, "input", input, "max_new_tokens", eo.max_new_tokens, "max_batch",
-        eo.max_batch, "max_num_tokens", eo.max_tokens, "kv_block_size", eo.block_size,
-        "kv_blocks", eo.kv_blocks, "sched", eo.policy == SCHED_RESERVE ? "reserve" : "preempt",
-        "max_seq_len", eo.max_seq_len, "temperature", eo.sampling.temperature, "top_k",
-        eo.sampling.top_k, "top_p", eo.sampling.top_p, "min_p", eo.sampling.min_p,
-        "repetition_penalty", eo.sampling.repetition_penalty, "presence_penalty",
-        eo.sampling.presence_penalty, "frequency_penalty", eo.sampling.frequency_penalty, "seed",
-        (json_int_t)eo.sampling.seed, "ignore_eos", eo.ignore_eos, "strict", eo.strict,
-        "ranks", comm->size);
-    if (write_report(outdir, cfg_json, &st, be->name, t_load, &err)) goto fail;
-    LOGI("done: %ld requests (%ld stop, %ld length, %ld error), %ld output tokens in %.2f s "
-         "(%.1f tok/s); %s/completions.h5",
-         (long)st.n_requests, (long)st.n_stop, (long)st.n_length, (long)st.n_errors,
-         (long)st.output_tokens, st.seconds, st.output_tokens / (st.seconds > 0 ? st.seconds : 1),
-         outdir);
+    // 3) every replica done: rank 0 merges the part files and reports the sums
+    if (comm->tp_rank != 0) { // the group leader already counts this replica
+        EngineStats none;
+        memset(&none, 0, sizeof none);
+        engine_stats_free(&st);
+        st = none;
+    }
+    gather_stats(comm, &st);
+    comm_barrier(comm);
+    if (comm->rank == 0) {
+        if (h5_merge_parts(outdir, ps.n, &err)) goto fail;
+        cfg_json = json_pack(
+            "{s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:s,s:i,s:f,s:i,s:f,s:f,s:f,s:f,s:f,s:I,s:b,s:b,s:i,"
+            "s:i,s:i}",
+            "model", model_dir, "backend", be->name, "input", input, "max_new_tokens",
+            eo.max_new_tokens, "max_batch", eo.max_batch, "max_num_tokens", eo.max_tokens,
+            "kv_block_size", eo.block_size, "kv_blocks", eo.kv_blocks, "sched",
+            eo.policy == SCHED_RESERVE ? "reserve" : "preempt", "max_seq_len", eo.max_seq_len,
+            "temperature", eo.sampling.temperature, "top_k", eo.sampling.top_k, "top_p",
+            eo.sampling.top_p, "min_p", eo.sampling.min_p, "repetition_penalty",
+            eo.sampling.repetition_penalty, "presence_penalty", eo.sampling.presence_penalty,
+            "frequency_penalty", eo.sampling.frequency_penalty, "seed",
+            (json_int_t)eo.sampling.seed, "ignore_eos", eo.ignore_eos, "strict", eo.strict,
+            "ranks", comm->size, "tp", comm->tp, "replicas", comm->n_replicas);
+        if (write_report(outdir, cfg_json, &st, be->name, t_load, &err)) goto fail;
+        LOGI("done: %ld requests (%ld stop, %ld length, %ld error), %ld output tokens in %.2f s "
+             "(%.1f tok/s); %s/completions.h5",
+             (long)st.n_requests, (long)st.n_stop, (long)st.n_length, (long)st.n_errors,
+             (long)st.output_tokens, st.seconds,
+             st.output_tokens / (st.seconds > 0 ? st.seconds : 1), outdir);
+    }
+    comm_barrier(comm);
     rc = EXIT_OK;
 fail:
-    if (rc != EXIT_OK) fprintf(stderr, "sluice run: error: %s\n", err.msg);
+    if (rc != EXIT_OK) {
+        fprintf(stderr, "sluice run: error: %s\n", err.msg);
+        // One rank's failure ends the whole job at once: no rank may be left
+        // waiting in a collective.
+        if (comm->size > 1) comm_abort(comm, EXIT_FAIL);
+    }
+    free(mine);
     if (w) h5_writer_close(w, NULL);
     json_decref(cfg_json);
     engine_stats_free(&st);

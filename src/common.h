@@ -16,6 +16,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define SL_ERR_MAX 1024
 
 typedef struct {
@@ -89,5 +93,9 @@ float sl_bf16_to_f32(uint16_t h);
 uint16_t sl_f32_to_bf16(float f);
 float sl_f16_to_f32(uint16_t h);
 uint16_t sl_f32_to_f16(float f);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -157,7 +157,7 @@ static int emit(h5_writer *w, Req *r, FinishReason fin, const char *error, doubl
     if (fin == FINISH_STOP) st->n_stop++;
     if (fin == FINISH_LENGTH) st->n_length++;
     st->output_tokens += c.n_tokens;
-    return h5_writer_append(w, &c, err);
+    return w ? h5_writer_append(w, &c, err) : 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -226,7 +226,7 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
             Completion cpl = {.prompt_index = i, .prompt_len = (int32_t)plen,
                               .finish = FINISH_ERROR, .error = why[k]};
             st->n_errors++;
-            if (h5_writer_append(w, &cpl, err)) goto done;
+            if (w && h5_writer_append(w, &cpl, err)) goto done;
             continue;
         }
         int mn = req_max_new(ps, i, &o);
@@ -293,6 +293,8 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
             next_lp[j] = lp;
         }
 
+        if (o.sync_tokens) o.sync_tokens(o.sync_ctx, next_tok, next_lp, nl);
+
         now = sl_now();
         int nfin = 0;
         for (int j = 0; j < nl; j++) {
@@ -331,7 +333,7 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
                  sched_blocks_in_use(&S), S.n_blocks, eta);
             last_report = now;
             last_tokens = st->output_tokens;
-            if (h5_writer_flush(w, err)) goto loop_fail;
+            if (w && h5_writer_flush(w, err)) goto loop_fail;
         }
     }
     st->seconds = sl_now() - t0;

@@ -28,6 +28,11 @@ typedef struct {
     SamplingParams sampling; // job-wide defaults for fields the input lacks
     int logprobs;           // record the chosen tokens' log probabilities
     double progress_every;  // seconds between progress lines on stderr (0: none)
+    // Tensor parallelism: after each step's sampling, makes every rank of the
+    // group hold the group leader's tokens and logprobs (n of each), so the
+    // ranks' schedulers can never diverge. NULL on a single rank.
+    void (*sync_tokens)(void *ctx, int32_t *tokens, float *logprobs, int n);
+    void *sync_ctx;
 } EngineOptions;
 
 typedef struct {
@@ -53,7 +58,8 @@ const char *engine_check_request(const ModelConfig *c, const PromptSet *ps, int6
 
 // Runs requests indices[0..n) of ps (all of them when indices is NULL) to
 // completion on m, appending each completion to w. Allocates the model's KV
-// pool (o->kv_blocks blocks) if it has none. With o->strict, the first bad
+// pool (o->kv_blocks blocks) if it has none. w may be NULL (benchmarks: the
+// completions are counted, not written). With o->strict, the first bad
 // request fails the call before anything runs or is written. Returns 0, or -1
 // with err.
 int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,

@@ -63,15 +63,19 @@ static int load_layer(Model *m, const st_file *st, int l, float *tmp, float *tmp
         return -1;
     L->ffn_norm = be->upload_f32(be, tmp, dim);
 
-    // qkv: rows [q heads of this rank | k heads | v heads]
-    struct { const char *w, *b; int heads, total; } parts[3] = {
-        {"self_attn.q_proj.weight", "self_attn.q_proj.bias", nh, c->n_heads},
-        {"self_attn.k_proj.weight", "self_attn.k_proj.bias", nkv, c->n_kv_heads},
-        {"self_attn.v_proj.weight", "self_attn.v_proj.bias", nkv, c->n_kv_heads},
+    // qkv: rows [q heads of this rank | k heads | v heads]. With fewer kv
+    // heads than ranks, each kv head is replicated on tp / n_kv_heads ranks:
+    // rank r holds kv head r / (tp / n_kv_heads), the one its q heads use.
+    int kv_first = c->n_kv_heads >= m->opt.tp_size ? r * nkv
+                                                   : r / (m->opt.tp_size / c->n_kv_heads);
+    struct { const char *w, *b; int heads, total, first; } parts[3] = {
+        {"self_attn.q_proj.weight", "self_attn.q_proj.bias", nh, c->n_heads, r * nh},
+        {"self_attn.k_proj.weight", "self_attn.k_proj.bias", nkv, c->n_kv_heads, kv_first},
+        {"self_attn.v_proj.weight", "self_attn.v_proj.bias", nkv, c->n_kv_heads, kv_first},
     };
     int64_t row = 0;
     for (int p = 0; p < 3; p++) {
-        int64_t rows = (int64_t)parts[p].heads * hd, r0 = (int64_t)r * rows;
+        int64_t rows = (int64_t)parts[p].heads * hd, r0 = (int64_t)parts[p].first * hd;
         if (load_slice(st, lname(nm, sizeof nm, l, parts[p].w), (int64_t)parts[p].total * hd,
                        dim, r0, rows, 0, dim, tmp + row * dim, err))
             return -1;
@@ -126,43 +130,83 @@ static int load_layer(Model *m, const st_file *st, int l, float *tmp, float *tmp
 // ----------------------------------------------------------------------------
 // load / free
 
-int model_load_from(Model **out, const ModelConfig *cfg, const st_file *st, Backend *be,
-                    const ModelOptions *opt, sl_err *err) {
-    *out = NULL;
+// The parts of a Model that do not depend on where the weights come from:
+// shapes for this rank, checks that the tensor-parallel size fits them.
+static Model *model_new(const ModelConfig *cfg, Backend *be, const ModelOptions *opt,
+                        sl_err *err) {
     int tp = opt->tp_size > 0 ? opt->tp_size : 1;
-    if (cfg->n_heads % tp || cfg->n_kv_heads % tp || cfg->hidden_dim % tp)
-        return sl_errf(err,
-                       "--tp %d does not divide the model's heads (%d query, %d key/value) "
-                       "and intermediate size (%d)",
-                       tp, cfg->n_heads, cfg->n_kv_heads, cfg->hidden_dim);
-    if (cfg->head_dim % 2)
-        return sl_errf(err, "config.json: head_dim %d is odd; rotary embeddings need it even",
-                       cfg->head_dim);
-
+    // kv heads split over the ranks, or (fewer kv heads than ranks) each
+    // replicated on tp / n_kv_heads ranks
+    int kv_ok = cfg->n_kv_heads >= tp ? cfg->n_kv_heads % tp == 0 : tp % cfg->n_kv_heads == 0;
+    if (cfg->n_heads % tp || !kv_ok || cfg->hidden_dim % tp) {
+        sl_errf(err,
+                "--tp %d does not divide the model's heads (%d query, %d key/value) "
+                "and intermediate size (%d)",
+                tp, cfg->n_heads, cfg->n_kv_heads, cfg->hidden_dim);
+        return NULL;
+    }
+    if (cfg->head_dim % 2) {
+        sl_errf(err, "config.json: head_dim %d is odd; rotary embeddings need it even",
+                cfg->head_dim);
+        return NULL;
+    }
     Model *m = sl_calloc(1, sizeof *m);
     m->cfg = *cfg;
     m->opt = *opt;
     m->opt.tp_size = tp;
     m->be = be;
     m->attn.n_heads = cfg->n_heads / tp;
-    m->attn.n_kv_heads = cfg->n_kv_heads / tp;
+    m->attn.n_kv_heads = cfg->n_kv_heads >= tp ? cfg->n_kv_heads / tp : 1;
     m->attn.head_dim = cfg->head_dim;
     m->attn.scale = 1.0f / sqrtf((float)cfg->head_dim);
     m->hidden_local = cfg->hidden_dim / tp;
     m->layers = sl_calloc(cfg->n_layers, sizeof *m->layers);
+    return m;
+}
+
+static int qkv_rows(const Model *m) {
+    return (m->attn.n_heads + 2 * m->attn.n_kv_heads) * m->attn.head_dim;
+}
+
+// Rotary frequencies and every activation buffer, sized once for the worst step.
+static void model_finish_init(Model *m, float *tmp) {
+    Backend *be = m->be;
+    const ModelConfig *cfg = &m->cfg;
+    int dim = cfg->dim, hd = cfg->head_dim;
+    cpu_rope_inv_freq(tmp, hd, cfg->rope_type, cfg->rope_theta, cfg->rope_factor,
+                      cfg->rope_low_freq_factor, cfg->rope_high_freq_factor,
+                      cfg->rope_orig_max_pos);
+    m->inv_freq = be->upload_f32(be, tmp, hd / 2);
+    size_t T = m->opt.max_tokens, S = m->opt.max_seqs, ab = be->act_bytes;
+    m->x = be->alloc(be, T * dim * ab);
+    m->h = be->alloc(be, T * dim * ab);
+    m->qkv = be->alloc(be, T * qkv_rows(m) * ab);
+    m->att = be->alloc(be, T * m->attn.n_heads * hd * ab);
+    m->o = be->alloc(be, T * dim * ab);
+    m->gu = be->alloc(be, T * 2 * m->hidden_local * ab);
+    m->act = be->alloc(be, T * m->hidden_local * ab);
+    m->xl = be->alloc(be, S * dim * ab);
+    m->hl = be->alloc(be, S * dim * ab);
+}
+
+int model_load_from(Model **out, const ModelConfig *cfg, const st_file *st, Backend *be,
+                    const ModelOptions *opt, sl_err *err) {
+    *out = NULL;
+    Model *m = model_new(cfg, be, opt, err);
+    if (!m) return -1;
 
     // One host scratch big enough for the largest tensor slice we convert.
     int dim = cfg->dim, hd = cfg->head_dim;
-    size_t qkv_rows = (size_t)(m->attn.n_heads + 2 * m->attn.n_kv_heads) * hd;
+    size_t qr = (size_t)qkv_rows(m);
     size_t biggest = (size_t)cfg->vocab_size * dim;
-    size_t cand[3] = {qkv_rows * dim, (size_t)2 * m->hidden_local * dim,
+    size_t cand[3] = {qr * dim, (size_t)2 * m->hidden_local * dim,
                       (size_t)dim * (m->hidden_local > (int)(m->attn.n_heads * hd)
                                          ? m->hidden_local
                                          : m->attn.n_heads * hd)};
     for (int i = 0; i < 3; i++)
         if (cand[i] > biggest) biggest = cand[i];
     float *tmp = sl_malloc(sizeof(float) * biggest);
-    float *tmp_bias = sl_malloc(sizeof(float) * (qkv_rows + 2 * m->hidden_local + dim + 1));
+    float *tmp_bias = sl_malloc(sizeof(float) * (qr + 2 * m->hidden_local + dim + 1));
 
     // embeddings, final norm, head
     if (load_slice(st, "model.embed_tokens.weight", cfg->vocab_size, dim, 0, cfg->vocab_size, 0,
@@ -184,23 +228,7 @@ int model_load_from(Model **out, const ModelConfig *cfg, const st_file *st, Back
     for (int l = 0; l < cfg->n_layers; l++)
         if (load_layer(m, st, l, tmp, tmp_bias, err)) goto fail;
 
-    cpu_rope_inv_freq(tmp, hd, cfg->rope_type, cfg->rope_theta, cfg->rope_factor,
-                      cfg->rope_low_freq_factor, cfg->rope_high_freq_factor,
-                      cfg->rope_orig_max_pos);
-    m->inv_freq = be->upload_f32(be, tmp, hd / 2);
-
-    // run state, sized once for the worst step
-    size_t T = opt->max_tokens, S = opt->max_seqs, ab = be->act_bytes;
-    m->x = be->alloc(be, T * dim * ab);
-    m->h = be->alloc(be, T * dim * ab);
-    m->qkv = be->alloc(be, T * qkv_rows * ab);
-    m->att = be->alloc(be, T * m->attn.n_heads * hd * ab);
-    m->o = be->alloc(be, T * dim * ab);
-    m->gu = be->alloc(be, T * 2 * m->hidden_local * ab);
-    m->act = be->alloc(be, T * m->hidden_local * ab);
-    m->xl = be->alloc(be, S * dim * ab);
-    m->hl = be->alloc(be, S * dim * ab);
-
+    model_finish_init(m, tmp);
     free(tmp);
     free(tmp_bias);
     *out = m;
@@ -210,6 +238,48 @@ fail:
     free(tmp_bias);
     model_free(m);
     return -1;
+}
+
+// Random weights: normal(0, 0.02) matrices and embeddings, unit norm weights,
+// filled by the backend itself (on the GPU: no host traffic at all).
+static void random_linear(Model *m, LinearWeight *w, int out_dim, int in_dim, uint64_t seed) {
+    m->be->alloc_linear(m->be, w, out_dim, in_dim);
+    m->be->fill_normal(m->be, w->data, (size_t)out_dim * in_dim, w->fmt == WFMT_F32, seed, 0.0f,
+                       0.02f);
+}
+
+static void *unit_vector(Model *m, int n, float *tmp) {
+    for (int i = 0; i < n; i++) tmp[i] = 1.0f;
+    return m->be->upload_f32(m->be, tmp, n);
+}
+
+int model_init_random(Model **out, const ModelConfig *cfg, Backend *be, const ModelOptions *opt,
+                      uint64_t seed, sl_err *err) {
+    *out = NULL;
+    Model *m = model_new(cfg, be, opt, err);
+    if (!m) return -1;
+    int dim = cfg->dim;
+    float *tmp = sl_malloc(sizeof(float) * (dim > cfg->head_dim ? dim : cfg->head_dim));
+    // Every tensor gets its own stream: seed + a tensor counter (ranks differ).
+    uint64_t k = seed * 1000003ull + (uint64_t)m->opt.tp_rank * 7919ull;
+    size_t emb = (size_t)cfg->vocab_size * dim;
+    m->embed = be->alloc(be, emb * be->act_bytes);
+    be->fill_normal(be, m->embed, emb, be->act_bytes == 4, k++, 0.0f, 1.0f);
+    random_linear(m, &m->lm_head, cfg->vocab_size, dim, k++);
+    m->final_norm = unit_vector(m, dim, tmp);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        LayerWeights *L = &m->layers[l];
+        L->attn_norm = unit_vector(m, dim, tmp);
+        L->ffn_norm = unit_vector(m, dim, tmp);
+        random_linear(m, &L->wqkv, qkv_rows(m), dim, k++);
+        random_linear(m, &L->wo, dim, m->attn.n_heads * cfg->head_dim, k++);
+        random_linear(m, &L->wgu, 2 * m->hidden_local, dim, k++);
+        random_linear(m, &L->wdown, dim, m->hidden_local, k++);
+    }
+    model_finish_init(m, tmp);
+    free(tmp);
+    *out = m;
+    return 0;
 }
 
 int model_load(Model **out, const char *dir, Backend *be, const ModelOptions *opt,

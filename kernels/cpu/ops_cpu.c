@@ -136,6 +136,7 @@ void cpu_rope_kv_write(float *qkv, float *k_cache, float *v_cache, const int32_t
         float *row = qkv + (size_t)i * stride;
         for (int h = 0; h < n_heads + n_kv_heads; h++) // q heads then k heads
             rotate_head(row + (size_t)h * head_dim, pos[i], inv_freq, half);
+        if (slots[i] < 0) continue; // padding row: rotated, not cached
         int blk = slots[i] / block_size, off = slots[i] % block_size;
         for (int h = 0; h < n_kv_heads; h++) {
             size_t dst = (((size_t)blk * n_kv_heads + h) * block_size + off) * head_dim;
@@ -193,5 +194,26 @@ void cpu_paged_attention(float *out, const float *qkv, const float *k_cache,
             }
         }
         free(scores);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// random fill (mirrors kernels/cuda/random.cu)
+
+static inline uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void cpu_fill_normal(float *dst, size_t n, uint64_t seed, float mean, float std) {
+    uint64_t key = mix64(seed + 0x9e3779b97f4a7c15ull);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r = mix64(key ^ (i * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull));
+        // two 24-bit uniforms in (0, 1]; Box-Muller
+        float u1 = ((float)(r >> 40) + 1.0f) * (1.0f / 16777216.0f);
+        float u2 = (float)((r >> 16) & 0xffffff) * (1.0f / 16777216.0f);
+        dst[i] = mean + std * sqrtf(-2.0f * logf(u1)) * cosf(6.28318530718f * u2);
     }
 }

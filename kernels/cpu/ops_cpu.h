@@ -11,6 +11,7 @@
 #ifndef SLUICE_OPS_CPU_H
 #define SLUICE_OPS_CPU_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 // out (n, dim) = table[tokens[i], :], table (vocab, dim)
@@ -36,7 +37,8 @@ void cpu_rope_inv_freq(float *inv_freq, int head_dim, int rope_type, float theta
 // qkv (n, (n_heads + 2*n_kv_heads) * head_dim): q heads, then k heads, then v.
 // Rotates q and k of row i by position pos[i] (HF rotate_half convention, the
 // two halves of each head pair up), in place, then writes k and v into the
-// paged cache at slots[i]:
+// paged cache at slots[i] (slots of one call distinct; slots[i] < 0 marks a
+// padding row, rotated but not cached):
 //   k_cache, v_cache (n_blocks, n_kv_heads, block_size, head_dim)
 void cpu_rope_kv_write(float *qkv, float *k_cache, float *v_cache, const int32_t *pos,
                        const int32_t *slots, const float *inv_freq, int n, int n_heads,
@@ -56,5 +58,10 @@ void cpu_swiglu(float *out, const float *gu, int n, int hidden);
 
 // out (m, dim) = x[rows[j], :]
 void cpu_gather_rows(float *out, const float *x, const int32_t *rows, int m, int dim);
+
+// dst[i] = mean + std * N(0,1), the normal drawn from a counter-based
+// generator keyed by (seed, i) (splitmix64 + Box-Muller), so any backend can
+// fill the same tensor in any order. For benchmarks with random weights.
+void cpu_fill_normal(float *dst, size_t n, uint64_t seed, float mean, float std);
 
 #endif

@@ -30,13 +30,15 @@ void cuda_rmsnorm(sl_bf16 *out, const sl_bf16 *x, const float *w, int n, int dim
                   cudaStream_t stream);
 
 // x (n, dim) += r (in place, rounded to bf16); out = rmsnorm(x) * w.
-// out may alias r.
+// out may alias r, not x.
 void cuda_add_rmsnorm(sl_bf16 *out, sl_bf16 *x, const sl_bf16 *r, const float *w, int n,
                       int dim, float eps, cudaStream_t stream);
 
 // qkv (n, (n_heads + 2*n_kv_heads)*head_dim): rotate q and k in place by
 // pos[i] (HF rotate_half convention), then write k, v into the paged cache at
-// slots[i]; k_cache, v_cache (n_blocks, n_kv_heads, block_size, head_dim).
+// slots[i] (distinct within a call; slots[i] < 0 marks a padding row, which
+// is rotated but not cached); k_cache, v_cache (n_blocks, n_kv_heads,
+// block_size, head_dim).
 void cuda_rope_kv_write(sl_bf16 *qkv, sl_bf16 *k_cache, sl_bf16 *v_cache, const int32_t *pos,
                         const int32_t *slots, const float *inv_freq, int n, int n_heads,
                         int n_kv_heads, int head_dim, int block_size, cudaStream_t stream);
@@ -66,6 +68,13 @@ void cuda_paged_attention(sl_bf16 *out, const sl_bf16 *qkv, const sl_bf16 *k_cac
                           const int32_t *block_tables, int max_blocks, int n_tokens, int n_seqs,
                           int max_kv_len, int n_heads, int n_kv_heads, int head_dim,
                           int block_size, float scale, void *workspace, cudaStream_t stream);
+
+// dst[i] = mean + std * N(0,1) from a counter-based generator keyed by
+// (seed, i); the twin of cpu_fill_normal (benchmarks with random weights).
+void cuda_fill_normal_bf16(sl_bf16 *dst, size_t n, uint64_t seed, float mean, float std,
+                           cudaStream_t stream);
+void cuda_fill_normal_f32(float *dst, size_t n, uint64_t seed, float mean, float std,
+                          cudaStream_t stream);
 
 #ifdef __cplusplus
 }
