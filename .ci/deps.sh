@@ -9,5 +9,6 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     libhdf5-dev hdf5-tools \
     libopenmpi-dev openmpi-bin \
     libjansson-dev libcunit1-dev libpcre2-dev libutf8proc-dev \
+    munge slurmctld slurmd slurm-client libpmix-dev \
     >/dev/null
 echo "deps: installed"

@@ -737,22 +737,34 @@ static int prompts_read(PromptSet *ps, const char *path, sl_err *err) {
     int64_t n_off = 0;
     hid_t f = file_open_ro(path, err);
     if (f < 0) return -1;
-    // Token ids outside the vocabulary (negative ones too) are the engine's
-    // per-request check: they become error rows, not a failed job.
-    if (load_1d(f, path, "prompt_tokens", K_I32, INT32_MIN, -1, NULL, (void **)&ps->tokens,
-                &ps->n_tokens, err) ||
-        load_1d(f, path, "prompt_offsets", K_I64, INT64_MIN, -1, NULL, (void **)&ps->offsets,
-                &n_off, err))
-        goto fail;
-    if (n_off == 0) {
-        sl_errf(err, "%s: 'prompt_offsets' is empty, expected N+1 >= 1 entries starting with 0",
-                path);
-        goto fail;
+    if (!has_dataset(f, "prompt_tokens") && !has_dataset(f, "prompt_offsets") &&
+        has_dataset(f, "prompt_text")) {
+        // A text-only file: N from prompt_text; tokens and offsets stay NULL
+        // for the caller to fill with the model's tokenizer.
+        if (load_1d(f, path, "prompt_text", K_STR, 0, -1, NULL, (void **)&ps->prompt_text, &ps->n,
+                    err))
+            goto fail;
+    } else {
+        // Token ids outside the vocabulary (negative ones too) are the engine's
+        // per-request check: they become error rows, not a failed job.
+        if (load_1d(f, path, "prompt_tokens", K_I32, INT32_MIN, -1, NULL, (void **)&ps->tokens,
+                    &ps->n_tokens, err) ||
+            load_1d(f, path, "prompt_offsets", K_I64, INT64_MIN, -1, NULL,
+                    (void **)&ps->offsets, &n_off, err))
+            goto fail;
+        if (n_off == 0) {
+            sl_errf(err,
+                    "%s: 'prompt_offsets' is empty, expected N+1 >= 1 entries starting with 0",
+                    path);
+            goto fail;
+        }
+        ps->n = n_off - 1;
+        if (check_offsets(path, "prompt_offsets", "prompt_tokens", ps->offsets, ps->n,
+                          ps->n_tokens, err))
+            goto fail;
+        if (load_opt(f, path, "prompt_text", K_STR, ps->n, per, (void **)&ps->prompt_text, err))
+            goto fail;
     }
-    ps->n = n_off - 1;
-    if (check_offsets(path, "prompt_offsets", "prompt_tokens", ps->offsets, ps->n, ps->n_tokens,
-                      err))
-        goto fail;
     if (load_opt(f, path, "max_new_tokens", K_I32, ps->n, per, (void **)&ps->max_new_tokens, err) ||
         load_opt(f, path, "temperature", K_F32, ps->n, per, (void **)&ps->temperature, err) ||
         load_opt(f, path, "top_p", K_F32, ps->n, per, (void **)&ps->top_p, err) ||
@@ -765,8 +777,7 @@ static int prompts_read(PromptSet *ps, const char *path, sl_err *err) {
                  err) ||
         load_opt(f, path, "frequency_penalty", K_F32, ps->n, per,
                  (void **)&ps->frequency_penalty, err) ||
-        load_opt(f, path, "request_id", K_STR, ps->n, per, (void **)&ps->request_id, err) ||
-        load_opt(f, path, "prompt_text", K_STR, ps->n, per, (void **)&ps->prompt_text, err))
+        load_opt(f, path, "request_id", K_STR, ps->n, per, (void **)&ps->request_id, err))
         goto fail;
     H5Fclose(f);
     return 0;
@@ -908,8 +919,13 @@ static const char *const w_names[W_NDS] = {
 };
 
 struct h5_writer {
-    char *path; // the file being written, for messages
-    hid_t file;
+    char *outdir;
+    int part;
+    int seg;            // number of the current (or next) segment
+    int n_done;         // segments finished (closed and renamed into place)
+    char *path;         // final name of the current segment, for messages
+    char *tmp;          // the name it is written under until finished
+    hid_t file;         // open segment, or H5I_INVALID_HID between segments
     hid_t ds[W_NDS];       // H5I_INVALID_HID where not written
     hid_t t_finish, t_str; // enum int8 and vlen UTF-8 (memory = file type)
     int with_text, with_logprobs;
@@ -934,7 +950,10 @@ static void writer_free(h5_writer *w) {
         if (w->ds[i] >= 0) H5Dclose(w->ds[i]);
     if (w->t_str >= 0) H5Tclose(w->t_str);
     if (w->t_finish >= 0) H5Tclose(w->t_finish);
-    if (w->file >= 0) H5Fclose(w->file);
+    if (w->file >= 0) {
+        H5Fclose(w->file);
+        if (w->tmp) unlink(w->tmp); // an unfinished segment never becomes visible
+    }
     for (int64_t i = 0; i < w->nb; i++) {
         free(w->b_error[i]);
         if (w->b_text) free(w->b_text[i]);
@@ -943,26 +962,39 @@ static void writer_free(h5_writer *w) {
     free(w->b_ttft), free(w->b_latency), free(w->b_queue);
     free(w->b_error), free(w->b_text), free(w->b_tok), free(w->b_lp);
     free(w->path);
+    free(w->tmp);
+    free(w->outdir);
     free(w);
 }
 
-// Creates `path` (truncating it) with all datasets empty but for
-// completion_offsets = [0], and the format attribute.
-static int writer_create(h5_writer **out, const char *path, int with_text, int with_logprobs,
-                         sl_err *err) {
-    h5_writer *w = sl_calloc(1, sizeof *w);
-    w->path = sl_strdup(path);
-    w->with_text = with_text != 0;
-    w->with_logprobs = with_logprobs != 0;
-    w->file = w->t_finish = w->t_str = H5I_INVALID_HID;
-    for (int i = 0; i < W_NDS; i++)
-        w->ds[i] = H5I_INVALID_HID;
-    *out = NULL;
-    if ((w->file = file_create(path, path, err)) < 0) goto fail;
-    if ((w->t_finish = finish_type()) < 0 || (w->t_str = utf8_vlen_type()) < 0) {
-        sl_errf(err, "%s: cannot build HDF5 types%s", path, h5_why());
-        goto fail;
+// Starts the next segment: OUTDIR/part-PPPPP-SSSSSS.h5 written as ".tmp",
+// all datasets empty but for completion_offsets = [0], and the format
+// attribute. Segment numbers already taken (an earlier attempt's) are skipped.
+static int seg_open_file(h5_writer *w, sl_err *err);
+
+static int seg_create(h5_writer *w, sl_err *err) {
+    struct stat st;
+    char name[64];
+    for (;;) {
+        snprintf(name, sizeof name, "part-%05d-%06d.h5", w->part, w->seg);
+        free(w->path);
+        w->path = sl_path_join(w->outdir, name);
+        if (stat(w->path, &st) != 0) break;
+        w->seg++;
     }
+    free(w->tmp);
+    size_t n = strlen(w->path) + 5;
+    w->tmp = sl_malloc(n);
+    snprintf(w->tmp, n, "%s.tmp", w->path);
+    return seg_open_file(w, err);
+}
+
+// Creates w->tmp with every dataset (completion_offsets = [0]) and the
+// format attribute; messages name w->path.
+static int seg_open_file(h5_writer *w, sl_err *err) {
+    const char *path = w->path;
+    w->rows = w->toks = 0;
+    if ((w->file = file_create(w->tmp, path, err)) < 0) return -1;
     const hid_t ftype[W_NDS] = {H5T_STD_I64LE,  H5T_STD_I32LE, H5T_STD_I32LE,  H5T_STD_I64LE,
                                 w->t_finish,    w->t_str,      H5T_IEEE_F32LE, H5T_IEEE_F32LE,
                                 H5T_IEEE_F32LE, w->t_str,      H5T_IEEE_F32LE};
@@ -970,12 +1002,67 @@ static int writer_create(h5_writer **out, const char *path, int with_text, int w
         if ((i == W_TEXT && !w->with_text) || (i == W_LOGPROBS && !w->with_logprobs)) continue;
         hsize_t chunk = (i == W_TOKENS || i == W_LOGPROBS) ? CHUNK_TOKENS : CHUNK_ROWS;
         if ((w->ds[i] = create_ext_1d(w->file, path, w_names[i], ftype[i], chunk, err)) < 0)
-            goto fail;
+            return -1;
     }
     const int64_t zero = 0;
     if (append_1d(w->ds[W_OFFSETS], path, w_names[W_OFFSETS], H5T_NATIVE_INT64, 0, 1, &zero, err) ||
         write_attr_str(w->file, path, FORMAT_ATTR, FORMAT_COMPLETIONS, err))
+        return -1;
+    return 0;
+}
+
+// Closes the current segment, syncs it and renames it into place: only
+// finished segments ever carry the final name.
+static int seg_finish(h5_writer *w, sl_err *err) {
+    int rc = 0;
+    for (int i = W_NDS - 1; i >= 0; i--) {
+        if (w->ds[i] >= 0 && H5Dclose(w->ds[i]) < 0 && rc == 0)
+            rc = sl_errf(err, "%s: cannot close '%s'%s", w->path, w_names[i], h5_why());
+        w->ds[i] = H5I_INVALID_HID;
+    }
+    if (H5Fclose(w->file) < 0 && rc == 0) rc = sl_errf(err, "%s: cannot close%s", w->path, h5_why());
+    w->file = H5I_INVALID_HID;
+    if (rc == 0) {
+        fsync_path(w->tmp);
+        if (rename(w->tmp, w->path) != 0)
+            rc = sl_errf(err, "%s: cannot rename %s into place: %s", w->path, w->tmp,
+                         strerror(errno));
+    }
+    if (rc) {
+        unlink(w->tmp);
+        w->broken = 1;
+        return -1;
+    }
+    w->seg++;
+    w->n_done++;
+    w->rows = w->toks = 0; // rows appended from now on belong to the next segment
+    return 0;
+}
+
+// A segment writer for OUTDIR (final != NULL: one file written as `outdir`
+// and renamed to `final` at close; the merge uses this).
+static int writer_create(h5_writer **out, const char *outdir, int part, int with_text,
+                         int with_logprobs, const char *final, sl_err *err) {
+    h5_writer *w = sl_calloc(1, sizeof *w);
+    w->outdir = sl_strdup(outdir);
+    w->part = part;
+    w->with_text = with_text != 0;
+    w->with_logprobs = with_logprobs != 0;
+    w->file = w->t_finish = w->t_str = H5I_INVALID_HID;
+    for (int i = 0; i < W_NDS; i++)
+        w->ds[i] = H5I_INVALID_HID;
+    *out = NULL;
+    if ((w->t_finish = finish_type()) < 0 || (w->t_str = utf8_vlen_type()) < 0) {
+        sl_errf(err, "%s: cannot build HDF5 types%s", outdir, h5_why());
         goto fail;
+    }
+    if (final) {
+        w->path = sl_strdup(final);
+        w->tmp = sl_strdup(outdir);
+        if (seg_open_file(w, err)) goto fail;
+    } else if (seg_create(w, err)) { // also proves OUTDIR is writable
+        goto fail;
+    }
     *out = w;
     return 0;
 fail:
@@ -989,6 +1076,10 @@ static int writer_write_batch(h5_writer *w, sl_err *err) {
     if (w->broken)
         return sl_errf(err, "%s: an earlier write failed; the file is incomplete", w->path);
     if (w->nb == 0 && w->nt == 0) return 0;
+    if (w->file < 0 && seg_create(w, err)) {
+        w->broken = 1;
+        return -1;
+    }
     const char *p = w->path;
     int64_t r = w->rows, nb = w->nb;
 #define APPEND(i, mt, cur, k, buf) append_1d(w->ds[i], p, w_names[i], mt, cur, k, buf, err)
@@ -1067,34 +1158,26 @@ static int writer_append(h5_writer *w, const Completion *c, sl_err *err) {
     return 0;
 }
 
-// Writes the buffer and closes; w is freed either way.
+// Writes the buffer into the last segment and finishes it; an untouched
+// writer still leaves one (empty) segment. w is freed either way.
 static int writer_close(h5_writer *w, sl_err *err) {
     int rc = writer_write_batch(w, err);
-    for (int i = W_NDS - 1; i >= 0; i--) {
-        if (w->ds[i] >= 0 && H5Dclose(w->ds[i]) < 0 && rc == 0)
-            rc = sl_errf(err, "%s: cannot close '%s'%s", w->path, w_names[i], h5_why());
-        w->ds[i] = H5I_INVALID_HID;
-    }
-    if (w->file >= 0 && H5Fclose(w->file) < 0 && rc == 0)
-        rc = sl_errf(err, "%s: cannot close%s", w->path, h5_why());
-    w->file = H5I_INVALID_HID;
+    if (rc == 0 && w->file < 0 && w->n_done == 0) rc = seg_create(w, err);
+    if (rc == 0 && w->file >= 0) rc = seg_finish(w, err);
     writer_free(w);
     return rc;
 }
 
-// OUTDIR/part-%05d.h5 is created (or truncated) and appended to directly:
-// crash safety (resuming from a part file) is a later layer's job.
+// Segments OUTDIR/part-PPPPP-SSSSSS.h5 are written under a temporary name
+// and renamed into place when finished (at each flush and at close), so a
+// kill at any moment leaves only whole segments behind.
 int h5_writer_open(h5_writer **out, const char *outdir, int part, int with_text, int with_logprobs,
                    sl_err *err) {
     *out = NULL;
     if (part < 0) return sl_errf(err, "%s: part number %d is negative", outdir, part);
-    char name[32];
-    snprintf(name, sizeof name, "part-%05d.h5", part);
-    char *path = sl_path_join(outdir, name);
     h5quiet q = quiet_begin();
-    int rc = writer_create(out, path, with_text, with_logprobs, err);
+    int rc = writer_create(out, outdir, part, with_text, with_logprobs, NULL, err);
     quiet_end(q);
-    free(path);
     return rc;
 }
 
@@ -1105,12 +1188,12 @@ int h5_writer_append(h5_writer *w, const Completion *c, sl_err *err) {
     return rc;
 }
 
-// Writes the buffered rows and asks HDF5 to push its caches to the file.
+// A checkpoint: writes the buffered rows and finishes the current segment
+// (closed, synced, renamed into place). Nothing to write: nothing happens.
 int h5_writer_flush(h5_writer *w, sl_err *err) {
     h5quiet q = quiet_begin();
     int rc = writer_write_batch(w, err);
-    if (rc == 0 && H5Fflush(w->file, H5F_SCOPE_GLOBAL) < 0)
-        rc = sl_errf(err, "%s: cannot flush%s", w->path, h5_why());
+    if (rc == 0 && w->file >= 0 && (w->rows > 0 || w->n_done == 0)) rc = seg_finish(w, err);
     quiet_end(q);
     return rc;
 }
@@ -1297,7 +1380,7 @@ static int merge_parts(const char *outdir, int64_t n_prompts, sl_err *err) {
 
     int with_text = n_parts > 0 && parts[0].text != NULL;
     int with_lp = n_parts > 0 && parts[0].logprobs != NULL;
-    if (writer_create(&w, tmp, with_text, with_lp, err)) goto fail;
+    if (writer_create(&w, tmp, 0, with_text, with_lp, final, err)) goto fail;
     for (int64_t i = 0; i < n_prompts; i++) {
         const CompletionSet *s = &parts[where[i].part];
         int64_t r = where[i].row, off = s->offsets[r];
@@ -1318,12 +1401,7 @@ static int merge_parts(const char *outdir, int64_t n_prompts, sl_err *err) {
     }
     h5_writer *closing = w;
     w = NULL;
-    if (writer_close(closing, err)) goto fail;
-    fsync_path(tmp);
-    if (rename(tmp, final) != 0) {
-        sl_errf(err, "%s: cannot rename %s into place: %s", final, tmp, strerror(errno));
-        goto fail;
-    }
+    if (writer_close(closing, err)) goto fail; // renames tmp to final
     rc = 0;
 fail:
     if (w) writer_free(w);

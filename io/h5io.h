@@ -45,7 +45,9 @@ typedef struct {
 // narrower integer types are converted with a range check), offsets monotonic
 // and within the token array, optional datasets of length N.
 // Per-request checks that need the model (token id >= vocab, too long) are the
-// engine's. Errors name the file and the dataset.
+// engine's. A file with `prompt_text` and neither `prompt_tokens` nor
+// `prompt_offsets` is a text-only prompts file: it is read with tokens and
+// offsets NULL (n from prompt_text), for the caller to tokenize. Errors name the file and the dataset.
 // On success ps is filled and owned by the caller (h5_prompts_free).
 int h5_prompts_read(PromptSet *ps, const char *path, sl_err *err);
 void h5_prompts_free(PromptSet *ps); // frees members; ps itself is the caller's
@@ -82,7 +84,12 @@ typedef struct {
 
 typedef struct h5_writer h5_writer;
 
-// Creates OUTDIR/part-%05d.h5 (OUTDIR must exist). The file holds extendable,
+// Writes completions of writer `part` into OUTDIR (which must exist) as
+// segments OUTDIR/part-PPPPP-SSSSSS.h5: each is written under a ".tmp" name
+// and renamed into place when finished (at every h5_writer_flush and at
+// close), so a kill at any moment leaves only whole segments (and perhaps a
+// .tmp to ignore). Segment numbers already taken are skipped, so a resumed
+// job adds segments beside an earlier attempt's. Each segment holds extendable,
 // chunked datasets: prompt_index int64, prompt_len int32, completion_tokens
 // int32, completion_offsets int64 (n+1), finish_reason (HDF5 enum int8 with
 // names stop/length/error), error (vlen UTF-8), ttft_s, latency_s, queue_s
@@ -93,11 +100,13 @@ typedef struct h5_writer h5_writer;
 int h5_writer_open(h5_writer **out, const char *outdir, int part, int with_text,
                    int with_logprobs, sl_err *err);
 int h5_writer_append(h5_writer *w, const Completion *c, sl_err *err);
-// H5Fflush; call at checkpoints (the engine calls it every few seconds).
+// A checkpoint: what was appended so far is in a finished segment on return.
+// The engine calls it every few seconds; each call with new rows makes one
+// more segment file.
 int h5_writer_flush(h5_writer *w, sl_err *err);
 int h5_writer_close(h5_writer *w, sl_err *err); // NULL is a no-op; flushes
 
-// Merges OUTDIR/part-*.h5 into OUTDIR/completions.h5 ordered by prompt_index
+// Merges OUTDIR/part-*.h5 (finished segments; *.tmp are ignored) into OUTDIR/completions.h5 ordered by prompt_index
 // (written to a temp name then renamed). n_prompts is the input's N: every
 // index in [0, N) must appear exactly once, else an error listing the first
 // missing/duplicated index.

@@ -100,6 +100,14 @@ struct Backend {
     // logits_host (n, out_dim) fp32 on the host = x (n, in_dim) @ W^T
     void (*logits)(Backend *be, float *logits_host, const void *x, const LinearWeight *w,
                    int n);
+    // ids_host (n) = argmax of each row of x @ W^T (ties: lowest id): a greedy
+    // step without moving logits off the device.
+    void (*argmax)(Backend *be, int32_t *ids_host, const void *x, const LinearWeight *w, int n);
+
+    // Host memory the device copies to and from fastest (pinned on a GPU);
+    // for buffers the step loop moves every step.
+    void *(*host_alloc)(Backend *be, size_t bytes);
+    void (*host_free)(Backend *be, void *p);
 
     void (*destroy)(Backend *be);
 };

@@ -101,6 +101,21 @@ static void cpu_logits_op(Backend *be, float *logits_host, const void *x, const 
     cpu_linear_op(be, logits_host, x, w, n);
 }
 
+// The CPU backend's argmax computes the logits it needs, row by row, in a
+// scratch row: the same values cpu_logits_op would return.
+static void cpu_argmax_op(Backend *be, int32_t *ids_host, const void *x, const LinearWeight *w,
+                          int n) {
+    float *row = sl_malloc(sizeof(float) * (size_t)w->out_dim);
+    for (int r = 0; r < n; r++) {
+        cpu_linear_op(be, row, (const float *)x + (size_t)r * w->in_dim, w, 1);
+        cpu_argmax_rows(ids_host + r, row, 1, w->out_dim);
+    }
+    free(row);
+}
+
+static void *cpu_host_alloc(Backend *be, size_t bytes) { return sl_malloc(bytes); }
+static void cpu_host_free(Backend *be, void *p) { free(p); }
+
 static void cpu_destroy(Backend *be) { free(be); }
 
 Backend *backend_cpu_create(int threads) {
@@ -127,6 +142,9 @@ Backend *backend_cpu_create(int threads) {
     be->swiglu = cpu_swiglu_op;
     be->gather_rows = cpu_gather_rows_op;
     be->logits = cpu_logits_op;
+    be->argmax = cpu_argmax_op;
+    be->host_alloc = cpu_host_alloc;
+    be->host_free = cpu_host_free;
     be->destroy = cpu_destroy;
     return be;
 }

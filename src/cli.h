@@ -13,6 +13,7 @@ enum {
     EXIT_OK = 0,
     EXIT_FAIL = 1,  // the job failed (bad model, bad input file, I/O error)
     EXIT_USAGE = 2, // bad command line
+    EXIT_INTERRUPTED = 3, // stopped by a signal; rerun the same command to resume
 };
 
 int cli_run(int argc, char **argv, Comm *comm);

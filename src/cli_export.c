@@ -1,7 +1,13 @@
 // cli_export.c: `sluice export`: OUTDIR (or a completions.h5) -> JSON lines,
 // one per prompt, in prompt order.
+//
+// With --prompts, each line also carries the prompt's text and request id
+// from the prompts file the job ran on (its `prompt_text` / `request_id`), so
+// the JSONL stands on its own. The output goes to a temporary name that is
+// renamed into place, so a failed export leaves no partial file.
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,22 +20,59 @@
 
 static void export_usage(FILE *f) {
     fprintf(f,
-            "usage: sluice export OUTDIR|completions.h5 [--output FILE.jsonl] [--limit N]\n"
+            "usage: sluice export OUTDIR|completions.h5 [--output FILE.jsonl]\n"
+            "                     [--prompts PROMPTS.h5] [--limit N]\n"
             "\n"
-            "Writes one JSON object per completion, in prompt order:\n"
-            "  {\"prompt_index\", \"prompt_len\", \"completion_ids\", \"finish_reason\",\n"
-            "   \"error\" (only for rejected requests), \"ttft_s\", \"latency_s\", \"queue_s\"}\n"
-            "to FILE (written under a temporary name, then renamed) or to stdout.\n");
+            "Writes one JSON object per completion, in prompt order, to FILE (written under\n"
+            "a temporary name, then renamed) or to stdout:\n"
+            "  prompt_index      row of the prompts file\n"
+            "  request_id        with --prompts, when the prompts file has request ids\n"
+            "  prompt            with --prompts, when the prompts file has prompt_text\n"
+            "  completion_text   when the job stored text (the model had a tokenizer.json)\n"
+            "  completion_ids    generated token ids\n"
+            "  finish_reason     stop | length | error\n"
+            "  error             why a rejected request was rejected (only then)\n"
+            "  prompt_len, n_tokens, ttft_s, latency_s, queue_s\n"
+            "  completion_logprobs  when the job ran with --logprobs\n");
+}
+
+// One JSON line for row i of cs (ps may be NULL).
+static json_t *export_row(const CompletionSet *cs, const PromptSet *ps, int64_t i) {
+    int64_t pi = cs->prompt_index[i], a = cs->offsets[i], b = cs->offsets[i + 1];
+    json_t *o = json_object();
+    json_object_set_new(o, "prompt_index", json_integer(pi));
+    if (ps && ps->request_id) json_object_set_new(o, "request_id", json_string(ps->request_id[pi]));
+    if (ps && ps->prompt_text) json_object_set_new(o, "prompt", json_string(ps->prompt_text[pi]));
+    if (cs->text) json_object_set_new(o, "completion_text", json_string(cs->text[i] ? cs->text[i] : ""));
+    json_t *ids = json_array();
+    for (int64_t k = a; k < b; k++) json_array_append_new(ids, json_integer(cs->tokens[k]));
+    json_object_set_new(o, "completion_ids", ids);
+    json_object_set_new(o, "finish_reason",
+                        json_string(finish_reason_name((FinishReason)cs->finish[i])));
+    if (cs->error && cs->error[i] && cs->error[i][0])
+        json_object_set_new(o, "error", json_string(cs->error[i]));
+    json_object_set_new(o, "prompt_len", json_integer(cs->prompt_len[i]));
+    json_object_set_new(o, "n_tokens", json_integer(b - a));
+    json_object_set_new(o, "ttft_s", json_real(cs->ttft_s[i]));
+    json_object_set_new(o, "latency_s", json_real(cs->latency_s[i]));
+    json_object_set_new(o, "queue_s", json_real(cs->queue_s[i]));
+    if (cs->logprobs) {
+        json_t *lp = json_array();
+        for (int64_t k = a; k < b; k++) json_array_append_new(lp, json_real(cs->logprobs[k]));
+        json_object_set_new(o, "completion_logprobs", lp);
+    }
+    return o;
 }
 
 int cli_export(int argc, char **argv, Comm *comm) {
     static const struct option longopts[] = {
         {"output", required_argument, 0, 'o'},
+        {"prompts", required_argument, 0, 'p'},
         {"limit", required_argument, 0, 'n'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
-    const char *out = NULL;
+    const char *out = NULL, *prompts = NULL;
     long limit = -1;
     optind = 1;
     opterr = 0;
@@ -38,6 +81,7 @@ int cli_export(int argc, char **argv, Comm *comm) {
         if (c == -1) break;
         switch (c) {
         case 'o': out = optarg; break;
+        case 'p': prompts = optarg; break;
         case 'n':
             if (cli_int("export", "--limit", optarg, 0, 1L << 62, &limit)) return EXIT_USAGE;
             break;
@@ -52,6 +96,7 @@ int cli_export(int argc, char **argv, Comm *comm) {
         export_usage(stderr);
         return EXIT_USAGE;
     }
+    (void)comm;
     const char *src = argv[optind];
     struct stat stt;
     char *path = (stat(src, &stt) == 0 && S_ISDIR(stt.st_mode))
@@ -60,10 +105,28 @@ int cli_export(int argc, char **argv, Comm *comm) {
     sl_err err = {{0}};
     CompletionSet cs;
     memset(&cs, 0, sizeof cs);
+    PromptSet ps;
+    memset(&ps, 0, sizeof ps);
     int rc = EXIT_FAIL;
     FILE *f = stdout;
     char *tmp = NULL;
     if (h5_completions_read(&cs, path, &err)) goto done;
+    if (prompts) {
+        if (h5_prompts_read(&ps, prompts, &err)) goto done;
+        if (!ps.prompt_text && !ps.request_id) {
+            sl_errf(&err, "%s: --prompts: the file has neither 'prompt_text' nor 'request_id' "
+                          "to add to the lines",
+                    prompts);
+            goto done;
+        }
+        for (int64_t i = 0; i < cs.n; i++)
+            if (cs.prompt_index[i] < 0 || cs.prompt_index[i] >= ps.n) {
+                sl_errf(&err, "%s answers prompt %" PRId64 " but %s holds %" PRId64
+                              " prompts: is it the prompts file of this job?",
+                        path, cs.prompt_index[i], prompts, ps.n);
+                goto done;
+            }
+    }
     if (out) {
         size_t n = strlen(out) + 16;
         tmp = sl_malloc(n);
@@ -76,22 +139,16 @@ int cli_export(int argc, char **argv, Comm *comm) {
     }
     int64_t n = limit >= 0 && limit < cs.n ? limit : cs.n;
     for (int64_t i = 0; i < n; i++) {
-        json_t *ids = json_array();
-        for (int64_t k = cs.offsets[i]; k < cs.offsets[i + 1]; k++)
-            json_array_append_new(ids, json_integer(cs.tokens[k]));
-        json_t *o = json_pack("{s:I,s:i,s:o,s:s,s:f,s:f,s:f}", "prompt_index",
-                              (json_int_t)cs.prompt_index[i], "prompt_len", cs.prompt_len[i],
-                              "completion_ids", ids, "finish_reason",
-                              finish_reason_name((FinishReason)cs.finish[i]), "ttft_s",
-                              (double)cs.ttft_s[i], "latency_s", (double)cs.latency_s[i],
-                              "queue_s", (double)cs.queue_s[i]);
-        if (cs.error && cs.error[i] && cs.error[i][0])
-            json_object_set_new(o, "error", json_string(cs.error[i]));
-        if (cs.text && cs.text[i]) json_object_set_new(o, "completion_text", json_string(cs.text[i]));
+        json_t *o = export_row(&cs, prompts ? &ps : NULL, i);
         char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        fprintf(f, "%s\n", line);
-        free(line);
         json_decref(o);
+        if (!line) {
+            sl_errf(&err, "row %" PRId64 ": cannot encode as JSON", i);
+            goto done;
+        }
+        fputs(line, f);
+        fputc('\n', f);
+        free(line);
     }
     if (out) {
         int bad = ferror(f);
@@ -102,6 +159,9 @@ int cli_export(int argc, char **argv, Comm *comm) {
             unlink(tmp);
             goto done;
         }
+    } else if (fflush(stdout)) {
+        sl_errf(&err, "stdout: cannot write: %s", strerror(errno));
+        goto done;
     }
     rc = EXIT_OK;
 done:
@@ -115,5 +175,6 @@ done:
     free(tmp);
     free(path);
     h5_completions_free(&cs);
+    h5_prompts_free(&ps);
     return rc;
 }

@@ -12,6 +12,7 @@
 #include <glob.h>
 #include <jansson.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,8 @@
 #include "engine.h"
 #include "h5io.h"
 #include "model.h"
+#include "prompts_text.h"
+#include "tokenizer.h"
 
 static void run_usage(FILE *f) {
     fprintf(f,
@@ -63,7 +66,15 @@ static void run_usage(FILE *f) {
         "  --tp T                 tensor-parallel ranks per replica; the job's N ranks form\n"
         "                         N/T data-parallel replicas (default 1)\n"
         "  --strict               fail the job on any bad request instead of reporting it\n"
-        "  --overwrite            replace existing output in OUTDIR\n"
+        "  --overwrite            start over: remove earlier output in OUTDIR\n"
+        "  --force                resume OUTDIR although its job record (run.json) differs\n"
+        "  --checkpoint SECONDS   seconds between checkpoints of finished completions (default 10)\n"
+        "  --grace SECONDS        after SIGTERM/SIGINT/SIGUSR1: finish running requests for up to\n"
+        "                         this long, then stop (default 30; a second signal: at once)\n"
+        "\n"
+        "Rerunning the same command with the same OUTDIR resumes the job: completions\n"
+        "already written are kept and skipped. Exit codes: 0 done, 1 failed, 2 bad usage,\n"
+        "3 stopped by a signal (rerun to resume).\n"
         "  --progress SECONDS     seconds between progress lines (default 5; 0 = none)\n"
         "  --quiet, --verbose     less / more logging\n"
         "  --help\n");
@@ -94,28 +105,223 @@ static int mkdir_p(const char *path, sl_err *err) {
     return rc;
 }
 
-// Refuses to mix with earlier output unless told to overwrite it.
-static int prepare_outdir(const char *outdir, int overwrite, sl_err *err) {
-    if (mkdir_p(outdir, err)) return -1;
-    const char *pats[] = {"part-*.h5", "completions.h5", "report.json"};
-    for (int i = 0; i < 3; i++) {
-        char *pat = sl_path_join(outdir, pats[i]);
-        glob_t g;
-        int found = glob(pat, 0, NULL, &g) == 0 ? (int)g.gl_pathc : 0;
-        for (int k = 0; k < found && overwrite; k++)
-            if (unlink(g.gl_pathv[k])) {
-                sl_errf(err, "%s: cannot remove: %s", g.gl_pathv[k], strerror(errno));
-                globfree(&g);
-                free(pat);
-                return -1;
-            }
-        if (found) globfree(&g);
-        free(pat);
-        if (found && !overwrite)
-            return sl_errf(err, "%s already holds output (%s); pass --overwrite to replace it",
-                           outdir, pats[i]);
+// Removes OUTDIR/<pattern> matches; returns how many there were (-1 on error).
+static int remove_matching(const char *outdir, const char *pattern, int do_remove, sl_err *err) {
+    char *pat = sl_path_join(outdir, pattern);
+    glob_t g;
+    int found = glob(pat, 0, NULL, &g) == 0 ? (int)g.gl_pathc : 0;
+    for (int k = 0; k < found && do_remove; k++)
+        if (unlink(g.gl_pathv[k])) {
+            sl_errf(err, "%s: cannot remove: %s", g.gl_pathv[k], strerror(errno));
+            found = -1;
+            break;
+        }
+    if (found) globfree(&g);
+    free(pat);
+    return found;
+}
+
+// FNV-1a over a whole file: ties a job record to the exact prompts it ran.
+static int hash_file(const char *path, uint64_t *hash, int64_t *size, sl_err *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return sl_errf(err, "%s: cannot open: %s", path, strerror(errno));
+    uint64_t h = 1469598103934665603ull;
+    int64_t n = 0;
+    unsigned char buf[1 << 16];
+    size_t r;
+    while ((r = fread(buf, 1, sizeof buf, f)) > 0) {
+        for (size_t i = 0; i < r; i++) h = (h ^ buf[i]) * 1099511628211ull;
+        n += (int64_t)r;
     }
+    fclose(f);
+    *hash = h;
+    *size = n;
     return 0;
+}
+
+// What makes two runs the same job: the model's config, the prompts file,
+// and every setting that changes a completion (not batch sizes, backends
+// or rank counts: those change only how fast it is made).
+static json_t *job_record(const char *model_dir, const char *input, const EngineOptions *eo,
+                          sl_err *err) {
+    uint64_t hin, hcfg;
+    int64_t nin, ncfg;
+    char *cfg_path = sl_path_join(model_dir, "config.json");
+    int rc = hash_file(input, &hin, &nin, err) || hash_file(cfg_path, &hcfg, &ncfg, err);
+    free(cfg_path);
+    if (rc) return NULL;
+    char hi[32], hc[32];
+    snprintf(hi, sizeof hi, "%016llx", (unsigned long long)hin);
+    snprintf(hc, sizeof hc, "%016llx", (unsigned long long)hcfg);
+    json_t *stops = json_array();
+    for (int i = 0; i < eo->n_stop; i++) json_array_append_new(stops, json_integer(eo->stop_ids[i]));
+    const SamplingParams *p = &eo->sampling;
+    return json_pack("{s:s,s:s,s:s,s:s,s:I,s:{s:i,s:i,s:b,s:o,s:f,s:i,s:f,s:f,s:f,s:f,s:f,s:I}}",
+                     "sluice_job", "v1", "model", model_dir, "model_config_fnv64", hc,
+                     "input_fnv64", hi, "input_bytes", (json_int_t)nin, "generation",
+                     "max_new_tokens", eo->max_new_tokens, "max_seq_len", eo->max_seq_len,
+                     "ignore_eos", eo->ignore_eos, "stop_token_ids", stops, "temperature",
+                     p->temperature, "top_k", p->top_k, "top_p", p->top_p, "min_p", p->min_p,
+                     "repetition_penalty", p->repetition_penalty, "presence_penalty",
+                     p->presence_penalty, "frequency_penalty", p->frequency_penalty, "seed",
+                     (json_int_t)p->seed);
+}
+
+// The first field in which two job records differ, or NULL.
+static const char *record_diff(json_t *a, json_t *b) {
+    static const char *top[] = {"model_config_fnv64", "input_fnv64", "input_bytes"};
+    for (int i = 0; i < 3; i++)
+        if (!json_equal(json_object_get(a, top[i]), json_object_get(b, top[i]))) return top[i];
+    json_t *ga = json_object_get(a, "generation"), *gb = json_object_get(b, "generation");
+    const char *key;
+    json_t *v;
+    json_object_foreach(ga, key, v) if (!json_equal(v, json_object_get(gb, key))) return key;
+    if (json_object_size(ga) != json_object_size(gb)) return "generation";
+    return NULL;
+}
+
+static int write_json_atomic(const char *outdir, const char *name, json_t *j, sl_err *err) {
+    char *path = sl_path_join(outdir, name);
+    size_t n = strlen(path) + 8;
+    char *tmp = sl_malloc(n);
+    snprintf(tmp, n, "%s.tmp", path);
+    int rc = 0;
+    if (json_dump_file(j, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) || rename(tmp, path)) {
+        rc = sl_errf(err, "%s: cannot write: %s", path, strerror(errno));
+        unlink(tmp);
+    }
+    free(path);
+    free(tmp);
+    return rc;
+}
+
+// Makes OUTDIR ready (rank 0 only). A fresh or emptied directory gets the
+// job record run.json; a directory with the same job's record is resumed
+// (*resuming = 1); anything else is refused unless --overwrite (start over)
+// or, for a record that differs, --force (resume anyway).
+static int prepare_outdir(const char *outdir, json_t *rec, int overwrite, int force,
+                          int *resuming, sl_err *err) {
+    *resuming = 0;
+    if (mkdir_p(outdir, err)) return -1;
+    const char *ours[] = {"part-*.h5", "part-*.h5.tmp", "completions.h5", "completions.h5.tmp",
+                          "report.json", "run.json"};
+    if (overwrite)
+        for (int i = 0; i < 6; i++)
+            if (remove_matching(outdir, ours[i], 1, err) < 0) return -1;
+    char *run_path = sl_path_join(outdir, "run.json");
+    json_error_t je;
+    json_t *old = NULL;
+    struct stat stt;
+    if (stat(run_path, &stt) == 0) {
+        old = json_load_file(run_path, 0, &je);
+        if (!old) {
+            sl_errf(err, "%s: unreadable job record (%s); pass --overwrite to start over",
+                    run_path, je.text);
+            free(run_path);
+            return -1;
+        }
+    }
+    free(run_path);
+    int rc = 0;
+    if (old) {
+        const char *diff = record_diff(old, rec);
+        if (diff && !force) {
+            rc = sl_errf(err,
+                         "%s holds a different job ('%s' differs from this run's); pass --force "
+                         "to resume it anyway or --overwrite to start over",
+                         outdir, diff);
+        } else {
+            if (diff) LOGW("resuming %s although '%s' differs (--force)", outdir, diff);
+            *resuming = 1;
+        }
+        json_decref(old);
+    } else {
+        for (int i = 0; i < 3 && rc == 0; i++) {
+            int found = remove_matching(outdir, ours[i == 1 ? 2 : i], 0, err);
+            if (found < 0) rc = -1;
+            else if (found)
+                rc = sl_errf(err, "%s already holds output (%s) but no job record (run.json); "
+                                  "pass --overwrite to replace it",
+                             outdir, ours[i == 1 ? 2 : i]);
+        }
+    }
+    // unfinished segments of an interrupted attempt are never part of the output
+    if (rc == 0 && remove_matching(outdir, "part-*.h5.tmp", 1, err) < 0) rc = -1;
+    if (rc == 0 && (!*resuming || force)) rc = write_json_atomic(outdir, "run.json", rec, err);
+    return rc;
+}
+
+// Marks the prompts that earlier attempts completed (their finished segments).
+static int load_done(const char *outdir, int64_t n_prompts, uint8_t *done, int64_t *n_done,
+                     sl_err *err) {
+    *n_done = 0;
+    char *pat = sl_path_join(outdir, "part-*.h5");
+    glob_t g;
+    int found = glob(pat, 0, NULL, &g) == 0 ? (int)g.gl_pathc : 0;
+    free(pat);
+    int rc = 0;
+    for (int k = 0; k < found && rc == 0; k++) {
+        CompletionSet cs;
+        if (h5_completions_read(&cs, g.gl_pathv[k], err)) {
+            rc = sl_errctx(err, "resuming");
+            break;
+        }
+        for (int64_t i = 0; i < cs.n; i++) {
+            int64_t p = cs.prompt_index[i];
+            if (p < 0 || p >= n_prompts) {
+                rc = sl_errf(err, "%s: prompt_index %ld is outside this input's %ld prompts",
+                             g.gl_pathv[k], (long)p, (long)n_prompts);
+                break;
+            }
+            if (!done[p]) (*n_done)++;
+            done[p] = 1;
+        }
+        h5_completions_free(&cs);
+    }
+    if (found) globfree(&g);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// signals: SIGTERM, SIGINT, SIGUSR1 (Slurm's --signal) stop the job cleanly
+
+static volatile sig_atomic_t g_signals;
+
+static void on_signal(int sig) {
+    (void)sig;
+    g_signals++;
+}
+
+static void install_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+}
+
+typedef struct {
+    Comm *comm;
+    double grace; // seconds to let running requests finish after the first signal
+    double t_first;
+} StopCtx;
+
+// The group leader decides (first signal: drain for up to `grace` seconds;
+// a second signal or the end of the grace period: stop now) and tells its
+// group, so all of a group's ranks stop at the same step.
+static int stop_check(void *ctx) {
+    StopCtx *sc = ctx;
+    int v = 0;
+    if (sc->comm->tp_rank == 0 && g_signals > 0) {
+        double now = sl_now();
+        if (sc->t_first == 0) sc->t_first = now;
+        v = (g_signals > 1 || now - sc->t_first >= sc->grace) ? 2 : 1;
+    }
+    if (sc->comm->tp > 1) comm_tp_bcast(sc->comm, &v, sizeof v);
+    return v;
 }
 
 // ----------------------------------------------------------------------------
@@ -129,12 +335,18 @@ static json_t *pcts(const double *v, int64_t n) {
                      n ? sum / n : 0.0);
 }
 
+// report.json (written whole under a temporary name, then renamed). `status`
+// is "complete" or "interrupted" (then counts cover this attempt so far);
+// resumed is how many completions earlier attempts had written.
 static int write_report(const char *outdir, json_t *cfg, const EngineStats *st,
-                        const char *backend, double load_s, sl_err *err) {
+                        const char *backend, double load_s, const char *status, int64_t resumed,
+                        sl_err *err) {
     double secs = st->seconds > 0 ? st->seconds : 1e-9;
     json_t *r = json_pack(
-        "{s:s,s:s,s:f,s:{s:I,s:I,s:I,s:I},s:I,s:I,s:f,s:f,s:f,s:f,s:o,s:o,s:o,s:I,s:I,s:i,s:i,s:o}",
-        "sluice_report", "v1", "backend", backend, "load_seconds", load_s, "requests", "total",
+        "{s:s,s:s,s:s,s:I,s:f,s:{s:I,s:I,s:I,s:I},s:I,s:I,s:f,s:f,s:f,s:f,s:o,s:o,s:o,s:I,s:I,"
+        "s:i,s:i,s:O}",
+        "sluice_report", "v1", "status", status, "backend", backend, "resumed_completions",
+        (json_int_t)resumed, "load_seconds", load_s, "requests", "total",
         (json_int_t)st->n_requests, "stop", (json_int_t)st->n_stop, "length",
         (json_int_t)st->n_length, "error", (json_int_t)st->n_errors, "prompt_tokens",
         (json_int_t)st->prompt_tokens, "output_tokens", (json_int_t)st->output_tokens,
@@ -143,18 +355,27 @@ static int write_report(const char *outdir, json_t *cfg, const EngineStats *st,
         (st->n_ok) / secs, "ttft_s", pcts(st->ttft_s, st->n_lat), "tpot_s",
         pcts(st->tpot_s, st->n_lat), "latency_s", pcts(st->latency_s, st->n_lat), "steps",
         (json_int_t)st->steps, "preemptions", (json_int_t)st->preemptions, "max_batch_seen",
-        st->max_seqs_seen, "max_step_tokens_seen", st->max_rows_seen, "config", json_incref(cfg));
+        st->max_seqs_seen, "max_step_tokens_seen", st->max_rows_seen, "config", cfg);
     if (!r) return sl_errf(err, "report.json: could not build the report");
-    char *path = sl_path_join(outdir, "report.json");
-    char *tmp = sl_path_join(outdir, ".report.json.tmp");
-    int rc = 0;
-    if (json_dump_file(r, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) || rename(tmp, path)) {
-        rc = sl_errf(err, "%s: cannot write: %s", path, strerror(errno));
-        unlink(tmp);
-    }
+    int rc = write_json_atomic(outdir, "report.json", r, err);
     json_decref(r);
-    free(path);
-    free(tmp);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// text
+
+static char *decode_text(void *ctx, const int32_t *ids, int n) {
+    return prompts_decode_completion(ctx, ids, n);
+}
+
+// The model directory's tokenizer.json, when it has one (*tok stays NULL when not).
+static int load_tokenizer(const char *model_dir, Tokenizer **tok, sl_err *err) {
+    *tok = NULL;
+    char *p = sl_path_join(model_dir, "tokenizer.json");
+    struct stat stt;
+    int rc = stat(p, &stt) == 0 ? tok_load(tok, p, err) : 0;
+    free(p);
     return rc;
 }
 
@@ -190,22 +411,23 @@ static int cmp_i64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-// Replica `rep`'s prompts: largest first to the least loaded replica (by
+// Replica `rep`'s prompts among those not done: largest first to the least loaded replica (by
 // prompt + completion tokens), so replicas finish together; in prompt order.
 // The same on every rank. Returns a fresh array (the caller frees) of *n ids.
-static int64_t *assign_share(const PromptSet *ps, const EngineOptions *eo, int n_rep, int rep,
-                             int64_t *n) {
-    int64_t *order = sl_malloc(sizeof(int64_t) * (ps->n ? ps->n : 1));
-    for (int64_t i = 0; i < ps->n; i++) order[i] = i;
+static int64_t *assign_share(const PromptSet *ps, const EngineOptions *eo, const uint8_t *done,
+                             int n_rep, int rep, int64_t *n) {
+    int64_t *order = sl_malloc(sizeof(int64_t) * (ps->n ? ps->n : 1)), todo = 0;
+    for (int64_t i = 0; i < ps->n; i++)
+        if (!done[i]) order[todo++] = i;
     if (n_rep == 1) {
-        *n = ps->n;
+        *n = todo;
         return order;
     }
     g_cost_eo = eo;
     g_cost_ps = ps;
-    qsort(order, ps->n, sizeof(int64_t), cmp_cost_desc);
+    qsort(order, todo, sizeof(int64_t), cmp_cost_desc);
     int64_t *load = sl_calloc(n_rep, sizeof(int64_t)), k = 0;
-    for (int64_t j = 0; j < ps->n; j++) {
+    for (int64_t j = 0; j < todo; j++) {
         int best = 0;
         for (int r = 1; r < n_rep; r++)
             if (load[r] < load[best]) best = r;
@@ -249,7 +471,7 @@ enum {
     OPT_MODEL = 1000, OPT_INPUT, OPT_OUTPUT, OPT_MAX_NEW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP,
     OPT_REP, OPT_PRES, OPT_FREQ, OPT_SEED, OPT_IGNORE_EOS, OPT_LOGPROBS, OPT_MAX_SEQ,
     OPT_MAX_BATCH, OPT_MAX_TOKENS, OPT_BLOCK, OPT_KV_BLOCKS, OPT_KV_MEM, OPT_SCHED, OPT_BACKEND,
-    OPT_THREADS, OPT_STRICT, OPT_OVERWRITE, OPT_PROGRESS, OPT_QUIET, OPT_VERBOSE, OPT_HELP, OPT_STOP, OPT_KV_FRAC, OPT_TP,
+    OPT_THREADS, OPT_STRICT, OPT_OVERWRITE, OPT_PROGRESS, OPT_QUIET, OPT_VERBOSE, OPT_HELP, OPT_STOP, OPT_KV_FRAC, OPT_TP, OPT_FORCE, OPT_GRACE, OPT_CKPT,
 };
 
 int cli_run(int argc, char **argv, Comm *comm) {
@@ -277,6 +499,9 @@ int cli_run(int argc, char **argv, Comm *comm) {
         {"kv-mem-gb", required_argument, 0, OPT_KV_MEM},
         {"kv-fraction", required_argument, 0, OPT_KV_FRAC},
         {"tp", required_argument, 0, OPT_TP},
+        {"force", no_argument, 0, OPT_FORCE},
+        {"grace", required_argument, 0, OPT_GRACE},
+        {"checkpoint", required_argument, 0, OPT_CKPT},
         {"sched", required_argument, 0, OPT_SCHED},
         {"backend", required_argument, 0, OPT_BACKEND},
         {"threads", required_argument, 0, OPT_THREADS},
@@ -293,7 +518,8 @@ int cli_run(int argc, char **argv, Comm *comm) {
     engine_options_defaults(&eo);
     long threads = 0, kv_blocks = 0, tp = 1;
     double kv_mem_gb = 1.0, kv_fraction = 0.90;
-    int overwrite = 0;
+    int overwrite = 0, force = 0;
+    StopCtx stopc = {.comm = comm, .grace = 30.0};
     long v;
     double d;
     const char *C = "run";
@@ -385,6 +611,13 @@ int cli_run(int argc, char **argv, Comm *comm) {
         case OPT_KV_MEM:
             if (cli_float(C, "--kv-mem-gb", optarg, 1e-6, 1e6, &kv_mem_gb)) return EXIT_USAGE;
             break;
+        case OPT_FORCE: force = 1; break;
+        case OPT_GRACE:
+            if (cli_float(C, "--grace", optarg, 0, 1e6, &stopc.grace)) return EXIT_USAGE;
+            break;
+        case OPT_CKPT:
+            if (cli_float(C, "--checkpoint", optarg, 0, 1e6, &eo.checkpoint_every)) return EXIT_USAGE;
+            break;
         case OPT_TP:
             if (cli_int(C, "--tp", optarg, 1, 1 << 16, &tp)) return EXIT_USAGE;
             break;
@@ -460,11 +693,19 @@ int cli_run(int argc, char **argv, Comm *comm) {
     EngineStats st;
     memset(&st, 0, sizeof st);
     json_t *cfg_json = NULL;
-    int64_t *mine = NULL;
+    int64_t *mine = NULL, n_done = 0;
+    uint8_t *done = NULL;
+    json_t *rec = NULL;
+    int resuming = 0;
+    Tokenizer *tok = NULL;
     double t_load = sl_now();
 
-    // 1) everything that can be wrong with the inputs, before touching OUTDIR
-    if (h5_prompts_read(&ps, input, &err)) goto fail;
+    install_signals();
+
+    // 1) everything that can be wrong with the inputs, before touching OUTDIR;
+    //    a text-only prompts file is tokenized here with the model's tokenizer
+    if (load_tokenizer(model_dir, &tok, &err)) goto fail;
+    if (prompts_load(&ps, input, tok, (int)threads, &err)) goto fail;
     be = cli_backend_create(backend, (int)threads, comm->local_rank, &err);
     if (!be) goto fail;
     ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch,
@@ -505,24 +746,41 @@ int cli_run(int argc, char **argv, Comm *comm) {
     }
     t_load = sl_now() - t_load;
 
-    // 2) this replica's share of the prompts, generated and streamed into
-    //    its part file (written by the replica's first rank)
-    if (comm->rank == 0 && prepare_outdir(outdir, overwrite, &err)) goto fail;
+    // 2) the job record and OUTDIR (rank 0), then what earlier attempts finished
+    if (comm->rank == 0) {
+        if (!(rec = job_record(model_dir, input, &eo, &err))) goto fail;
+        if (prepare_outdir(outdir, rec, overwrite, force, &resuming, &err)) goto fail;
+    }
     comm_barrier(comm);
-    int64_t n_mine = ps.n;
-    mine = assign_share(&ps, &eo, comm->n_replicas, comm->replica, &n_mine);
-    if (comm->tp_rank == 0 && h5_writer_open(&w, outdir, comm->replica, 0, eo.logprobs, &err))
+    done = sl_calloc(ps.n ? ps.n : 1, 1);
+    if (load_done(outdir, ps.n, done, &n_done, &err)) goto fail;
+    if (n_done) LOGI("resuming: %ld of %ld completions already written", (long)n_done, (long)ps.n);
+
+    // 3) this replica's share of the rest, generated and streamed into its
+    //    part file (written by the replica's first rank)
+    int64_t n_mine = 0;
+    mine = assign_share(&ps, &eo, done, comm->n_replicas, comm->replica, &n_mine);
+    if (tok) {
+        eo.decode = decode_text;
+        eo.decode_ctx = tok;
+    }
+    if (comm->tp_rank == 0 &&
+        h5_writer_open(&w, outdir, comm->replica, tok != NULL, eo.logprobs, &err))
         goto fail;
     LOGI("%ld prompts from %s -> %s (replica %d of %d: %ld prompts, %d tensor-parallel ranks)",
-         (long)ps.n, input, outdir, comm->replica, comm->n_replicas, (long)n_mine, comm->tp);
+         (long)(ps.n - n_done), input, outdir, comm->replica, comm->n_replicas, (long)n_mine,
+         comm->tp);
+    eo.should_stop = stop_check;
+    eo.stop_ctx = &stopc;
     if (engine_run(m, &ps, mine, n_mine, &eo, w, &st, &err)) goto fail;
     if (w && h5_writer_close(w, &err)) {
         w = NULL;
         goto fail;
     }
     w = NULL;
+    int interrupted = comm_allreduce_max_int(comm, st.interrupted);
 
-    // 3) every replica done: rank 0 merges the part files and reports the sums
+    // 4) every replica done: rank 0 merges the part files and reports the sums
     if (comm->tp_rank != 0) { // the group leader already counts this replica
         EngineStats none;
         memset(&none, 0, sizeof none);
@@ -532,7 +790,7 @@ int cli_run(int argc, char **argv, Comm *comm) {
     gather_stats(comm, &st);
     comm_barrier(comm);
     if (comm->rank == 0) {
-        if (h5_merge_parts(outdir, ps.n, &err)) goto fail;
+        if (!interrupted && h5_merge_parts(outdir, ps.n, &err)) goto fail;
         cfg_json = json_pack(
             "{s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:s,s:i,s:f,s:i,s:f,s:f,s:f,s:f,s:f,s:I,s:b,s:b,s:i,"
             "s:i,s:i}",
@@ -546,28 +804,37 @@ int cli_run(int argc, char **argv, Comm *comm) {
             "frequency_penalty", eo.sampling.frequency_penalty, "seed",
             (json_int_t)eo.sampling.seed, "ignore_eos", eo.ignore_eos, "strict", eo.strict,
             "ranks", comm->size, "tp", comm->tp, "replicas", comm->n_replicas);
-        if (write_report(outdir, cfg_json, &st, be->name, t_load, &err)) goto fail;
-        LOGI("done: %ld requests (%ld stop, %ld length, %ld error), %ld output tokens in %.2f s "
+        if (write_report(outdir, cfg_json, &st, be->name, t_load,
+                         interrupted ? "interrupted" : "complete", n_done, &err))
+            goto fail;
+        if (interrupted)
+            LOGW("stopped by a signal: %ld completions of this attempt are safe in %s; rerun the "
+                 "same command to resume",
+                 (long)(st.n_ok + st.n_errors), outdir);
+        else LOGI("done: %ld requests (%ld stop, %ld length, %ld error), %ld output tokens in %.2f s "
              "(%.1f tok/s); %s/completions.h5",
              (long)st.n_requests, (long)st.n_stop, (long)st.n_length, (long)st.n_errors,
              (long)st.output_tokens, st.seconds,
              st.output_tokens / (st.seconds > 0 ? st.seconds : 1), outdir);
     }
     comm_barrier(comm);
-    rc = EXIT_OK;
+    rc = interrupted ? EXIT_INTERRUPTED : EXIT_OK;
 fail:
-    if (rc != EXIT_OK) {
+    if (rc == EXIT_FAIL) {
         fprintf(stderr, "sluice run: error: %s\n", err.msg);
         // One rank's failure ends the whole job at once: no rank may be left
         // waiting in a collective.
         if (comm->size > 1) comm_abort(comm, EXIT_FAIL);
     }
     free(mine);
+    free(done);
+    json_decref(rec);
     if (w) h5_writer_close(w, NULL);
     json_decref(cfg_json);
     engine_stats_free(&st);
     model_free(m);
     if (be) be->destroy(be);
     h5_prompts_free(&ps);
+    tok_free(tok);
     return rc;
 }

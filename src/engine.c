@@ -32,25 +32,33 @@ void engine_options_defaults(EngineOptions *o) {
     o->max_new_tokens = 128;
     o->sampling = sampling_defaults();
     o->progress_every = 5.0;
+    o->checkpoint_every = 10.0;
 }
 
 // ----------------------------------------------------------------------------
 // request checks
 
+// Per-request values from the prompts file; a NaN float or a negative
+// integer in a row means "not given for this request" (sluice prep writes
+// these sentinels when only some lines set a field): the job's default holds.
 static int req_max_new(const PromptSet *ps, int64_t i, const EngineOptions *o) {
-    return ps->max_new_tokens ? ps->max_new_tokens[i] : o->max_new_tokens;
+    return ps->max_new_tokens && ps->max_new_tokens[i] >= 0 ? ps->max_new_tokens[i]
+                                                             : o->max_new_tokens;
 }
+
+#define PICK_F(field, dst) \
+    if (ps->field && !isnan(ps->field[i])) dst = ps->field[i]
 
 static SamplingParams req_sampling(const PromptSet *ps, int64_t i, const EngineOptions *o) {
     SamplingParams p = o->sampling;
-    if (ps->temperature) p.temperature = ps->temperature[i];
-    if (ps->top_p) p.top_p = ps->top_p[i];
-    if (ps->top_k) p.top_k = ps->top_k[i];
-    if (ps->min_p) p.min_p = ps->min_p[i];
-    if (ps->repetition_penalty) p.repetition_penalty = ps->repetition_penalty[i];
-    if (ps->presence_penalty) p.presence_penalty = ps->presence_penalty[i];
-    if (ps->frequency_penalty) p.frequency_penalty = ps->frequency_penalty[i];
-    if (ps->seed) p.seed = (uint64_t)ps->seed[i];
+    PICK_F(temperature, p.temperature);
+    PICK_F(top_p, p.top_p);
+    PICK_F(min_p, p.min_p);
+    PICK_F(repetition_penalty, p.repetition_penalty);
+    PICK_F(presence_penalty, p.presence_penalty);
+    PICK_F(frequency_penalty, p.frequency_penalty);
+    if (ps->top_k && ps->top_k[i] >= 0) p.top_k = ps->top_k[i];
+    if (ps->seed && ps->seed[i] >= 0) p.seed = (uint64_t)ps->seed[i];
     else p.seed = o->sampling.seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(i + 1));
     return p;
 }
@@ -133,8 +141,8 @@ static void fmt_eta(char *buf, int n, double s) {
     snprintf(buf, n, "%ldh%02ldm%02lds", t / 3600, t / 60 % 60, t % 60);
 }
 
-static int emit(h5_writer *w, Req *r, FinishReason fin, const char *error, double t0,
-                double now, EngineStats *st, sl_err *err) {
+static int emit(h5_writer *w, const EngineOptions *o, Req *r, FinishReason fin,
+                const char *error, double t0, double now, EngineStats *st, sl_err *err) {
     Completion c = {0};
     c.prompt_index = r->index;
     c.prompt_len = r->seq.prompt_len;
@@ -157,7 +165,12 @@ static int emit(h5_writer *w, Req *r, FinishReason fin, const char *error, doubl
     if (fin == FINISH_STOP) st->n_stop++;
     if (fin == FINISH_LENGTH) st->n_length++;
     st->output_tokens += c.n_tokens;
-    return w ? h5_writer_append(w, &c, err) : 0;
+    if (!w) return 0;
+    char *text = o->decode ? o->decode(o->decode_ctx, c.tokens, c.n_tokens) : NULL;
+    c.text = text;
+    int rc = h5_writer_append(w, &c, err);
+    free(text);
+    return rc;
 }
 
 // ----------------------------------------------------------------------------
@@ -207,7 +220,8 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
     }
     sched_init(&S, o.policy, o.max_batch, o.max_tokens, o.block_size, m->kv_blocks,
                o.max_seq_len, (int)(n ? n : 1));
-    logits = sl_malloc(sizeof(float) * (size_t)o.max_batch * c->vocab_size);
+    // pinned on a GPU: the logits come back every step that samples
+    logits = m->be->host_alloc(m->be, sizeof(float) * (size_t)o.max_batch * c->vocab_size);
     int nthreads = omp_get_max_threads();
     size_t scratch_bytes = sampling_scratch_size(c->vocab_size);
     scratch = sl_malloc(scratch_bytes * nthreads);
@@ -244,17 +258,30 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
 
     // 3) step until everything has finished
     int64_t done_count = st->n_errors;
-    double last_report = t0;
+    double last_report = t0, last_ckpt = t0;
     int64_t last_tokens = 0;
+    int draining = 0;
     Seq **fin_list = sl_malloc(sizeof(Seq *) * o.max_batch);
     int32_t *next_tok = sl_malloc(sizeof(int32_t) * o.max_batch);
     float *next_lp = sl_malloc(sizeof(float) * o.max_batch);
     Seq **lseq = sl_malloc(sizeof(Seq *) * o.max_batch);
     for (;;) {
+        int stop = o.should_stop ? o.should_stop(o.stop_ctx) : 0;
+        if (stop && !draining) {
+            draining = 1;
+            S.no_admit = 1;
+            LOGW("stopping: admitting no new requests (%d running, %d waiting)", S.n_running,
+                 S.wait_count);
+        }
+        if (stop == 2) {
+            st->interrupted = S.n_running + S.wait_count > 0;
+            break;
+        }
         int rows = sched_step(&S);
         if (rows == 0) {
-            // Nothing runnable: either all done, or the scheduler is stuck (a bug).
-            SL_CHECK(S.wait_count == 0 && S.n_running == 0);
+            // Nothing runnable: all done, drained, or the scheduler is stuck (a bug).
+            SL_CHECK(S.n_running == 0 && (S.wait_count == 0 || draining));
+            st->interrupted = S.wait_count > 0;
             break;
         }
         Batch *b = &S.batch;
@@ -270,7 +297,18 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
         if (rows > st->max_rows_seen) st->max_rows_seen = rows;
         st->steps++;
 
-        model_forward(m, b, logits);
+        // A step whose sampling rows are all plain greedy takes the argmax on
+        // the device: no logits cross to the host.
+        int greedy = 1;
+        for (int k = 0; k < b->n_seqs && greedy; k++) {
+            Seq *q = S.step_seqs[k];
+            if (q->n_computed + S.step_chunk[k] != q->len) continue;
+            const SamplingParams *sp = &((Req *)q->user)->sp;
+            greedy = sp->temperature <= 0 && sp->repetition_penalty == 1.0f &&
+                     sp->presence_penalty == 0 && sp->frequency_penalty == 0 && !o.logprobs;
+        }
+        if (greedy) model_forward_greedy(m, b, next_tok);
+        else model_forward(m, b, logits);
         sched_commit(&S);
 
         // sequences with logits, in logits-row order
@@ -281,7 +319,7 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
 
         // sample: each request from its own stream, so threads cannot change results
 #pragma omp parallel for schedule(dynamic, 1) if (nl > 4)
-        for (int j = 0; j < nl; j++) {
+        for (int j = 0; j < (greedy ? 0 : nl); j++) {
             Seq *q = lseq[j];
             Req *r = q->user;
             void *scr = (char *)scratch + scratch_bytes * omp_get_thread_num();
@@ -308,7 +346,7 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
             if (is_stop(c, &o, t)) fin = FINISH_STOP;
             else if (q->len >= q->max_len) fin = FINISH_LENGTH;
             if (fin != FINISH_ERROR) {
-                if (emit(w, r, fin, NULL, t0, now, st, err)) goto loop_fail;
+                if (emit(w, &o, r, fin, NULL, t0, now, st, err)) goto loop_fail;
                 fin_list[nfin++] = q;
             }
         }
@@ -333,12 +371,15 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
                  sched_blocks_in_use(&S), S.n_blocks, eta);
             last_report = now;
             last_tokens = st->output_tokens;
-            if (w && h5_writer_flush(w, err)) goto loop_fail;
+        }
+        if (w && o.checkpoint_every >= 0 && now - last_ckpt >= o.checkpoint_every) {
+            if (h5_writer_flush(w, err)) goto loop_fail; // finished rows are safe on disk
+            last_ckpt = now;
         }
     }
     st->seconds = sl_now() - t0;
     st->preemptions = S.n_preemptions;
-    SL_CHECK(sched_blocks_in_use(&S) == 0); // every block came back
+    if (!st->interrupted) SL_CHECK(sched_blocks_in_use(&S) == 0); // every block came back
     rc = 0;
 loop_fail:
     free(fin_list);
@@ -355,7 +396,7 @@ done:
     free(reqs);
     free(bad);
     free(why);
-    free(logits);
+    if (logits) m->be->host_free(m->be, logits);
     free(scratch);
     sched_free(&S);
     return rc;

@@ -28,6 +28,16 @@ typedef struct {
     SamplingParams sampling; // job-wide defaults for fields the input lacks
     int logprobs;           // record the chosen tokens' log probabilities
     double progress_every;  // seconds between progress lines on stderr (0: none)
+    double checkpoint_every; // seconds between writer checkpoints (finished segments)
+    // Asked before every step (the same answer on every rank of a group):
+    // 0 go on; 1 drain: admit nothing new, keep decoding running requests;
+    // 2 stop now (running requests are left for a resumed job). NULL: never.
+    int (*should_stop)(void *ctx);
+    void *stop_ctx;
+    // Text of a completion for the writer (malloc'd; the engine frees it), or
+    // NULL for none. NULL callback: ids only.
+    char *(*decode)(void *ctx, const int32_t *ids, int n);
+    void *decode_ctx;
     // Tensor parallelism: after each step's sampling, makes every rank of the
     // group hold the group leader's tokens and logprobs (n of each), so the
     // ranks' schedulers can never diverge. NULL on a single rank.
@@ -39,6 +49,7 @@ typedef struct {
     int64_t n_requests, n_ok, n_errors, n_stop, n_length;
     int64_t prompt_tokens, output_tokens;
     double seconds;        // wall time of the generation loop
+    int interrupted;       // stopped by should_stop before every request finished
     long steps, preemptions;
     int max_seqs_seen, max_rows_seen;
     int64_t n_lat;

@@ -14,8 +14,10 @@ static void usage(FILE *f) {
             "usage: sluice <command> [options]\n"
             "\n"
             "commands:\n"
+            "  prep      tokenize text prompts (JSONL or one per line) into a prompts file\n"
             "  run       generate completions for a prompts file\n"
             "  export    write completions as JSON lines\n"
+            "  bench     throughput on synthetic requests (a checkpoint or random weights)\n"
             "\n"
             "`sluice <command> --help` describes each command's options.\n");
 }
@@ -32,10 +34,14 @@ int main(int argc, char **argv) {
     Comm comm;
     comm_init(&comm, &argc, &argv);
     int rc;
-    if (!strcmp(argv[1], "run")) {
+    if (!strcmp(argv[1], "prep")) { // text path (cli_prep.c)
+        rc = cli_prep(argc - 1, argv + 1, &comm);
+    } else if (!strcmp(argv[1], "run")) {
         rc = cli_run(argc - 1, argv + 1, &comm);
     } else if (!strcmp(argv[1], "export")) {
         rc = cli_export(argc - 1, argv + 1, &comm);
+    } else if (!strcmp(argv[1], "bench")) {
+        rc = cli_bench(argc - 1, argv + 1, &comm);
     } else {
         fprintf(stderr, "sluice: unknown command '%s'\n\n", argv[1]);
         usage(stderr);

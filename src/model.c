@@ -355,7 +355,19 @@ static void allreduce(Model *m, void *buf, size_t n) {
     if (m->opt.allreduce) m->opt.allreduce(m->opt.allreduce_ctx, buf, n);
 }
 
+// The whole step up to the final norm of the rows that want logits (left in
+// m->hl); returns 0 when no row does.
+static int forward_body(Model *m, const Batch *hb);
+
 void model_forward(Model *m, const Batch *hb, float *logits) {
+    if (forward_body(m, hb)) m->be->logits(m->be, logits, m->hl, &m->lm_head, hb->n_logits);
+}
+
+void model_forward_greedy(Model *m, const Batch *hb, int32_t *ids) {
+    if (forward_body(m, hb)) m->be->argmax(m->be, ids, m->hl, &m->lm_head, hb->n_logits);
+}
+
+static int forward_body(Model *m, const Batch *hb) {
     Backend *be = m->be;
     const ModelConfig *c = &m->cfg;
     int n = hb->n_tokens, dim = c->dim;
@@ -384,10 +396,10 @@ void model_forward(Model *m, const Batch *hb, float *logits) {
         be->linear(be, m->o, m->act, &L->wdown, n);
         allreduce(m, m->o, (size_t)n * dim);
     }
-    if (hb->n_logits == 0) return;
+    if (hb->n_logits == 0) return 0;
     // Only the rows that need logits finish the residual and the head.
     be->gather_rows(be, m->xl, m->x, b, dim);
     be->gather_rows(be, m->hl, m->o, b, dim);
     be->add_rmsnorm(be, m->hl, m->xl, m->hl, m->final_norm, hb->n_logits, dim, eps);
-    be->logits(be, logits, m->hl, &m->lm_head, hb->n_logits);
+    return 1;
 }

@@ -87,6 +87,10 @@ void model_kv_alloc(Model *m, int n_blocks, int block_size);
 // Runs one step. b is the host batch; logits (b->n_logits, vocab) fp32 host.
 void model_forward(Model *m, const Batch *b, float *logits);
 
+// The same step for greedy decoding: ids (b->n_logits) receives the argmax
+// of each logits row (ties: lowest id), computed where the logits are.
+void model_forward_greedy(Model *m, const Batch *b, int32_t *ids);
+
 void model_free(Model *m); // NULL is a no-op
 
 #endif

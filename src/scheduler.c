@@ -220,7 +220,7 @@ int sched_step(Sched *s) {
 
     // 3) admit waiting sequences, first come first served (no overtaking, so
     //    no starvation); not in a step that had to preempt.
-    while (s->n_preemptions == preempted_before && s->wait_count > 0 &&
+    while (!s->no_admit && s->n_preemptions == preempted_before && s->wait_count > 0 &&
            b->n_seqs < s->max_seqs && b->n_tokens < s->max_tokens) {
         Seq *q = wait_front(s);
         int room = s->max_tokens - b->n_tokens;

@@ -62,6 +62,7 @@ typedef struct {
     uint64_t next_order;
     long n_preemptions;
     uint64_t step_no;
+    int no_admit;         // set to stop admitting waiting sequences (draining)
     // the step being built (host arrays sized once)
     Batch batch;
     Seq **step_seqs;      // (max_seqs) sequence of each batch sequence slot

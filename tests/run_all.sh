@@ -7,7 +7,8 @@ set -uo pipefail
 BUILD=${1:-build}
 MODE=${2:-cpu}
 cd "$(dirname "$0")/.."
-export SLUICE_ROOT=$PWD SLUICE_BIN=$PWD/$BUILD/sluice
+case $BUILD in /*) B=$BUILD;; *) B=$PWD/$BUILD;; esac
+export SLUICE_ROOT=$PWD SLUICE_BIN=$B/sluice
 pass=0; fail=0; failed=()
 run_one() {
     local name=$1; shift

@@ -168,7 +168,7 @@ static void test_golden_greedy(void) {
     CU_ASSERT(json_object_get(json_object_get(r, "tpot_s"), "p90") != NULL);
     json_decref(r);
     // part files are kept beside the merged file
-    CU_ASSERT(exists(out, "part-00000.h5"));
+    CU_ASSERT(exists(out, "part-00000-000000.h5"));
 
     // Without --ignore-eos, case 6 (whose golden continuation contains eos id 0)
     // stops right after it, with finish_reason stop.
@@ -522,7 +522,7 @@ static void test_bad_requests(void) {
     rc = sluice("run --model %s --input %s --output %s --strict", model_dir(), p, out2);
     Expect e = {"strict", 1, "request 1"};
     expect(&e, rc, out2);
-    CU_ASSERT(!exists(out2, "part-00000.h5"));
+    CU_ASSERT(!exists(out2, "part-00000-000000.h5"));
 
     // a prompt longer than the context
     int32_t *longp = malloc(sizeof(int32_t) * 1100);

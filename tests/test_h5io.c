@@ -718,25 +718,37 @@ static void writer_merge_roundtrip(const char *dirname, int text, int lp) {
     make_ref(ref, n, n_parts, 77);
     int64_t *order = write_parts(dir, ref, n, n_parts, text, lp, 78);
 
-    // each part holds its rows in append order
+    // each part holds its rows in append order, across its segments (part 0
+    // was checkpointed half way: two segments)
     sl_err err = {{0}};
     int64_t total = 0;
     for (int p = 0; p < n_parts; p++) {
-        CompletionSet cs;
-        char name[64];
-        snprintf(name, sizeof name, "%s/part-%05d.h5", dir, p);
-        CU_ASSERT_EQUAL_FATAL(h5_completions_read(&cs, name, &err), 0);
-        int64_t row = 0, bad = 0;
-        for (int64_t k = 0; k < n; k++) {
-            int64_t i = order[k];
-            if (ref[i].part != p) continue;
-            if (row >= cs.n || !row_matches(&cs, row, i, &ref[i], text, lp)) bad++;
-            row++;
+        int64_t row = 0, bad = 0, k = 0, seen = 0;
+        int seg = 0;
+        for (;; seg++) {
+            CompletionSet cs;
+            char name[600];
+            snprintf(name, sizeof name, "%s/part-%05d-%06d.h5", dir, p, seg);
+            if (access(name, F_OK) != 0) break;
+            int rc = h5_completions_read(&cs, name, &err);
+            if (rc) fprintf(stderr, "  %s\n", err.msg);
+            CU_ASSERT_EQUAL_FATAL(rc, 0);
+            for (row = 0; row < cs.n; k++) {
+                CU_ASSERT_FATAL(k < n);
+                int64_t i = order[k];
+                if (ref[i].part != p) continue;
+                if (!row_matches(&cs, row, i, &ref[i], text, lp)) bad++;
+                row++;
+            }
+            seen += cs.n;
+            h5_completions_free(&cs);
         }
-        CU_ASSERT_EQUAL(cs.n, row);
+        CU_ASSERT_EQUAL(seg, p == 0 ? 2 : 1);
+        int64_t want = 0;
+        for (int64_t i = 0; i < n; i++) want += ref[i].part == p;
+        CU_ASSERT_EQUAL(seen, want);
         CU_ASSERT_EQUAL(bad, 0);
-        total += cs.n;
-        h5_completions_free(&cs);
+        total += seen;
     }
     CU_ASSERT_EQUAL(total, n);
 
@@ -788,7 +800,7 @@ static void test_writer_flush_and_empty(void) {
     }
     CU_ASSERT_EQUAL(h5_writer_flush(w, &err), 0);
     CompletionSet cs;
-    const char *part = tmp_path("flush/part-00007.h5");
+    const char *part = tmp_path("flush/part-00007-000000.h5");
     CU_ASSERT_EQUAL_FATAL(h5_completions_read(&cs, part, &err), 0);
     CU_ASSERT_EQUAL(cs.n, 10);
     CU_ASSERT_EQUAL(cs.offsets[10], 30);
@@ -799,7 +811,7 @@ static void test_writer_flush_and_empty(void) {
 
     CU_ASSERT_EQUAL_FATAL(h5_writer_open(&w, dir, 8, 1, 1, &err), 0);
     CU_ASSERT_EQUAL_FATAL(h5_writer_close(w, &err), 0);
-    CU_ASSERT_EQUAL_FATAL(h5_completions_read(&cs, tmp_path("flush/part-00008.h5"), &err), 0);
+    CU_ASSERT_EQUAL_FATAL(h5_completions_read(&cs, tmp_path("flush/part-00008-000000.h5"), &err), 0);
     CU_ASSERT_EQUAL(cs.n, 0);
     CU_ASSERT_EQUAL(cs.offsets[0], 0);
     CU_ASSERT_PTR_NOT_NULL(cs.text);
@@ -819,7 +831,7 @@ static void test_writer_sanitizes_text(void) {
     CU_ASSERT_EQUAL_FATAL(h5_writer_append(w, &d, &err), 0);
     CU_ASSERT_EQUAL_FATAL(h5_writer_close(w, &err), 0);
     CompletionSet cs;
-    CU_ASSERT_EQUAL_FATAL(h5_completions_read(&cs, tmp_path("utf8/part-00000.h5"), &err), 0);
+    CU_ASSERT_EQUAL_FATAL(h5_completions_read(&cs, tmp_path("utf8/part-00000-000000.h5"), &err), 0);
     CU_ASSERT_STRING_EQUAL(cs.text[0], "ok \xEF\xBF\xBD\xEF\xBF\xBD");
     CU_ASSERT_STRING_EQUAL(cs.text[1], "日本");
     CU_ASSERT_EQUAL(cs.finish[0], FINISH_LENGTH);
@@ -831,20 +843,20 @@ static void test_writer_bad_appends(void) {
     sl_err err = {{0}};
     h5_writer *w;
     CU_ASSERT_EQUAL(h5_writer_open(&w, tmp_path("no-such-outdir"), 0, 0, 0, &err), -1);
-    ASSERT_MSG(err, "no-such-outdir/part-00000.h5", "cannot create");
+    ASSERT_MSG(err, "no-such-outdir/part-00000-000000.h5", "cannot create");
     CU_ASSERT_PTR_NULL(w);
     CU_ASSERT_EQUAL_FATAL(h5_writer_open(&w, dir, 3, 0, 1, &err), 0);
     int32_t tok[2] = {1, 2};
     Completion c = {.prompt_index = 5, .tokens = tok, .n_tokens = -1};
     CU_ASSERT_EQUAL(h5_writer_append(w, &c, &err), -1);
-    ASSERT_MSG(err, "part-00003.h5", "prompt 5");
+    ASSERT_MSG(err, "part-00003-000000.h5", "prompt 5");
     c.n_tokens = 2;
     c.finish = (FinishReason)7;
     CU_ASSERT_EQUAL(h5_writer_append(w, &c, &err), -1);
-    ASSERT_MSG(err, "part-00003.h5", "finish=7");
+    ASSERT_MSG(err, "part-00003-000000.h5", "finish=7");
     c.finish = FINISH_STOP;
     CU_ASSERT_EQUAL(h5_writer_append(w, &c, &err), -1); // no logprobs
-    ASSERT_MSG(err, "part-00003.h5", "'completion_logprobs'");
+    ASSERT_MSG(err, "part-00003-000000.h5", "'completion_logprobs'");
     CU_ASSERT_EQUAL(h5_writer_close(w, &err), 0);
 }
 
@@ -885,23 +897,23 @@ static void test_merge_errors(void) {
     write_part(d, 0, (int64_t[]){0, 5, 3}, 3, 0);
     write_part(d, 1, (int64_t[]){1, 2}, 2, 0);
     write_part(d, 2, (int64_t[]){4, 5, 3}, 3, 0);
-    expect_merge_fail(d, 6, "prompt index 3 appears twice", "part-00000.h5", "part-00002.h5");
+    expect_merge_fail(d, 6, "prompt index 3 appears twice", "part-00000-000000.h5", "part-00002-000000.h5");
 
     // twice in one part
     d = fresh_dir("m-dup1");
     write_part(d, 0, (int64_t[]){0, 1, 1}, 3, 0);
-    expect_merge_fail(d, 2, "prompt index 1 appears twice in", "part-00000.h5", "rows 1 and 2");
+    expect_merge_fail(d, 2, "prompt index 1 appears twice in", "part-00000-000000.h5", "rows 1 and 2");
 
     // index outside [0, N)
     d = fresh_dir("m-range");
     write_part(d, 0, (int64_t[]){0, 1, 2}, 3, 0);
-    expect_merge_fail(d, 2, "part-00000.h5", "prompt_index 2 (row 2)", "outside [0, 2)");
+    expect_merge_fail(d, 2, "part-00000-000000.h5", "prompt_index 2 (row 2)", "outside [0, 2)");
 
     // text in one part only
     d = fresh_dir("m-text");
     write_part(d, 0, (int64_t[]){0}, 1, 1);
     write_part(d, 1, (int64_t[]){1}, 1, 0);
-    expect_merge_fail(d, 2, "part-00000.h5 has 'completion_text'", "but", "part-00001.h5 does not");
+    expect_merge_fail(d, 2, "part-00000-000000.h5 has 'completion_text'", "but", "part-00001-000000.h5 does not");
 
     // nothing to merge
     d = fresh_dir("m-none");
@@ -945,7 +957,7 @@ static void test_completions_read_errors(void) {
 
     const char *d = fresh_dir("damaged");
     write_part(d, 0, (int64_t[]){0, 1}, 2, 0);
-    const char *part = tmp_path("damaged/part-00000.h5");
+    const char *part = tmp_path("damaged/part-00000-000000.h5");
     f = H5Fopen(part, H5F_ACC_RDWR, H5P_DEFAULT);
     CU_ASSERT_FATAL(f >= 0);
     H5Ldelete(f, "latency_s", H5P_DEFAULT);
@@ -956,7 +968,7 @@ static void test_completions_read_errors(void) {
     // a negative prompt index and offsets that run backwards
     d = fresh_dir("damaged2");
     write_part(d, 0, (int64_t[]){0, 1, 2}, 3, 0);
-    part = tmp_path("damaged2/part-00000.h5");
+    part = tmp_path("damaged2/part-00000-000000.h5");
     f = H5Fopen(part, H5F_ACC_RDWR, H5P_DEFAULT);
     hid_t ds = H5Dopen2(f, "prompt_index", H5P_DEFAULT);
     int64_t idx[3] = {0, -1, 2};
@@ -968,7 +980,7 @@ static void test_completions_read_errors(void) {
 
     d = fresh_dir("damaged3");
     write_part(d, 0, (int64_t[]){0, 1, 2}, 3, 0);
-    part = tmp_path("damaged3/part-00000.h5");
+    part = tmp_path("damaged3/part-00000-000000.h5");
     f = H5Fopen(part, H5F_ACC_RDWR, H5P_DEFAULT);
     ds = H5Dopen2(f, "completion_offsets", H5P_DEFAULT);
     int64_t off[4] = {0, 2, 1, 6}; // written: 0 2 4 6

@@ -198,6 +198,25 @@ void cpu_paged_attention(float *out, const float *qkv, const float *k_cache,
 }
 
 // ----------------------------------------------------------------------------
+// greedy
+
+void cpu_argmax_rows(int32_t *out, const float *logits, int n, int vocab) {
+    for (int r = 0; r < n; r++) {
+        const float *row = logits + (size_t)r * vocab;
+        float best = -INFINITY;
+        int idx = 0;
+        for (int j = 0; j < vocab; j++) {
+            float x = isnan(row[j]) ? -INFINITY : row[j];
+            if (x > best) {
+                best = x;
+                idx = j;
+            }
+        }
+        out[r] = idx;
+    }
+}
+
+// ----------------------------------------------------------------------------
 // random fill (mirrors kernels/cuda/random.cu)
 
 static inline uint64_t mix64(uint64_t z) {

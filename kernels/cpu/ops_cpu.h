@@ -59,6 +59,10 @@ void cpu_swiglu(float *out, const float *gu, int n, int hidden);
 // out (m, dim) = x[rows[j], :]
 void cpu_gather_rows(float *out, const float *x, const int32_t *rows, int m, int dim);
 
+// out[r] = index of the largest value of row r of logits (n, vocab); ties to
+// the lowest index, NaN counts as -inf.
+void cpu_argmax_rows(int32_t *out, const float *logits, int n, int vocab);
+
 // dst[i] = mean + std * N(0,1), the normal drawn from a counter-based
 // generator keyed by (seed, i) (splitmix64 + Box-Muller), so any backend can
 // fill the same tensor in any order. For benchmarks with random weights.

@@ -69,6 +69,10 @@ void cuda_paged_attention(sl_bf16 *out, const sl_bf16 *qkv, const sl_bf16 *k_cac
                           int max_kv_len, int n_heads, int n_kv_heads, int head_dim,
                           int block_size, float scale, void *workspace, cudaStream_t stream);
 
+// out[r] = the index of the largest of logits (n, vocab) row r (fp32); ties
+// to the lowest index, NaN counts as -inf (greedy decoding on the device).
+void cuda_argmax_rows(int32_t *out, const float *logits, int n, int vocab, cudaStream_t stream);
+
 // dst[i] = mean + std * N(0,1) from a counter-based generator keyed by
 // (seed, i); the twin of cpu_fill_normal (benchmarks with random weights).
 void cuda_fill_normal_bf16(sl_bf16 *dst, size_t n, uint64_t seed, float mean, float std,

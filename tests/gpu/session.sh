@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# One GPU-host session: build for sm_90a, run the GPU test suite, check the
+# demo model's golden continuations on the CUDA backend, and run benchmarks.
+# Prints a short table; logs and JSON go to $OUT (default build/gpu-session).
+#   usage: tests/gpu/session.sh [tests] [golden] [bench-quick] [bench]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-build/gpu-session}
+mkdir -p "$OUT"
+what=${*:-tests golden bench-quick}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+t0=$SECONDS
+make -j"$(nproc)" all >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+echo "build: $((SECONDS - t0)) s"
+row() { printf '%-44s %s\n' "$1" "$2"; }
+for w in $what; do
+case $w in
+tests)
+    for t in build/tests/test_gpu_*; do
+        SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD "$t" >"$OUT/$(basename "$t").log" 2>&1
+        row "$(basename "$t")" "$(grep -E '^[0-9]+ passed' "$OUT/$(basename "$t").log" | tail -1) (exit $?)"
+    done ;;
+golden)
+    python3 - <<'PY'
+import json, h5py, numpy as np
+d = json.load(open("tests/models/tiny-code-llama/golden_greedy.json"))
+ids = [c["prompt_ids"] for c in d["cases"]]
+with h5py.File("build/golden-prompts.h5", "w") as f:
+    f["prompt_tokens"] = np.array(sum(ids, []), dtype=np.int32)
+    f["prompt_offsets"] = np.cumsum([0] + [len(x) for x in ids]).astype(np.int64)
+PY
+    build/sluice run --model tests/models/tiny-code-llama --input build/golden-prompts.h5 \
+        --output "$OUT/golden" --overwrite --max-new-tokens 48 --ignore-eos --backend cuda \
+        >"$OUT/golden.log" 2>&1 || tail -5 "$OUT/golden.log"
+    python3 tests/golden/check_completions.py "$OUT/golden/completions.h5" \
+        tests/models/tiny-code-llama/golden_greedy.json | tee -a "$OUT/golden.log" | tail -1 ;;
+bench-quick)
+    timeout 300 build/sluice bench --arch llama-3.1-8b --isl 128 --osl 128 --requests 1000 \
+        --backend cuda --output "$OUT/bench-8b-128-128-quick.json" 2>&1 | tee "$OUT/bench-quick.log" | tail -9 ;;
+bench)
+    for spec in "llama-3.1-8b 128 128 3000" "llama-3.1-8b 2048 128 500" \
+                "llama-2-7b 128 128 3000" "llama-2-7b 2048 128 500"; do
+        set -- $spec
+        timeout 240 build/sluice bench --arch "$1" --isl "$2" --osl "$3" --requests "$4" \
+            --backend cuda --output "$OUT/bench-$1-$2-$3.json" 2>&1 | tee "$OUT/bench-$1-$2-$3.log" | tail -9
+    done ;;
+hf)
+    timeout 400 python3 tests/gpu/hf_generate_bench.py configs/arch/llama-3.1-8b.json --isl 128 \
+        --osl 128 --requests 1024 --batch 256 --output "$OUT/hf-llama-3.1-8b-128-128.json" 2>&1 | tail -1 ;;
+bench-2k)
+    for mnt in 16384; do
+        timeout 240 build/sluice bench --arch llama-3.1-8b --isl 2048 --osl 128 --requests 500 \
+            --max-num-tokens $mnt --backend cuda --output "$OUT/bench-8b-2048-128-mnt$mnt.json" 2>&1 | tail -9
+    done ;;
+sanitize)
+    for t in test_gpu_model test_gpu_attention test_gpu_kernels test_gpu_sampling; do
+        SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD timeout 300 compute-sanitizer --tool memcheck \
+            --error-exitcode 9 build/tests/$t >"$OUT/sanitize-$t.log" 2>&1
+        row "memcheck $t" "exit $? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize-$t.log" | tail -1)"
+    done ;;
+resume)
+    # A CUDA job stopped by SIGUSR1 and resumed equals an uninterrupted one.
+    python3 - <<'PY'
+import h5py, numpy as np
+rng = np.random.default_rng(3)
+lens = rng.integers(1, 200, size=2000)
+with h5py.File("build/resume-prompts.h5", "w") as f:
+    f["prompt_tokens"] = rng.integers(1, 8000, size=lens.sum()).astype(np.int32)
+    f["prompt_offsets"] = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    f["max_new_tokens"] = rng.integers(1, 200, size=2000).astype(np.int32)
+PY
+    args="--model tests/models/tiny-code-llama --input build/resume-prompts.h5 --ignore-eos --backend cuda --checkpoint 0.5 --progress 0 --quiet"
+    build/sluice run $args --output "$OUT/resume-ref" --overwrite
+    rm -rf "$OUT/resume-cut"
+    build/sluice run $args --output "$OUT/resume-cut" & pid=$!
+    sleep 3; kill -USR1 $pid; wait $pid; echo "stopped: exit $?"
+    build/sluice run $args --output "$OUT/resume-cut"; echo "resumed: exit $?"
+    python3 - "$OUT" <<'PY'
+import sys, h5py, numpy as np
+o = sys.argv[1]
+a, b = h5py.File(o + "/resume-ref/completions.h5"), h5py.File(o + "/resume-cut/completions.h5")
+same = all(np.array_equal(a[k][:], b[k][:]) for k in ("prompt_index", "completion_offsets", "completion_tokens", "finish_reason"))
+import json; r = json.load(open(o + "/resume-cut/report.json"))
+print("resume on GPU: identical =", same, "; resumed_completions =", r["resumed_completions"], "of", len(a["prompt_index"]))
+PY
+    ;;
+esac
+done
+echo "total: $((SECONDS - t0)) s"
