@@ -132,3 +132,60 @@ clean:
 	rm -rf $(BUILD)
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# ---- fuzzing and sanitizers (tests/fuzz) ----
+# docs/FUZZING.md says what each target reads and what was found.
+#   make fuzz          libFuzzer targets in $(BUILD)/fuzz (clang; the library
+#                      sources they need are compiled again with the fuzz
+#                      flags into $(BUILD)/fuzz/obj, never the gcc objects)
+#   make fuzz-smoke    each target for FUZZ_TIME seconds over its corpus;
+#                      fails on any crash, leak or sanitizer report
+#   make asan          the CPU test suite built with ASAN=1 in ASAN_BUILD and
+#                      run with leak detection on; fails on any report
+FUZZ_CC ?= clang
+FUZZ_TIME ?= 20
+ASAN_BUILD ?= $(BUILD)/asan
+FUZZ_SAN := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+            -fno-omit-frame-pointer
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g $(FUZZ_SAN) -fopenmp -Wall -Wextra \
+               -Wno-unused-parameter -Wno-sign-compare -MMD -MP $(INCLUDES) $(DEP_CFLAGS)
+FUZZ_LIB_SRCS := src/common.c src/config.c src/tokenizer.c src/tok_bpe.c \
+                 src/prompts_text.c io/safetensors.c io/h5io.c
+FUZZ_TARGETS := safetensors config tokenizer jsonl h5prompts
+FUZZ_OBJS := $(FUZZ_LIB_SRCS:%.c=$(BUILD)/fuzz/obj/%.o)
+FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
+SAN_RUN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1 \
+               UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+               LSAN_OPTIONS=suppressions=$(CURDIR)/tests/fuzz/lsan.supp:print_suppressions=0
+
+.PHONY: fuzz fuzz-smoke asan
+fuzz: $(FUZZ_BINS)
+
+$(BUILD)/fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+
+$(BUILD)/fuzz/fuzz_%: $(BUILD)/fuzz/obj/tests/fuzz/fuzz_%.o $(FUZZ_OBJS)
+	$(FUZZ_CC) $(FUZZ_SAN) -fopenmp -o $@ $^ $(LIBS)
+
+# New inputs go to $(BUILD)/fuzz/new-NAME (the first corpus directory, the one
+# libFuzzer writes to); the committed seeds in tests/fuzz/corpus stay as they are.
+fuzz-smoke: $(FUZZ_BINS)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	    mkdir -p $(BUILD)/fuzz/new-$$t $(BUILD)/fuzz/crash-$$t; \
+	    echo "fuzz-smoke: fuzz_$$t for $(FUZZ_TIME) s"; \
+	    $(SAN_RUN_ENV) $(BUILD)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_TIME) -timeout=30 \
+	        -rss_limit_mb=4096 -print_final_stats=1 \
+	        $$(test -f tests/fuzz/$$t.dict && echo -dict=tests/fuzz/$$t.dict) \
+	        -artifact_prefix=$(BUILD)/fuzz/crash-$$t/ \
+	        $(BUILD)/fuzz/new-$$t tests/fuzz/corpus/$$t \
+	        >$(BUILD)/fuzz/smoke-$$t.log 2>&1 || { tail -n 60 $(BUILD)/fuzz/smoke-$$t.log; \
+	        echo "fuzz-smoke: fuzz_$$t FAILED (log: $(BUILD)/fuzz/smoke-$$t.log)"; exit 1; }; \
+	    grep -E '^stat::number_of_executed_units|^#[0-9]+ +DONE' $(BUILD)/fuzz/smoke-$$t.log | tr '\n' ' '; echo; \
+	done; echo "fuzz-smoke: all $(words $(FUZZ_TARGETS)) targets ran without a crash"
+
+asan:
+	$(MAKE) BUILD=$(ASAN_BUILD) ASAN=1 CUDA=0 all
+	$(SAN_RUN_ENV) bash tests/run_all.sh $(ASAN_BUILD)
+
+-include $(shell find $(BUILD)/fuzz/obj -name '*.d' 2>/dev/null)

@@ -34,6 +34,7 @@
 #include <utf8proc.h>
 
 #define FORMAT_ATTR "sluice_format"
+#define TOP_N_ATTR "top_logprobs_n" // alternatives per token in completion_top_*
 #define FORMAT_COMPLETIONS "completions-v1"
 #define FORMAT_PROMPTS "prompts-v1"
 
@@ -901,6 +902,8 @@ enum {
     W_QUEUE,
     W_TEXT,     // only with_text
     W_LOGPROBS, // only with_logprobs
+    W_TOP_IDS,  // only with top_n > 0: (tokens x top_n) flattened
+    W_TOP_LPS,
     W_NDS,
 };
 
@@ -916,6 +919,8 @@ static const char *const w_names[W_NDS] = {
     "queue_s",
     "completion_text",
     "completion_logprobs",
+    "completion_top_ids",
+    "completion_top_logprobs",
 };
 
 struct h5_writer {
@@ -929,6 +934,7 @@ struct h5_writer {
     hid_t ds[W_NDS];       // H5I_INVALID_HID where not written
     hid_t t_finish, t_str; // enum int8 and vlen UTF-8 (memory = file type)
     int with_text, with_logprobs;
+    int top_n;          // alternatives stored per token (0: none)
     int broken;         // a batch write failed: the file is inconsistent
     int64_t rows, toks; // rows and completion tokens already in the file
     // rows appended but not yet written, one entry per row
@@ -942,6 +948,8 @@ struct h5_writer {
     int64_t nt, cap_t;
     int32_t *b_tok;
     float *b_lp;
+    int32_t *b_top_ids; // (nt x top_n)
+    float *b_top_lps;
 };
 
 static void writer_free(h5_writer *w) {
@@ -961,6 +969,7 @@ static void writer_free(h5_writer *w) {
     free(w->b_index), free(w->b_end), free(w->b_plen), free(w->b_finish);
     free(w->b_ttft), free(w->b_latency), free(w->b_queue);
     free(w->b_error), free(w->b_text), free(w->b_tok), free(w->b_lp);
+    free(w->b_top_ids), free(w->b_top_lps);
     free(w->path);
     free(w->tmp);
     free(w->outdir);
@@ -995,12 +1004,17 @@ static int seg_open_file(h5_writer *w, sl_err *err) {
     const char *path = w->path;
     w->rows = w->toks = 0;
     if ((w->file = file_create(w->tmp, path, err)) < 0) return -1;
-    const hid_t ftype[W_NDS] = {H5T_STD_I64LE,  H5T_STD_I32LE, H5T_STD_I32LE,  H5T_STD_I64LE,
-                                w->t_finish,    w->t_str,      H5T_IEEE_F32LE, H5T_IEEE_F32LE,
-                                H5T_IEEE_F32LE, w->t_str,      H5T_IEEE_F32LE};
+    const hid_t ftype[W_NDS] = {H5T_STD_I64LE,  H5T_STD_I32LE,  H5T_STD_I32LE,  H5T_STD_I64LE,
+                                w->t_finish,    w->t_str,       H5T_IEEE_F32LE, H5T_IEEE_F32LE,
+                                H5T_IEEE_F32LE, w->t_str,       H5T_IEEE_F32LE, H5T_STD_I32LE,
+                                H5T_IEEE_F32LE};
     for (int i = 0; i < W_NDS; i++) {
-        if ((i == W_TEXT && !w->with_text) || (i == W_LOGPROBS && !w->with_logprobs)) continue;
-        hsize_t chunk = (i == W_TOKENS || i == W_LOGPROBS) ? CHUNK_TOKENS : CHUNK_ROWS;
+        if ((i == W_TEXT && !w->with_text) || (i == W_LOGPROBS && !w->with_logprobs) ||
+            ((i == W_TOP_IDS || i == W_TOP_LPS) && w->top_n == 0))
+            continue;
+        hsize_t chunk = (i == W_TOKENS || i == W_LOGPROBS) ? CHUNK_TOKENS
+                        : (i == W_TOP_IDS || i == W_TOP_LPS) ? (hsize_t)CHUNK_TOKENS * w->top_n
+                                                             : CHUNK_ROWS;
         if ((w->ds[i] = create_ext_1d(w->file, path, w_names[i], ftype[i], chunk, err)) < 0)
             return -1;
     }
@@ -1008,6 +1022,11 @@ static int seg_open_file(h5_writer *w, sl_err *err) {
     if (append_1d(w->ds[W_OFFSETS], path, w_names[W_OFFSETS], H5T_NATIVE_INT64, 0, 1, &zero, err) ||
         write_attr_str(w->file, path, FORMAT_ATTR, FORMAT_COMPLETIONS, err))
         return -1;
+    if (w->top_n > 0) {
+        char v[16];
+        snprintf(v, sizeof v, "%d", w->top_n);
+        if (write_attr_str(w->file, path, TOP_N_ATTR, v, err)) return -1;
+    }
     return 0;
 }
 
@@ -1048,6 +1067,7 @@ static int writer_create(h5_writer **out, const char *outdir, int part, int with
     w->part = part;
     w->with_text = with_text != 0;
     w->with_logprobs = with_logprobs != 0;
+    w->top_n = with_logprobs > 1 ? with_logprobs - 1 : 0;
     w->file = w->t_finish = w->t_str = H5I_INVALID_HID;
     for (int i = 0; i < W_NDS; i++)
         w->ds[i] = H5I_INVALID_HID;
@@ -1085,6 +1105,10 @@ static int writer_write_batch(h5_writer *w, sl_err *err) {
 #define APPEND(i, mt, cur, k, buf) append_1d(w->ds[i], p, w_names[i], mt, cur, k, buf, err)
     if (APPEND(W_TOKENS, H5T_NATIVE_INT32, w->toks, w->nt, w->b_tok) ||
         (w->with_logprobs && APPEND(W_LOGPROBS, H5T_NATIVE_FLOAT, w->toks, w->nt, w->b_lp)) ||
+        (w->top_n && APPEND(W_TOP_IDS, H5T_NATIVE_INT32, w->toks * w->top_n, w->nt * w->top_n,
+                            w->b_top_ids)) ||
+        (w->top_n && APPEND(W_TOP_LPS, H5T_NATIVE_FLOAT, w->toks * w->top_n, w->nt * w->top_n,
+                            w->b_top_lps)) ||
         APPEND(W_PROMPT_INDEX, H5T_NATIVE_INT64, r, nb, w->b_index) ||
         APPEND(W_PROMPT_LEN, H5T_NATIVE_INT32, r, nb, w->b_plen) ||
         APPEND(W_FINISH, w->t_finish, r, nb, w->b_finish) ||
@@ -1120,6 +1144,11 @@ static int writer_append(h5_writer *w, const Completion *c, sl_err *err) {
         return sl_errf(
             err, "%s: bad completion for prompt %" PRId64 " (n_tokens=%d, tokens %s, finish=%d)",
             w->path, c->prompt_index, c->n_tokens, c->tokens ? "set" : "NULL", (int)c->finish);
+    if (w->top_n && c->n_tokens > 0 && (!c->top_ids || !c->top_logprobs))
+        return sl_errf(err,
+                       "%s: completion for prompt %" PRId64
+                       " has no top logprobs but the file stores %d per token",
+                       w->path, c->prompt_index, w->top_n);
     if (w->with_logprobs && c->n_tokens > 0 && !c->logprobs)
         return sl_errf(err,
                        "%s: completion for prompt %" PRId64
@@ -1137,12 +1166,21 @@ static int writer_append(h5_writer *w, const Completion *c, sl_err *err) {
             w->cap_t = w->cap_t ? 2 * w->cap_t : 4096;
         GROW(w->b_tok, w->cap_t);
         if (w->with_logprobs) GROW(w->b_lp, w->cap_t);
+        if (w->top_n) {
+            GROW(w->b_top_ids, w->cap_t * w->top_n);
+            GROW(w->b_top_lps, w->cap_t * w->top_n);
+        }
     }
     int64_t i = w->nb++;
     if (c->n_tokens > 0) {
         memcpy(w->b_tok + w->nt, c->tokens, sizeof(int32_t) * (size_t)c->n_tokens);
         if (w->with_logprobs)
             memcpy(w->b_lp + w->nt, c->logprobs, sizeof(float) * (size_t)c->n_tokens);
+        if (w->top_n) {
+            size_t k = (size_t)c->n_tokens * w->top_n, at = (size_t)w->nt * w->top_n;
+            memcpy(w->b_top_ids + at, c->top_ids, sizeof(int32_t) * k);
+            memcpy(w->b_top_lps + at, c->top_logprobs, sizeof(float) * k);
+        }
     }
     w->nt += c->n_tokens;
     w->b_index[i] = c->prompt_index;
@@ -1221,6 +1259,8 @@ void h5_completions_free(CompletionSet *cs) {
     free_strs(cs->error, cs->n);
     free_strs(cs->text, cs->n);
     free(cs->logprobs);
+    free(cs->top_ids);
+    free(cs->top_logprobs);
     free(cs->ttft_s);
     free(cs->latency_s);
     free(cs->queue_s);
@@ -1260,6 +1300,25 @@ static int completions_read(CompletionSet *cs, const char *path, sl_err *err) {
         load_opt(f, path, "completion_logprobs", K_F32, n_tok, "one per completion token",
                  (void **)&cs->logprobs, err))
         goto fail;
+    if (H5Aexists(f, TOP_N_ATTR) > 0) {
+        char v[32];
+        if (read_attr_str(f, path, TOP_N_ATTR, v, sizeof v, err)) goto fail;
+        cs->top_n = atoi(v);
+        if (cs->top_n < 1 || cs->top_n > 1024) {
+            sl_errf(err, "%s: attribute '" TOP_N_ATTR "' is '%s', expected 1..1024", path, v);
+            goto fail;
+        }
+        const char *per_top = "top_logprobs_n per completion token";
+        if (load_opt(f, path, "completion_top_ids", K_I32, n_tok * cs->top_n, per_top,
+                     (void **)&cs->top_ids, err) ||
+            load_opt(f, path, "completion_top_logprobs", K_F32, n_tok * cs->top_n, per_top,
+                     (void **)&cs->top_logprobs, err))
+            goto fail;
+        if (!cs->top_ids || !cs->top_logprobs) {
+            sl_errf(err, "%s: has '" TOP_N_ATTR "' but lacks completion_top_ids/_logprobs", path);
+            goto fail;
+        }
+    }
     H5Fclose(f);
     return 0;
 fail:
@@ -1367,6 +1426,11 @@ static int merge_parts(const char *outdir, int64_t n_prompts, sl_err *err) {
         if (completions_read(&parts[p], g.gl_pathv[p], err)) goto fail;
         int text = parts[p].text != NULL, lp = parts[p].logprobs != NULL;
         int text0 = parts[0].text != NULL, lp0 = parts[0].logprobs != NULL;
+        if (parts[p].top_n != parts[0].top_n) {
+            sl_errf(err, "%s stores %d top logprobs per token but %s stores %d: all parts must agree",
+                    g.gl_pathv[p], parts[p].top_n, g.gl_pathv[0], parts[0].top_n);
+            goto fail;
+        }
         if (text != text0 || lp != lp0) {
             const char *what = text != text0 ? "completion_text" : "completion_logprobs";
             int has_p = text != text0 ? text : lp;
@@ -1380,6 +1444,8 @@ static int merge_parts(const char *outdir, int64_t n_prompts, sl_err *err) {
 
     int with_text = n_parts > 0 && parts[0].text != NULL;
     int with_lp = n_parts > 0 && parts[0].logprobs != NULL;
+    int top_n = n_parts > 0 ? parts[0].top_n : 0;
+    if (top_n) with_lp = 1 + top_n;
     if (writer_create(&w, tmp, 0, with_text, with_lp, final, err)) goto fail;
     for (int64_t i = 0; i < n_prompts; i++) {
         const CompletionSet *s = &parts[where[i].part];
@@ -1393,6 +1459,8 @@ static int merge_parts(const char *outdir, int64_t n_prompts, sl_err *err) {
             .error = s->error[r],
             .text = s->text ? s->text[r] : NULL,
             .logprobs = s->logprobs ? s->logprobs + off : NULL,
+            .top_ids = s->top_n ? s->top_ids + off * s->top_n : NULL,
+            .top_logprobs = s->top_n ? s->top_logprobs + off * s->top_n : NULL,
             .ttft_s = s->ttft_s[r],
             .latency_s = s->latency_s[r],
             .queue_s = s->queue_s[r],

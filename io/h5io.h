@@ -77,6 +77,8 @@ typedef struct {
     const char *error;       // reason when finish == FINISH_ERROR, else NULL
     const char *text;        // decoded completion (UTF-8) or NULL
     const float *logprobs;   // (n_tokens) or NULL
+    const int32_t *top_ids;  // (n_tokens, top_n) the most likely ids at each position, or NULL
+    const float *top_logprobs; // (n_tokens, top_n) their log probabilities
     float ttft_s;            // admission to first token
     float latency_s;         // admission to last token
     float queue_s;           // job start to admission
@@ -97,6 +99,9 @@ typedef struct h5_writer h5_writer;
 // completion_text (vlen UTF-8) and completion_logprobs float32 (aligned with
 // completion_tokens).
 // *out is the caller's to close with h5_writer_close.
+// with_logprobs: 0 none; 1 completion_logprobs (the chosen tokens'); 1 + N
+// also completion_top_ids / completion_top_logprobs, N per token (flattened,
+// attribute top_logprobs_n = N), taken from Completion.top_ids/top_logprobs.
 int h5_writer_open(h5_writer **out, const char *outdir, int part, int with_text,
                    int with_logprobs, sl_err *err);
 int h5_writer_append(h5_writer *w, const Completion *c, sl_err *err);
@@ -123,6 +128,9 @@ typedef struct {
     char **error;                // (n) "" when none
     char **text;                 // (n) or NULL when absent
     float *logprobs;             // (offsets[n]) or NULL
+    int top_n;                   // alternatives per token (0: none stored)
+    int32_t *top_ids;            // (offsets[n], top_n) or NULL
+    float *top_logprobs;         // (offsets[n], top_n) or NULL
     float *ttft_s, *latency_s, *queue_s; // (n)
 } CompletionSet;
 

@@ -130,7 +130,14 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         case B_OSL: if (cli_int(C, "--osl", optarg, 1, 1 << 20, &osl)) return EXIT_USAGE; break;
         case B_REQ: if (cli_int(C, "--requests", optarg, 1, 1L << 30, &nreq)) return EXIT_USAGE; break;
         case B_SEED: if (cli_int(C, "--seed", optarg, 0, 1L << 62, &seed)) return EXIT_USAGE; break;
-        case B_BACKEND: backend = optarg; break;
+        case B_BACKEND:
+            if (strcmp(optarg, "auto") && strcmp(optarg, "cpu") && strcmp(optarg, "cuda")) {
+                fprintf(stderr, "sluice bench: --backend: '%s' is not one of auto, cpu, cuda\n",
+                        optarg);
+                return EXIT_USAGE;
+            }
+            backend = optarg;
+            break;
         case B_MAXB:
             if (cli_int(C, "--max-batch", optarg, 1, 1 << 16, &v)) return EXIT_USAGE;
             eo.max_batch = (int)v;
@@ -140,8 +147,9 @@ int cli_bench(int argc, char **argv, Comm *comm) {
             eo.max_tokens = (int)v;
             break;
         case B_BLOCK:
-            if (cli_int(C, "--kv-block-size", optarg, 1, 4096, &v) || (v & (v - 1))) {
-                fprintf(stderr, "sluice bench: --kv-block-size must be a power of two\n");
+            if (cli_int(C, "--kv-block-size", optarg, 1, 4096, &v)) return EXIT_USAGE;
+            if (v & (v - 1)) {
+                fprintf(stderr, "sluice bench: --kv-block-size: %ld is not a power of two\n", v);
                 return EXIT_USAGE;
             }
             eo.block_size = (int)v;
@@ -167,7 +175,11 @@ int cli_bench(int argc, char **argv, Comm *comm) {
             return EXIT_USAGE;
         }
     }
-    if (optind < argc || (!arch == !model_dir)) {
+    if (optind < argc) {
+        fprintf(stderr, "sluice bench: unexpected argument '%s'\n", argv[optind]);
+        return EXIT_USAGE;
+    }
+    if (!arch == !model_dir) {
         fprintf(stderr, "sluice bench: give exactly one of --arch NAME or --model DIR "
                         "(try 'sluice bench --help')\n");
         return EXIT_USAGE;

@@ -33,7 +33,9 @@ static void export_usage(FILE *f) {
             "  finish_reason     stop | length | error\n"
             "  error             why a rejected request was rejected (only then)\n"
             "  prompt_len, n_tokens, ttft_s, latency_s, queue_s\n"
-            "  completion_logprobs  when the job ran with --logprobs\n");
+            "  completion_logprobs  when the job ran with --logprobs\n"
+            "  top_logprobs      when it ran with --top-logprobs N: per token, N\n"
+            "                    [id, logprob] pairs, most likely first\n");
 }
 
 // One JSON line for row i of cs (ps may be NULL).
@@ -60,6 +62,19 @@ static json_t *export_row(const CompletionSet *cs, const PromptSet *ps, int64_t 
         json_t *lp = json_array();
         for (int64_t k = a; k < b; k++) json_array_append_new(lp, json_real(cs->logprobs[k]));
         json_object_set_new(o, "completion_logprobs", lp);
+    }
+    if (cs->top_n > 0) {
+        json_t *top = json_array();
+        for (int64_t k = a; k < b; k++) {
+            json_t *alts = json_array();
+            for (int t = 0; t < cs->top_n; t++) {
+                size_t at = (size_t)k * cs->top_n + t;
+                json_array_append_new(alts, json_pack("[i,f]", cs->top_ids[at],
+                                                      (double)cs->top_logprobs[at]));
+            }
+            json_array_append_new(top, alts);
+        }
+        json_object_set_new(o, "top_logprobs", top);
     }
     return o;
 }

@@ -49,6 +49,8 @@ static void run_usage(FILE *f) {
         "  --ignore-eos           keep generating past end-of-sequence tokens\n"
         "  --stop-token-ids LIST  comma-separated ids that also end a completion\n"
         "  --logprobs             also write the chosen tokens' log probabilities\n"
+        "  --top-logprobs N       and the N (1..20) most likely tokens at each position with\n"
+        "                         their log probabilities (implies --logprobs)\n"
         "  --max-seq-len N        context length (default: the model's max_position_embeddings)\n"
         "batching and memory:\n"
         "  --max-batch N          sequences per step (default 256)\n"
@@ -471,7 +473,7 @@ enum {
     OPT_MODEL = 1000, OPT_INPUT, OPT_OUTPUT, OPT_MAX_NEW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP,
     OPT_REP, OPT_PRES, OPT_FREQ, OPT_SEED, OPT_IGNORE_EOS, OPT_LOGPROBS, OPT_MAX_SEQ,
     OPT_MAX_BATCH, OPT_MAX_TOKENS, OPT_BLOCK, OPT_KV_BLOCKS, OPT_KV_MEM, OPT_SCHED, OPT_BACKEND,
-    OPT_THREADS, OPT_STRICT, OPT_OVERWRITE, OPT_PROGRESS, OPT_QUIET, OPT_VERBOSE, OPT_HELP, OPT_STOP, OPT_KV_FRAC, OPT_TP, OPT_FORCE, OPT_GRACE, OPT_CKPT,
+    OPT_THREADS, OPT_STRICT, OPT_OVERWRITE, OPT_PROGRESS, OPT_QUIET, OPT_VERBOSE, OPT_HELP, OPT_STOP, OPT_KV_FRAC, OPT_TP, OPT_FORCE, OPT_GRACE, OPT_CKPT, OPT_TOPLP,
 };
 
 int cli_run(int argc, char **argv, Comm *comm) {
@@ -491,6 +493,7 @@ int cli_run(int argc, char **argv, Comm *comm) {
         {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
         {"stop-token-ids", required_argument, 0, OPT_STOP},
         {"logprobs", no_argument, 0, OPT_LOGPROBS},
+        {"top-logprobs", required_argument, 0, OPT_TOPLP},
         {"max-seq-len", required_argument, 0, OPT_MAX_SEQ},
         {"max-batch", required_argument, 0, OPT_MAX_BATCH},
         {"max-num-tokens", required_argument, 0, OPT_MAX_TOKENS},
@@ -585,6 +588,11 @@ int cli_run(int argc, char **argv, Comm *comm) {
             break;
         }
         case OPT_LOGPROBS: eo.logprobs = 1; break;
+        case OPT_TOPLP:
+            if (cli_int(C, "--top-logprobs", optarg, 1, 20, &v)) return EXIT_USAGE;
+            eo.top_logprobs = (int)v;
+            eo.logprobs = 1;
+            break;
         case OPT_MAX_SEQ:
             if (cli_int(C, "--max-seq-len", optarg, 2, 1 << 24, &v)) return EXIT_USAGE;
             eo.max_seq_len = (int)v;
@@ -704,7 +712,11 @@ int cli_run(int argc, char **argv, Comm *comm) {
 
     // 1) everything that can be wrong with the inputs, before touching OUTDIR;
     //    a text-only prompts file is tokenized here with the model's tokenizer
-    if (load_tokenizer(model_dir, &tok, &err)) goto fail;
+    if (load_tokenizer(model_dir, &tok, &err)) {
+        // Token ids in, token ids out still works: only text needs it.
+        LOGW("%s; completions will carry no text", err.msg);
+        tok = NULL;
+    }
     if (prompts_load(&ps, input, tok, (int)threads, &err)) goto fail;
     be = cli_backend_create(backend, (int)threads, comm->local_rank, &err);
     if (!be) goto fail;
@@ -765,7 +777,8 @@ int cli_run(int argc, char **argv, Comm *comm) {
         eo.decode_ctx = tok;
     }
     if (comm->tp_rank == 0 &&
-        h5_writer_open(&w, outdir, comm->replica, tok != NULL, eo.logprobs, &err))
+        h5_writer_open(&w, outdir, comm->replica, tok != NULL,
+                       eo.logprobs ? 1 + eo.top_logprobs : 0, &err))
         goto fail;
     LOGI("%ld prompts from %s -> %s (replica %d of %d: %ld prompts, %d tensor-parallel ranks)",
          (long)(ps.n - n_done), input, outdir, comm->replica, comm->n_replicas, (long)n_mine,

@@ -277,6 +277,10 @@ int config_parse(ModelConfig *c, const char *json, const char *gen_json, const c
         }
         c->head_dim = c->dim / c->n_heads;
     }
+    if (c->head_dim % 2) { // rotary embeddings rotate pairs of dimensions
+        sl_errf(err, "%s: head_dim %d is odd; rotary embeddings need it even", path, c->head_dim);
+        goto fail;
+    }
     c->max_seq_len = 2048;
     c->norm_eps = 1e-6f;
     if (cfg_int(root, "", "max_position_embeddings", 0, 1, &c->max_seq_len, path, err) ||

@@ -18,6 +18,8 @@ typedef struct {
     int64_t index;       // row in the prompts file
     SamplingParams sp;
     float *logprobs;     // (max_len - prompt_len) or NULL
+    int32_t *top_ids;    // (max_len - prompt_len, top_logprobs) or NULL
+    float *top_lps;
     double t_admit, t_first;
     int admitted;
 } Req;
@@ -151,6 +153,8 @@ static int emit(h5_writer *w, const EngineOptions *o, Req *r, FinishReason fin,
     c.finish = fin;
     c.error = error;
     c.logprobs = r->logprobs;
+    c.top_ids = r->top_ids;
+    c.top_logprobs = r->top_lps;
     if (r->admitted) {
         c.queue_s = (float)(r->t_admit - t0);
         c.ttft_s = (float)(r->t_first - r->t_admit);
@@ -252,6 +256,10 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
         memcpy(r->seq.tokens, ps->tokens + ps->offsets[i], sizeof(int32_t) * plen);
         r->sp = req_sampling(ps, i, &o);
         if (o.logprobs) r->logprobs = sl_calloc(max_len - plen, sizeof(float));
+        if (o.top_logprobs > 0) {
+            r->top_ids = sl_calloc((size_t)(max_len - plen) * o.top_logprobs, sizeof(int32_t));
+            r->top_lps = sl_calloc((size_t)(max_len - plen) * o.top_logprobs, sizeof(float));
+        }
         st->prompt_tokens += plen;
         sched_add(&S, &r->seq);
     }
@@ -305,7 +313,8 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
             if (q->n_computed + S.step_chunk[k] != q->len) continue;
             const SamplingParams *sp = &((Req *)q->user)->sp;
             greedy = sp->temperature <= 0 && sp->repetition_penalty == 1.0f &&
-                     sp->presence_penalty == 0 && sp->frequency_penalty == 0 && !o.logprobs;
+                     sp->presence_penalty == 0 && sp->frequency_penalty == 0 && !o.logprobs &&
+                     o.top_logprobs == 0;
         }
         if (greedy) model_forward_greedy(m, b, next_tok);
         else model_forward(m, b, logits);
@@ -324,6 +333,12 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
             Req *r = q->user;
             void *scr = (char *)scratch + scratch_bytes * omp_get_thread_num();
             float lp = 0;
+            float *row = logits + (size_t)j * c->vocab_size;
+            if (r->top_ids) { // the model's own distribution, before sampling changes it
+                size_t at = (size_t)(q->len - q->prompt_len) * o.top_logprobs;
+                sampling_topn_logprobs(row, c->vocab_size, o.top_logprobs, r->top_ids + at,
+                                       r->top_lps + at);
+            }
             next_tok[j] = sampling_sample(&r->sp, logits + (size_t)j * c->vocab_size,
                                           c->vocab_size, q->tokens, q->len, q->prompt_len,
                                           (uint64_t)(q->len - q->prompt_len),
@@ -357,6 +372,10 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
             r->seq.tokens = NULL;
             free(r->logprobs);
             r->logprobs = NULL;
+            free(r->top_ids);
+            free(r->top_lps);
+            r->top_ids = NULL;
+            r->top_lps = NULL;
         }
         done_count += nfin;
 
@@ -391,6 +410,8 @@ done:
         free(reqs[k].seq.tokens);
         free(reqs[k].seq.blocks);
         free(reqs[k].logprobs);
+        free(reqs[k].top_ids);
+        free(reqs[k].top_lps);
         free(why[k]);
     }
     free(reqs);

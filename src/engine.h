@@ -27,6 +27,8 @@ typedef struct {
     int strict;             // any bad request fails the job before it starts
     SamplingParams sampling; // job-wide defaults for fields the input lacks
     int logprobs;           // record the chosen tokens' log probabilities
+    int top_logprobs;       // and the N most likely tokens at each position (0: none),
+                            // under the model's distribution (before sampling settings)
     double progress_every;  // seconds between progress lines on stderr (0: none)
     double checkpoint_every; // seconds between writer checkpoints (finished segments)
     // Asked before every step (the same answer on every rank of a group):

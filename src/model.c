@@ -217,7 +217,10 @@ int model_load_from(Model **out, const ModelConfig *cfg, const st_file *st, Back
     if (cfg->tie_embeddings) {
         head = "model.embed_tokens.weight";
     } else if (!st_find(st, head)) {
-        sl_errf(err, "checkpoint: tensor 'lm_head.weight' missing (tie_word_embeddings is false)");
+        // st_expect's message names the checkpoint ("DIR: tensor ... missing")
+        sl_err miss = {{0}};
+        st_expect(st, head, 2, NULL, NULL, &miss);
+        sl_errf(err, "%s (tie_word_embeddings is false)", miss.msg);
         goto fail;
     }
     if (load_slice(st, head, cfg->vocab_size, dim, 0, cfg->vocab_size, 0, dim, tmp, err)) goto fail;

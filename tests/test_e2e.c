@@ -10,6 +10,7 @@
 //   clear error naming the culprit, a non-zero exit, and no completions.h5.
 #include <hdf5.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -211,7 +212,7 @@ static void test_stop_ids_and_per_request_penalty(void) {
     const char *in = tmp("stop.h5"), *out = tmp("stop-out");
     golden_prompts_file(in, cases);
     CU_ASSERT_FATAL(sluice("run --model %s --input %s --output %s --max-new-tokens 48 --ignore-eos "
-                           "--stop-token-ids 8191,%d --logprobs",
+                           "--stop-token-ids 8191,%d --top-logprobs 3",
                            model_dir(), in, out, stop_tok) == 0);
     CompletionSet cs;
     read_completions(out, &cs);
@@ -219,7 +220,19 @@ static void test_stop_ids_and_per_request_penalty(void) {
     CU_ASSERT_EQUAL(cs.finish[0], FINISH_STOP);
     CU_ASSERT_EQUAL(cs.tokens[cs.offsets[0] + first], stop_tok);
     CU_ASSERT_FATAL(cs.logprobs != NULL);
-    for (int64_t k = 0; k < cs.offsets[cs.n]; k++) CU_ASSERT(cs.logprobs[k] <= 0.0f);
+    CU_ASSERT_EQUAL_FATAL(cs.top_n, 3);
+    // greedy: the chosen token is the most likely one, with the same logprob;
+    // the alternatives come in descending order and hold at most all the mass
+    for (int64_t k = 0; k < cs.offsets[cs.n]; k++) {
+        const int32_t *ids = cs.top_ids + k * 3;
+        const float *lp = cs.top_logprobs + k * 3;
+        CU_ASSERT(cs.logprobs[k] <= 0.0f);
+        CU_ASSERT_EQUAL(ids[0], cs.tokens[k]);
+        CU_ASSERT(fabsf(lp[0] - cs.logprobs[k]) < 1e-5f);
+        CU_ASSERT(lp[0] >= lp[1] && lp[1] >= lp[2]);
+        CU_ASSERT(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
+        CU_ASSERT(expf(lp[0]) + expf(lp[1]) + expf(lp[2]) <= 1.0f + 1e-5f);
+    }
     h5_completions_free(&cs);
 
     // two copies of one prompt, the second with a repetition penalty

@@ -47,6 +47,35 @@ bench)
 hf)
     timeout 400 python3 tests/gpu/hf_generate_bench.py configs/arch/llama-3.1-8b.json --isl 128 \
         --osl 128 --requests 1024 --batch 256 --output "$OUT/hf-llama-3.1-8b-128-128.json" 2>&1 | tail -1 ;;
+o200k)
+    # The real o200k_base (tiktoken ranks cached on the GPU host, converted by
+    # transformers' TikTokenConverter): regenerate the fixtures there, then the
+    # C tokenizer must give HF's ids and text on every corpus line.
+    TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-/opt/tiktoken_cache} timeout 300 \
+        python3 tests/tokenizer/make_fixtures.py 2>&1 | tail -2
+    SLUICE_ROOT=$PWD build/tests/test_tokenizer >"$OUT/tokenizer.log" 2>&1
+    row "test_tokenizer (with o200k: $(test -d tests/tokenizer/o200k && echo yes || echo no))" \
+        "$(grep -E '^[0-9]+ passed' "$OUT/tokenizer.log" | tail -1)"
+    grep -iE "o200k|mismatch" "$OUT/tokenizer.log" | head -5 ;;
+prep-scaling)
+    # sluice prep on 500,000 prompts (the tokenizer corpus x 200) with 1..16
+    # threads: tokenization scales with cores (the host's CPUs, no GPU used).
+    python3 -c "
+L=open('tests/tokenizer/corpus.jsonl',encoding='utf-8',newline='').read().split('\n')
+with open('build/big.jsonl','w',encoding='utf-8',newline='') as f:
+    for r in range(200):
+        for l in L:
+            if l: f.write('{\"prompt\": %s}\n' % l)"
+    for t in 1 2 4 8 16; do
+        build/sluice prep --model tests/models/tiny-code-llama --input build/big.jsonl \
+            --output build/big.h5 --threads $t 2>&1 | tail -1 | sed "s/^/threads $t: /"
+    done ;;
+bench-big)
+    for spec in "llama-3.1-8b 128 128 3000 512" "llama-3.1-8b 2048 128 500 512"; do
+        set -- $spec
+        timeout 200 build/sluice bench --arch "$1" --isl "$2" --osl "$3" --requests "$4" \
+            --max-batch "$5" --backend cuda --output "$OUT/bench-$1-$2-$3-b$5.json" 2>&1 | tail -9
+    done ;;
 bench-2k)
     for mnt in 16384; do
         timeout 240 build/sluice bench --arch llama-3.1-8b --isl 2048 --osl 128 --requests 500 \
@@ -63,17 +92,17 @@ resume)
     python3 - <<'PY'
 import h5py, numpy as np
 rng = np.random.default_rng(3)
-lens = rng.integers(1, 200, size=2000)
+lens = rng.integers(1, 200, size=30000)
 with h5py.File("build/resume-prompts.h5", "w") as f:
     f["prompt_tokens"] = rng.integers(1, 8000, size=lens.sum()).astype(np.int32)
     f["prompt_offsets"] = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    f["max_new_tokens"] = rng.integers(1, 200, size=2000).astype(np.int32)
+    f["max_new_tokens"] = rng.integers(1, 200, size=30000).astype(np.int32)
 PY
     args="--model tests/models/tiny-code-llama --input build/resume-prompts.h5 --ignore-eos --backend cuda --checkpoint 0.5 --progress 0 --quiet"
     build/sluice run $args --output "$OUT/resume-ref" --overwrite
     rm -rf "$OUT/resume-cut"
     build/sluice run $args --output "$OUT/resume-cut" & pid=$!
-    sleep 3; kill -USR1 $pid; wait $pid; echo "stopped: exit $?"
+    sleep 4; kill -USR1 $pid; wait $pid; echo "stopped: exit $?"
     build/sluice run $args --output "$OUT/resume-cut"; echo "resumed: exit $?"
     python3 - "$OUT" <<'PY'
 import sys, h5py, numpy as np
