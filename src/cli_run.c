@@ -107,6 +107,27 @@ static int mkdir_p(const char *path, sl_err *err) {
     return rc;
 }
 
+// Every part of OUTDIR that exists must be a directory (a mistyped path fails
+// at once, not after the model has loaded).
+static int check_outdir_path(const char *outdir, sl_err *err) {
+    char *p = sl_strdup(outdir);
+    int rc = 0;
+    for (char *s = p + 1;; s++) {
+        char c = *s;
+        if (c != '/' && c != 0) continue;
+        *s = 0;
+        struct stat stt;
+        if (stat(p, &stt) == 0 && !S_ISDIR(stt.st_mode)) {
+            rc = sl_errf(err, "--output %s: %s exists and is not a directory", outdir, p);
+            break;
+        }
+        *s = c;
+        if (c == 0) break;
+    }
+    free(p);
+    return rc;
+}
+
 // Removes OUTDIR/<pattern> matches; returns how many there were (-1 on error).
 static int remove_matching(const char *outdir, const char *pattern, int do_remove, sl_err *err) {
     char *pat = sl_path_join(outdir, pattern);
@@ -712,12 +733,22 @@ int cli_run(int argc, char **argv, Comm *comm) {
 
     // 1) everything that can be wrong with the inputs, before touching OUTDIR;
     //    a text-only prompts file is tokenized here with the model's tokenizer
-    if (load_tokenizer(model_dir, &tok, &err)) {
+    if (check_outdir_path(outdir, &err)) goto fail; // before any slow loading
+    sl_err tok_err = {{0}};
+    if (load_tokenizer(model_dir, &tok, &tok_err)) {
         // Token ids in, token ids out still works: only text needs it.
-        LOGW("%s; completions will carry no text", err.msg);
+        LOGW("%s; completions will carry no text", tok_err.msg);
         tok = NULL;
     }
-    if (prompts_load(&ps, input, tok, (int)threads, &err)) goto fail;
+    if (prompts_load(&ps, input, tok, (int)threads, &err)) {
+        if (tok_err.msg[0]) {
+            char why[SL_ERR_MAX];
+            memcpy(why, err.msg, sizeof why);
+            sl_errf(&err, "%.500s (and tokenizer.json could not be used: %.400s)", why,
+                    tok_err.msg);
+        }
+        goto fail;
+    }
     be = cli_backend_create(backend, (int)threads, comm->local_rank, &err);
     if (!be) goto fail;
     ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch,
