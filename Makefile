@@ -81,7 +81,9 @@ endif
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 TEST_COMMON := $(BUILD)/obj/tests/testutil.o
 
-.PHONY: all test test-unit test-e2e test-gpu run deps clean install bench
+.PHONY: all test test-gpu run deps clean install bench
+# test objects are intermediates of the test binaries: keep them between builds
+.SECONDARY:
 all: $(BIN) $(TEST_BINS)
 
 $(BUILD)/obj/%.o: %.c
