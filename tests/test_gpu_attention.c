@@ -29,6 +29,7 @@
 #include "common.h"
 #include "cpu/ops_cpu.h"
 #include "cuda/ops_cuda.h"
+#include "gpu_testutil.h"
 #include "testutil.h"
 
 // Tolerances, |gpu - cpu| <= ATOL + RTOL * |cpu|. Both paths round the output
@@ -51,25 +52,7 @@
 // ----------------------------------------------------------------------------
 // device availability and the skip rule
 
-static int g_gpu = -1; // -1 not asked yet, 0 none, 1 present
 
-static int gpu_ready(void) {
-    if (g_gpu < 0) {
-        int count = 0;
-        cudaError_t e = cudaGetDeviceCount(&count);
-        g_gpu = e == cudaSuccess && count > 0;
-        if (!g_gpu) (void)cudaGetLastError();
-    }
-    if (g_gpu) return 1;
-    const char *req = getenv("SLUICE_REQUIRE_GPU");
-    if (req && strcmp(req, "1") == 0) {
-        fprintf(stderr, "no CUDA device, but SLUICE_REQUIRE_GPU=1\n");
-        CU_FAIL("no CUDA device, but SLUICE_REQUIRE_GPU=1");
-    } else {
-        printf("skipped: no CUDA device\n");
-    }
-    return 0;
-}
 
 // ----------------------------------------------------------------------------
 // host/device helpers
@@ -284,14 +267,14 @@ static const Shape SHAPES[] = {
 #define N_SHAPES (int)(sizeof SHAPES / sizeof SHAPES[0])
 
 static void test_mixed_shapes(void) {
-    if (!gpu_ready()) return;
+    if (!tu_gpu_ready()) return;
     for (int i = 0; i < N_SHAPES; i++) run_case(&SHAPES[i], MIXED, N_MIXED, 0, 1000 + i);
 }
 
 // max_kv_len as a graph would pass it (the table capacity), and below the
 // truth: the last split always runs to the sequence's end.
 static void test_max_kv_len_bounds(void) {
-    if (!gpu_ready()) return;
+    if (!tu_gpu_ready()) return;
     run_case(&SHAPES[0], MIXED, N_MIXED, 1, 77);
     run_case(&SHAPES[4], MIXED, N_MIXED, 1, 78);
     run_case(&SHAPES[1], MIXED, N_MIXED, 2, 79);
@@ -301,7 +284,7 @@ static void test_max_kv_len_bounds(void) {
 // heads fill the GPU without splitting (the CTA writes the output); 3 long
 // sequences take split-K and the reduction.
 static void test_decode_only(void) {
-    if (!gpu_ready()) return;
+    if (!tu_gpu_ready()) return;
     uint64_t rng = 42;
     Seq many[130];
     for (int i = 0; i < 130; i++) many[i].rows = 1, many[i].start = (int)(tu_rand_u64(&rng) % 700);
@@ -316,7 +299,7 @@ static void test_decode_only(void) {
 // Prefill only (a single sequence: the decode kernel is not launched), a chunk
 // whose 130 rows start mid-block and cover parts of three 64-row tiles.
 static void test_prefill_only(void) {
-    if (!gpu_ready()) return;
+    if (!tu_gpu_ready()) return;
     Seq chunk[1] = {{130, 50}};
     run_case(&SHAPES[1], chunk, 1, 0, 9);
     run_case(&SHAPES[2], chunk, 1, 0, 10);
@@ -359,7 +342,7 @@ static void test_bench(void) {
         printf("benchmark off (SLUICE_GPU_BENCH=1 turns it on)\n");
         return;
     }
-    if (!gpu_ready()) return;
+    if (!tu_gpu_ready()) return;
     const int nh = 32, nkv = 8, hd = 128, bs = 32, stride = (nh + 2 * nkv) * hd;
     const float scale = 1.0f / sqrtf((float)hd);
     const int max_batch = 256, max_ctx = 8192;

@@ -18,25 +18,9 @@
 #include "backend.h"
 #include "cpu/ops_cpu.h"
 #include "cuda/gemm.h"
+#include "gpu_testutil.h"
 #include "testutil.h"
 
-// 1 when a device is there; otherwise reports the skip (or the failure when
-// SLUICE_REQUIRE_GPU=1) and returns 0.
-static int have_gpu(void) {
-    int n = 0;
-    cudaError_t e = cudaGetDeviceCount(&n);
-    if (e == cudaSuccess && n > 0) return 1;
-    (void)cudaGetLastError();
-    const char *req = getenv("SLUICE_REQUIRE_GPU");
-    if (req && strcmp(req, "1") == 0) {
-        fprintf(stderr, "  no CUDA device (%s) but SLUICE_REQUIRE_GPU=1\n",
-                e == cudaSuccess ? "0 devices" : cudaGetErrorString(e));
-        CU_FAIL("no CUDA device");
-    } else {
-        printf("skipped: no CUDA device\n");
-    }
-    return 0;
-}
 
 // v (n) random normal * scale, rounded to bf16; bits gets the bf16 bits.
 static void rand_bf16(float *v, uint16_t *bits, size_t n, float scale, uint64_t *rng) {
@@ -140,7 +124,7 @@ static void check_shape(cuda_gemm *g, int n, int out, int in, uint64_t seed) {
 }
 
 static void test_gemm_vs_cpu(void) {
-    if (!have_gpu()) return;
+    if (!tu_gpu_ready()) return;
     static const int ns[] = {1, 7, 129}, outs[] = {72, 383, 4096}, ins[] = {64, 384, 4104};
     cudaStream_t st;
     CU_ASSERT_FATAL(cudaStreamCreate(&st) == cudaSuccess);
@@ -161,7 +145,7 @@ static void test_gemm_vs_cpu(void) {
 // A sub-view of x that is only 2-byte aligned still computes right (the plan
 // is keyed on the pointers' alignment).
 static void test_gemm_unaligned_rows(void) {
-    if (!have_gpu()) return;
+    if (!tu_gpu_ready()) return;
     int n = 5, out = 40, in = 24;
     uint64_t rng = 5;
     float *w = malloc(out * in * 4), *x = malloc((n + 1) * in * 4), *ref = malloc(n * out * 4);
@@ -206,7 +190,7 @@ static void test_gemm_bench(void) {
         printf("(GEMM benchmark off: SLUICE_GPU_BENCH=1 turns it on)\n");
         return;
     }
-    if (!have_gpu()) return;
+    if (!tu_gpu_ready()) return;
     static const int shapes[][3] = {{4096, 4096, 4096}, {8192, 14336, 4096},
                                     {256, 4096, 4096},  {1, 4096, 4096}};
     struct cudaDeviceProp prop;

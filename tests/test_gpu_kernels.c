@@ -26,6 +26,7 @@
 #include "common.h"
 #include "cpu/ops_cpu.h"
 #include "cuda/ops_cuda.h"
+#include "gpu_testutil.h"
 #include "testutil.h"
 
 // Tolerance for bf16 outputs against the fp32 twin. A bf16 value carries 8
@@ -43,25 +44,7 @@ static const int NS[] = {1, 3, 37, 300};
 // ----------------------------------------------------------------------------
 // device availability and the skip rule
 
-static int g_gpu = -1; // -1 not asked yet, 0 none, 1 present
 
-static int gpu_ready(void) {
-    if (g_gpu < 0) {
-        int count = 0;
-        cudaError_t e = cudaGetDeviceCount(&count);
-        g_gpu = e == cudaSuccess && count > 0;
-        if (!g_gpu) (void)cudaGetLastError();
-    }
-    if (g_gpu) return 1;
-    const char *req = getenv("SLUICE_REQUIRE_GPU");
-    if (req && strcmp(req, "1") == 0) {
-        fprintf(stderr, "no CUDA device, but SLUICE_REQUIRE_GPU=1\n");
-        CU_FAIL("no CUDA device, but SLUICE_REQUIRE_GPU=1");
-    } else {
-        printf("skipped: no CUDA device\n");
-    }
-    return 0;
-}
 
 // ----------------------------------------------------------------------------
 // host/device helpers
@@ -123,7 +106,7 @@ static void round_bf16(float *f, size_t n) {
 // conversions
 
 static void test_convert(void) {
-    if (!gpu_ready()) return;
+    if (!tu_gpu_ready()) return;
     static const size_t sizes[] = {1, 7, 8, 37, 1000, 65541};
     uint64_t rng = 11;
     for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
@@ -221,7 +204,7 @@ static void check_copy(int embed, int m, int dim, int rows, int off, uint64_t *r
 }
 
 static void test_embed(void) {
-    if (!gpu_ready()) return;
+    if (!tu_gpu_ready()) return;
     uint64_t rng = 21;
     for (int a = 0; a < N_NS; a++)
         for (int b = 0; b < 4; b++) check_copy(1, NS[a], COPY_DIMS[b], 1000, 0, &rng);
@@ -229,7 +212,7 @@ static void test_embed(void) {
 }
 
 static void test_gather(void) {
-    if (!gpu_ready()) return;
+    if (!tu_gpu_ready()) return;
     uint64_t rng = 22;
     for (int a = 0; a < N_NS; a++)
         for (int b = 0; b < 4; b++) check_copy(0, NS[a], COPY_DIMS[b], 311, 0, &rng);
@@ -280,7 +263,7 @@ static void check_rmsnorm(int n, int dim, int off, int in_place, uint64_t *rng) 
 }
 
 static void test_rmsnorm(void) {
-    if (!gpu_ready()) return;
+    if (!tu_gpu_ready()) return;
     uint64_t rng = 31;
     for (int a = 0; a < N_NS; a++)
         for (int b = 0; b < N_NORM_DIMS; b++)
@@ -333,7 +316,7 @@ static void check_add_rmsnorm(int n, int dim, int off, int alias, uint64_t *rng)
 }
 
 static void test_add_rmsnorm(void) {
-    if (!gpu_ready()) return;
+    if (!tu_gpu_ready()) return;
     uint64_t rng = 41;
     for (int a = 0; a < N_NS; a++)
         for (int b = 0; b < N_NORM_DIMS; b++)
@@ -367,7 +350,7 @@ static void check_swiglu(int n, int hidden, int off, uint64_t *rng) {
 }
 
 static void test_swiglu(void) {
-    if (!gpu_ready()) return;
+    if (!tu_gpu_ready()) return;
     static const int hidden[] = {72, 383, 384, 4096, 14336};
     uint64_t rng = 51;
     for (int a = 0; a < N_NS; a++)
@@ -494,7 +477,7 @@ static void check_rope(const RopeCase *c, int n, int off, uint64_t *rng) {
 }
 
 static void test_rope_kv_write(void) {
-    if (!gpu_ready()) return;
+    if (!tu_gpu_ready()) return;
     // GQA ratios 1, 4, 8; vector head dims (16, 64, 128) and scalar ones
     // (18: half not a whole vector; 72: 8-aligned but half is not); llama3
     // frequency scaling in one case.
@@ -583,7 +566,7 @@ static void b_embed(void *p, int s) {
 }
 
 static void test_bench(void) {
-    if (!gpu_ready()) return;
+    if (!tu_gpu_ready()) return;
     Bench B = {.n = 4096, .dim = 4096, .nh = 32, .nkv = 8, .hd = 128, .bs = 16};
     const char *env_n = getenv("SLUICE_GPU_BENCH_N"); // rows, to see other sizes
     if (env_n && atoi(env_n) >= 16) B.n = atoi(env_n) / 16 * 16;

@@ -41,27 +41,13 @@
 
 #include "backend.h"
 #include "model.h"
+#include "gpu_testutil.h"
 #include "testutil.h"
 
 #define BLOCK 16
 #define MAXT 256
 #define REL_TOL 3e-2
 
-static int have_gpu(void) {
-    int n = 0;
-    cudaError_t e = cudaGetDeviceCount(&n);
-    if (e == cudaSuccess && n > 0) return 1;
-    (void)cudaGetLastError();
-    const char *req = getenv("SLUICE_REQUIRE_GPU");
-    if (req && strcmp(req, "1") == 0) {
-        fprintf(stderr, "  no CUDA device (%s) but SLUICE_REQUIRE_GPU=1\n",
-                e == cudaSuccess ? "0 devices" : cudaGetErrorString(e));
-        CU_FAIL("no CUDA device");
-    } else {
-        printf("skipped: no CUDA device\n");
-    }
-    return 0;
-}
 
 // The demo model may live in tests/models or models.
 static const char *tiny_dir(void) {
@@ -237,7 +223,7 @@ static int open_pair(Runner *gpu, Runner *cpu, const char *dir, int max_seqs, in
 // tiny-code-llama vs golden_greedy.json
 
 static void test_tiny_code_llama(void) {
-    if (!have_gpu()) return;
+    if (!tu_gpu_ready()) return;
     const char *dir = tiny_dir();
     if (!dir) fprintf(stderr, "  tiny-code-llama not found in tests/models or models\n");
     CU_ASSERT_FATAL(dir != NULL);
@@ -281,7 +267,7 @@ static void test_tiny_code_llama(void) {
 // the random fixtures vs golden.json
 
 static void check_fixture(const char *name) {
-    if (!have_gpu()) return;
+    if (!tu_gpu_ready()) return;
     char dir[256], path[1100];
     snprintf(dir, sizeof dir, "%s", tu_path(name));
     snprintf(path, sizeof path, "%s/golden.json", dir);
@@ -376,7 +362,7 @@ static int build_batch(const Seq *seqs, const StepPlan *p, Batch *b, int32_t *to
 }
 
 static void check_batched(const char *dir) {
-    if (!have_gpu()) return;
+    if (!tu_gpu_ready()) return;
     Runner gpu, cpu;
     CU_ASSERT_FATAL(open_pair(&gpu, &cpu, dir, 8, POOL) == 0);
     int vocab = gpu.vocab;
@@ -451,7 +437,7 @@ static void check_batched(const char *dir) {
 }
 
 static void test_batched_tiny(void) {
-    if (!have_gpu()) return;
+    if (!tu_gpu_ready()) return;
     const char *dir = tiny_dir();
     CU_ASSERT_FATAL(dir != NULL);
     check_batched(dir);

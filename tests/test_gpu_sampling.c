@@ -11,23 +11,12 @@
 
 #include "cpu/ops_cpu.h"
 #include "cuda/ops_cuda.h"
+#include "gpu_testutil.h"
 #include "testutil.h"
 
-static int gpu_ready(void) {
-    int count = 0;
-    if (cudaGetDeviceCount(&count) == cudaSuccess && count > 0) return 1;
-    (void)cudaGetLastError();
-    const char *req = getenv("SLUICE_REQUIRE_GPU");
-    if (req && !strcmp(req, "1")) {
-        CU_FAIL("no CUDA device, but SLUICE_REQUIRE_GPU=1");
-    } else {
-        printf("skipped: no CUDA device\n");
-    }
-    return 0;
-}
 
 static void test_argmax_rows(void) {
-    if (!gpu_ready()) return;
+    if (!tu_gpu_ready()) return;
     static const int vocabs[] = {1, 7, 1000, 32000, 128256, 151936};
     const int n = 67;
     uint64_t rng = 2024;
