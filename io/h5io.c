@@ -251,6 +251,33 @@ typedef enum {
 
 // Opens dataset `name` and checks that it is 1-D; *len gets its length.
 // Returns the dataset (the caller closes it) or H5I_INVALID_HID with err set.
+// A corrupt file can claim any length (found by tests/fuzz/fuzz_h5prompts:
+// 2^61 elements made sl_calloc die of "out of host memory"), so the length is
+// checked before anything is allocated for it. A dataset without filters
+// stores every element it holds (storage >= n x element size; virtual and
+// external datasets excepted); a compressed one has no such bound, and then
+// the host's memory is the limit.
+static int check_stored(hid_t ds, const char *path, const char *name, hsize_t n, sl_err *err) {
+    hid_t ft = H5Dget_type(ds), dcpl = H5Dget_create_plist(ds);
+    size_t size = ft >= 0 ? H5Tget_size(ft) : 0;
+    if (size == 0) size = 1;
+    int plain = dcpl >= 0 && H5Pget_nfilters(dcpl) == 0 && H5Pget_external_count(dcpl) == 0 &&
+                H5Pget_layout(dcpl) != H5D_VIRTUAL;
+    hsize_t stored = H5Dget_storage_size(ds);
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (ft >= 0) H5Tclose(ft);
+    uint64_t mem = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+    if (plain && n > stored / size)
+        return sl_errf(err,
+                       "%s: '%s' claims %llu elements of %zu bytes but the file stores only %llu "
+                       "bytes for it (truncated or corrupt file?)",
+                       path, name, (unsigned long long)n, size, (unsigned long long)stored);
+    if (n > mem / size)
+        return sl_errf(err, "%s: '%s' claims %llu elements of %zu bytes, more than this host's memory",
+                       path, name, (unsigned long long)n, size);
+    return 0;
+}
+
 static hid_t open_1d(hid_t f, const char *path, const char *name, int64_t *len, sl_err *err) {
     hid_t ds = H5I_INVALID_HID, sp = H5I_INVALID_HID;
     if (!has_dataset(f, name)) {
@@ -277,6 +304,7 @@ static hid_t open_1d(hid_t f, const char *path, const char *name, int64_t *len, 
         goto fail;
     }
     *len = (int64_t)dims[0];
+    if (check_stored(ds, path, name, dims[0], err)) goto fail;
     H5Sclose(sp);
     return ds;
 fail:
