@@ -273,7 +273,8 @@ static int check_stored(hid_t ds, const char *path, const char *name, hsize_t n,
                        "bytes for it (truncated or corrupt file?)",
                        path, name, (unsigned long long)n, size, (unsigned long long)stored);
     if (n > mem / size)
-        return sl_errf(err, "%s: '%s' claims %llu elements of %zu bytes, more than this host's memory",
+        return sl_errf(err,
+                       "%s: '%s' claims %llu elements of %zu bytes, more than this host's memory",
                        path, name, (unsigned long long)n, size);
     return 0;
 }
