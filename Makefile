@@ -60,7 +60,8 @@ NVCCFLAGS ?= -O3 -std=c++17 $(GPU_ARCH) -lineinfo -Xcompiler -fPIC,-Wall $(INCLU
 
 ifeq ($(CUDA),1)
 CFLAGS_ALL += -DSLUICE_CUDA -I$(CUDA_HOME)/include
-LIBS += -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+NCCL_LIBS := $(or $(call pc,nccl,--libs),-lnccl)
+LIBS += -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas $(NCCL_LIBS) -lcudart -lstdc++
 endif
 
 # ---------------------------------------------------------------------------

@@ -76,6 +76,23 @@ int comm_setup_groups(Comm *c, int tp, char *why, size_t n) {
         MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, c->replica, c->tp_rank, g));
         MPI_CHECK(MPI_Comm_set_errhandler(*g, MPI_ERRORS_RETURN));
         c->tp_comm = g;
+        // A tensor-parallel group all-reduces every layer: it must not span
+        // nodes. Ranks are filled node by node, so this fails only when the
+        // ranks per node are not a multiple of tp.
+        MPI_Comm node;
+        int on_node = 0, bad, any_bad = 0;
+        MPI_CHECK(MPI_Comm_split_type(*g, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+        MPI_CHECK(MPI_Comm_size(node, &on_node));
+        MPI_CHECK(MPI_Comm_free(&node));
+        bad = on_node != tp;
+        MPI_CHECK(MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
+        if (any_bad) {
+            snprintf(why, n,
+                     "--tp %d: a tensor-parallel group would span nodes (rank %d shares a node "
+                     "with %d of its group's %d ranks); start a multiple of %d ranks per node",
+                     tp, c->rank, on_node, tp, tp);
+            return -1;
+        }
     }
     return 0;
 }
@@ -100,6 +117,11 @@ void comm_tp_allreduce_f32(Comm *c, float *buf, size_t n) {
 void comm_tp_bcast(Comm *c, void *buf, size_t bytes) {
     if (c->tp == 1 || !c->tp_comm || bytes == 0) return;
     MPI_CHECK(MPI_Bcast(buf, (int)bytes, MPI_BYTE, 0, *(MPI_Comm *)c->tp_comm));
+}
+
+void comm_tp_min_i64(Comm *c, int64_t *v) {
+    if (c->tp == 1 || !c->tp_comm) return;
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, 1, MPI_INT64_T, MPI_MIN, *(MPI_Comm *)c->tp_comm));
 }
 
 void comm_sum_i64(Comm *c, int64_t *v, int n) {

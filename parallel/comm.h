@@ -41,6 +41,8 @@ void comm_abort(Comm *c, int code) __attribute__((noreturn));
 void comm_tp_allreduce_f32(Comm *c, float *buf, size_t n);
 // Every rank of the group gets the group rank 0's bytes.
 void comm_tp_bcast(Comm *c, void *buf, size_t bytes);
+// The group's minimum of *v, in place.
+void comm_tp_min_i64(Comm *c, int64_t *v);
 
 // --- world ---
 // In-place sums / maxima across all ranks.

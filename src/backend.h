@@ -118,6 +118,8 @@ Backend *backend_cpu_create(int threads);
 #ifdef SLUICE_CUDA
 // Creates the CUDA backend on `device`; NULL with err when no usable GPU.
 Backend *backend_cuda_create(int device, sl_err *err);
+// The cudaStream_t every op of this backend runs on (for NCCL, parallel/).
+void *backend_cuda_stream(Backend *be);
 #endif
 
 // Bytes per element of a KV cache entry on this backend (the activation dtype).

@@ -468,6 +468,7 @@ Backend *backend_cuda_create(int device, sl_err *err) {
         return NULL;
     }
 
+    sl_log_set_gpu(device);
     CudaImpl *c = sl_calloc(1, sizeof *c);
     c->device = device;
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
@@ -504,3 +505,5 @@ Backend *backend_cuda_create(int device, sl_err *err) {
     LOGI("CUDA backend on %s, %.0f GiB", prop.name, prop.totalGlobalMem / 1073741824.0);
     return be;
 }
+
+void *backend_cuda_stream(Backend *be) { return impl_of(be)->stream; }

@@ -36,4 +36,15 @@ Backend *cli_backend_create(const char *name, int threads, int device, sl_err *e
 int cli_size_kv(Model *m, EngineOptions *eo, long kv_blocks, double kv_mem_gb,
                 double kv_fraction, sl_err *err);
 
+// Tensor parallelism for a model about to be loaded on be: sets mo's rank,
+// size and all-reduce (MPI on the CPU backend, NCCL on the GPU) and eo's token
+// broadcast from the group's rank 0. *state is the caller's to pass to
+// cli_tp_detach. A no-op when comm->tp == 1. Collective over the group.
+int cli_tp_attach(Comm *comm, Backend *be, ModelOptions *mo, EngineOptions *eo, void **state,
+                  sl_err *err);
+void cli_tp_detach(void *state);
+// The KV pool of every rank of a tensor-parallel group must hold the same
+// number of blocks (each rank schedules the same batches): the group's minimum.
+void cli_tp_agree_kv(Comm *comm, EngineOptions *eo);
+
 #endif

@@ -47,6 +47,8 @@ static void bench_usage(FILE *f) {
         "  --peak-tflops F        matrix peak used for the roofline fraction (default 810,\n"
         "                         the BF16 GEMM rate measured on an H200 here)\n"
         "  --threads N            CPU threads\n"
+        "  --tp T                 tensor-parallel ranks (start the job with mpirun -np T);\n"
+        "                         the roofline then counts T GPUs\n"
         "  --output FILE          also write the results as JSON\n");
 }
 
@@ -87,7 +89,7 @@ static double matmul_params(const ModelConfig *c) {
 
 enum {
     B_ARCH = 1000, B_MODEL, B_ISL, B_OSL, B_REQ, B_SEED, B_BACKEND, B_MAXB, B_MAXT, B_BLOCK,
-    B_KVB, B_KVF, B_KVM, B_SCHED, B_PEAK, B_THREADS, B_OUT, B_HELP
+    B_KVB, B_KVF, B_KVM, B_SCHED, B_PEAK, B_THREADS, B_OUT, B_TP, B_HELP
 };
 
 int cli_bench(int argc, char **argv, Comm *comm) {
@@ -109,11 +111,12 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         {"peak-tflops", required_argument, 0, B_PEAK},
         {"threads", required_argument, 0, B_THREADS},
         {"output", required_argument, 0, B_OUT},
+        {"tp", required_argument, 0, B_TP},
         {"help", no_argument, 0, B_HELP},
         {0, 0, 0, 0},
     };
     const char *arch = NULL, *model_dir = NULL, *backend = "auto", *out = NULL;
-    long isl = 128, osl = 128, nreq = 1000, seed = 1, threads = 0, kv_blocks = 0, v;
+    long isl = 128, osl = 128, nreq = 1000, seed = 1, threads = 0, kv_blocks = 0, tp = 1, v;
     double kv_fraction = 0.90, kv_mem_gb = 1.0, peak = 810.0;
     EngineOptions eo;
     engine_options_defaults(&eo);
@@ -168,6 +171,7 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         case B_PEAK: if (cli_float(C, "--peak-tflops", optarg, 1e-3, 1e6, &peak)) return EXIT_USAGE; break;
         case B_THREADS: if (cli_int(C, "--threads", optarg, 1, 4096, &threads)) return EXIT_USAGE; break;
         case B_OUT: out = optarg; break;
+        case B_TP: if (cli_int(C, "--tp", optarg, 1, 1 << 16, &tp)) return EXIT_USAGE; break;
         case B_HELP: bench_usage(stdout); return EXIT_OK;
         default:
             fprintf(stderr, "sluice bench: option '%s' is unknown or lacks its value\n",
@@ -184,9 +188,23 @@ int cli_bench(int argc, char **argv, Comm *comm) {
                         "(try 'sluice bench --help')\n");
         return EXIT_USAGE;
     }
+    if (tp != comm->size) {
+        fprintf(stderr, "sluice bench: --tp %ld needs exactly %ld ranks (this job has %d); "
+                        "bench runs one replica\n", tp, tp, comm->size);
+        return EXIT_USAGE;
+    }
+    if (tp > 1) {
+        char why[256];
+        if (comm_setup_groups(comm, (int)tp, why, sizeof why)) {
+            fprintf(stderr, "sluice bench: %s\n", why);
+            return EXIT_USAGE;
+        }
+        if (comm->tp_rank != 0 && sl_log_level() == LOG_INFO) sl_log_set_level(LOG_WARN);
+    }
 
     sl_err err = {{0}};
     int rc = EXIT_FAIL;
+    void *tp_state = NULL;
     Backend *be = NULL;
     Model *m = NULL;
     char *arch_path = NULL;
@@ -223,12 +241,14 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     if (!be) goto fail;
     size_t free0 = be->mem_free(be);
     double t_load = sl_now();
-    ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch, .tp_size = 1};
+    ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch};
+    if (cli_tp_attach(comm, be, &mo, &eo, &tp_state, &err)) goto fail;
     if (arch ? model_init_random(&m, &cfg, be, &mo, (uint64_t)seed, &err)
              : model_load(&m, model_dir, be, &mo, &err))
         goto fail;
     m->cfg.max_seq_len = (int)(isl + osl);
     if (cli_size_kv(m, &eo, kv_blocks, kv_mem_gb, kv_fraction, &err)) goto fail;
+    cli_tp_agree_kv(comm, &eo);
     model_kv_alloc(m, eo.kv_blocks, eo.block_size);
     t_load = sl_now() - t_load;
     size_t used = free0 - be->mem_free(be);
@@ -255,9 +275,13 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     double secs = st.seconds > 0 ? st.seconds : 1e-9;
     double tok_s = st.output_tokens / secs;
     double flops_per_tok = 2.0 * matmul_params(&m->cfg) * (double)(isl + osl) / (double)osl;
-    double bound = peak * 1e12 / flops_per_tok;
-    printf("\nsluice bench: %s, %s backend, isl %ld osl %ld, %ld requests\n",
-           arch ? arch : model_dir, be->name, isl, osl, nreq);
+    double bound = peak * tp * 1e12 / flops_per_tok;
+    if (comm->rank != 0) { // one report per job: the group's rank 0 writes it
+        rc = EXIT_OK;
+        goto fail;
+    }
+    printf("\nsluice bench: %s, %s backend, isl %ld osl %ld, %ld requests, tp %ld\n",
+           arch ? arch : model_dir, be->name, isl, osl, nreq, tp);
     printf("  output tokens/s      %10.1f   (compute roofline %.0f at %.0f TFLOP/s: %.1f%%)\n",
            tok_s, bound, peak, 100.0 * tok_s / bound);
     printf("  requests/s           %10.2f\n", st.n_ok / secs);
@@ -267,13 +291,13 @@ int cli_bench(int argc, char **argv, Comm *comm) {
            engine_percentile(st.tpot_s, st.n_lat, 90), engine_percentile(st.tpot_s, st.n_lat, 99));
     printf("  max batch / tokens   %10d / %d per step, %ld steps, %ld preemptions\n",
            st.max_seqs_seen, st.max_rows_seen, st.steps, st.preemptions);
-    printf("  memory used          %10.2f GiB (weights, activations, KV pool)\n",
+    printf("  memory used          %10.2f GiB per rank (weights, activations, KV pool)\n",
            used / 1073741824.0);
     printf("  wall                 %10.2f s (+ %.2f s setup)\n", st.seconds, t_load);
     if (out) {
         json_t *j = json_pack(
             "{s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:{s:f,s:f,s:f},s:{s:f,s:f,s:f},"
-            "s:i,s:i,s:I,s:I,s:f,s:f,s:i,s:i,s:i}",
+            "s:i,s:i,s:I,s:I,s:f,s:f,s:i,s:i,s:i,s:I}",
             "model", arch ? arch : model_dir, "backend", be->name, "dtype", "bf16", "isl",
             (json_int_t)isl, "osl", (json_int_t)osl, "requests", (json_int_t)nreq,
             "output_tokens_per_s", tok_s, "requests_per_s", st.n_ok / secs, "roofline_tokens_per_s",
@@ -287,7 +311,7 @@ int cli_bench(int argc, char **argv, Comm *comm) {
             "max_step_tokens_seen", st.max_rows_seen, "steps", (json_int_t)st.steps, "preemptions",
             (json_int_t)st.preemptions, "memory_used_gib", used / 1073741824.0, "seconds",
             st.seconds, "max_batch", eo.max_batch, "max_num_tokens", eo.max_tokens, "kv_blocks",
-            eo.kv_blocks);
+            eo.kv_blocks, "tp", (json_int_t)tp);
         if (!j || json_dump_file(j, out, JSON_INDENT(2))) {
             json_decref(j);
             sl_errf(&err, "%s: cannot write: %s", out, strerror(errno));
@@ -297,13 +321,17 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     }
     rc = EXIT_OK;
 fail:
-    if (rc != EXIT_OK) fprintf(stderr, "sluice bench: error: %s\n", err.msg);
+    if (rc != EXIT_OK) {
+        fprintf(stderr, "sluice bench: error: %s\n", err.msg);
+        if (comm->size > 1) comm_abort(comm, EXIT_FAIL); // no rank left in a collective
+    }
     free(ps.tokens);
     free(ps.offsets);
     free(arch_path);
     free(json_text);
     engine_stats_free(&st);
     model_free(m);
+    cli_tp_detach(tp_state);
     if (be) be->destroy(be);
     return rc;
 }

@@ -7,6 +7,9 @@
 #include <string.h>
 
 #include "cli.h"
+#ifdef SLUICE_CUDA
+#include "nccl_tp.h"
+#endif
 
 // ----------------------------------------------------------------------------
 // number parsing shared by the subcommands
@@ -97,4 +100,64 @@ int cli_size_kv(Model *m, EngineOptions *eo, long kv_blocks, double kv_mem_gb,
                        eo->block_size, bb / 1048576.0);
     eo->kv_blocks = (int)kv_blocks;
     return 0;
+}
+
+// ----------------------------------------------------------------------------
+// tensor parallelism
+
+static void tp_allreduce_mpi(void *ctx, void *buf, size_t n) { comm_tp_allreduce_f32(ctx, buf, n); }
+
+#ifdef SLUICE_CUDA
+static void tp_allreduce_none(void *ctx, void *buf, size_t n) { (void)ctx, (void)buf, (void)n; }
+#endif
+
+static void tp_sync_tokens(void *ctx, int32_t *tokens, float *logprobs, int n) {
+    comm_tp_bcast(ctx, tokens, sizeof(int32_t) * (size_t)n);
+    comm_tp_bcast(ctx, logprobs, sizeof(float) * (size_t)n);
+}
+
+int cli_tp_attach(Comm *comm, Backend *be, ModelOptions *mo, EngineOptions *eo, void **state,
+                  sl_err *err) {
+    *state = NULL;
+    mo->tp_rank = comm->tp_rank;
+    mo->tp_size = comm->tp;
+    if (comm->tp == 1) return 0;
+    // every rank samples the same tokens: the group's rank 0 decides them
+    eo->sync_tokens = tp_sync_tokens;
+    eo->sync_ctx = comm;
+    if (!strcmp(be->name, "cpu")) {
+        mo->allreduce = tp_allreduce_mpi;
+        mo->allreduce_ctx = comm;
+        return 0;
+    }
+#ifdef SLUICE_CUDA
+    NcclTp *t = nccl_tp_create(comm, backend_cuda_stream(be), be->act_bytes, err);
+    if (!t) return -1;
+    mo->allreduce = nccl_tp_allreduce;
+    mo->allreduce_ctx = t;
+    *state = t;
+    const char *ab = getenv("SLUICE_TP_ABLATE_ALLREDUCE");
+    if (ab && !strcmp(ab, "1")) { // timing experiments only (docs/PERF.md)
+        LOGW("SLUICE_TP_ABLATE_ALLREDUCE=1: the all-reduces are skipped; outputs are wrong");
+        mo->allreduce = tp_allreduce_none;
+    }
+    return 0;
+#else
+    return sl_errf(err, "--tp %d: no tensor parallelism on the %s backend", comm->tp, be->name);
+#endif
+}
+
+void cli_tp_detach(void *state) {
+#ifdef SLUICE_CUDA
+    nccl_tp_destroy(state);
+#else
+    (void)state;
+#endif
+}
+
+void cli_tp_agree_kv(Comm *comm, EngineOptions *eo) {
+    if (comm->tp == 1) return;
+    int64_t v = eo->kv_blocks;
+    comm_tp_min_i64(comm, &v);
+    eo->kv_blocks = (int)v;
 }

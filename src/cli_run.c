@@ -405,12 +405,6 @@ static int load_tokenizer(const char *model_dir, Tokenizer **tok, sl_err *err) {
 // ----------------------------------------------------------------------------
 // several ranks
 
-static void tp_allreduce(void *ctx, void *buf, size_t n) { comm_tp_allreduce_f32(ctx, buf, n); }
-
-static void tp_sync_tokens(void *ctx, int32_t *tokens, float *logprobs, int n) {
-    comm_tp_bcast(ctx, tokens, sizeof(int32_t) * (size_t)n);
-    comm_tp_bcast(ctx, logprobs, sizeof(float) * (size_t)n);
-}
 
 static const EngineOptions *g_cost_eo;
 static const PromptSet *g_cost_ps;
@@ -727,6 +721,7 @@ int cli_run(int argc, char **argv, Comm *comm) {
     json_t *rec = NULL;
     int resuming = 0;
     Tokenizer *tok = NULL;
+    void *tp_state = NULL;
     double t_load = sl_now();
 
     install_signals();
@@ -751,23 +746,13 @@ int cli_run(int argc, char **argv, Comm *comm) {
     }
     be = cli_backend_create(backend, (int)threads, comm->local_rank, &err);
     if (!be) goto fail;
-    ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch,
-                       .tp_rank = comm->tp_rank, .tp_size = comm->tp};
-    if (comm->tp > 1) {
-        if (strcmp(be->name, "cpu") != 0) {
-            sl_errf(&err, "--tp %d: tensor parallelism on the %s backend is not available yet "
-                          "(it runs on the CPU backend, over MPI)", comm->tp, be->name);
-            goto fail;
-        }
-        mo.allreduce = tp_allreduce;
-        mo.allreduce_ctx = comm;
-        eo.sync_tokens = tp_sync_tokens;
-        eo.sync_ctx = comm;
-    }
+    ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch};
+    if (cli_tp_attach(comm, be, &mo, &eo, &tp_state, &err)) goto fail;
     if (model_load(&m, model_dir, be, &mo, &err)) goto fail;
     if (eo.max_seq_len <= 0 || eo.max_seq_len > m->cfg.max_seq_len)
         eo.max_seq_len = m->cfg.max_seq_len;
     if (cli_size_kv(m, &eo, kv_blocks, kv_mem_gb, kv_fraction, &err)) goto fail;
+    cli_tp_agree_kv(comm, &eo);
     {
         char desc[256];
         config_describe(&m->cfg, desc, sizeof desc);
@@ -877,6 +862,7 @@ fail:
     json_decref(cfg_json);
     engine_stats_free(&st);
     model_free(m);
+    cli_tp_detach(tp_state);
     if (be) be->destroy(be);
     h5_prompts_free(&ps);
     tok_free(tok);

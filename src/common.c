@@ -41,6 +41,7 @@ void sl_log_set_identity(int rank, int gpu) {
     g_rank = rank;
     g_gpu = gpu;
 }
+void sl_log_set_gpu(int gpu) { g_gpu = gpu; }
 void sl_log_set_level(int level) { g_level = level; }
 int sl_log_level(void) { return g_level; }
 

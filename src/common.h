@@ -41,6 +41,7 @@ enum { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
 // Identity used in the log prefix; set once by whoever knows it (comm init,
 // backend init). gpu < 0 prints "cpu".
 void sl_log_set_identity(int rank, int gpu);
+void sl_log_set_gpu(int gpu); // the GPU this rank uses (log prefix "[host rank gpuN]")
 void sl_log_set_level(int level);
 int sl_log_level(void);
 void sl_log(int level, const char *file, int line, const char *fmt, ...)

@@ -113,6 +113,89 @@ import json; r = json.load(open(o + "/resume-cut/report.json"))
 print("resume on GPU: identical =", same, "; resumed_completions =", r["resumed_completions"], "of", len(a["prompt_index"]))
 PY
     ;;
+tp)
+    # NCCL tensor parallelism on this host's GPUs: TP=2 (and TP=4 when 4 GPUs
+    # are here) against one GPU on the demo model and a random GQA fixture
+    # (8 query heads, 2 kv heads), data parallelism D=2, then a rank killed
+    # mid-run must end the whole job quickly, with a message.
+    export NCCL_NVLS_ENABLE=0
+    ngpu=$(nvidia-smi -L | wc -l)
+    MPI="mpirun --allow-run-as-root --oversubscribe -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -x PATH"
+    mkprompts() { python3 - "$1" "$2" <<'PY'
+import json, sys, h5py, numpy as np
+d = json.load(open(sys.argv[1])); ids = [c["prompt_ids"] for c in d["cases"]]
+rng = np.random.default_rng(7)
+ids += [list(rng.integers(3, 200, size=int(rng.integers(2, 300)))) for _ in range(60)]
+with h5py.File(sys.argv[2], "w") as f:
+    f["prompt_tokens"] = np.array(sum(ids, []), dtype=np.int32)
+    f["prompt_offsets"] = np.cumsum([0] + [len(x) for x in ids]).astype(np.int64)
+PY
+    }
+    for spec in "tests/models/tiny-code-llama golden_greedy.json demo" \
+                "tests/golden/llama-gqa4-llama3rope-f16 golden.json gqa4"; do
+        set -- $spec
+        mkprompts "$1/$2" "build/tp-$3.h5"
+        for dt in ${TP_DTYPES:-bf16}; do
+            dflag=""; [ "$dt" != bf16 ] && dflag="--dtype $dt"
+            args="--model $1 --input build/tp-$3.h5 --max-new-tokens 48 --ignore-eos --backend cuda --overwrite --progress 0 $dflag"
+            build/sluice run $args --output "$OUT/tp-$3-$dt-1" >"$OUT/tp-$3-$dt-1.log" 2>&1 || tail -3 "$OUT/tp-$3-$dt-1.log"
+            for tp in 2 4; do
+                [ $tp -gt "$ngpu" ] && continue
+                [ "$3" = demo ] && [ $tp = 4 ] && continue # 6 heads
+                t0s=$SECONDS
+                timeout 300 $MPI -np $tp build/sluice run $args --tp $tp --output "$OUT/tp-$3-$dt-$tp" \
+                    >"$OUT/tp-$3-$dt-$tp.log" 2>&1 || { echo "tp $tp failed:"; tail -5 "$OUT/tp-$3-$dt-$tp.log"; }
+                python3 tests/gpu/compare_completions.py "$OUT/tp-$3-$dt-1/completions.h5" \
+                    "$OUT/tp-$3-$dt-$tp/completions.h5" "$3 $dt TP=$tp vs 1 GPU ($((SECONDS - t0s)) s)"
+            done
+            timeout 300 $MPI -np 2 build/sluice run $args --output "$OUT/tp-$3-$dt-dp2" \
+                >"$OUT/tp-$3-$dt-dp2.log" 2>&1 || tail -5 "$OUT/tp-$3-$dt-dp2.log"
+            python3 tests/gpu/compare_completions.py "$OUT/tp-$3-$dt-1/completions.h5" \
+                "$OUT/tp-$3-$dt-dp2/completions.h5" "$3 $dt D=2 replicas vs 1 GPU"
+        done
+    done
+    # kill -9 one rank of a TP=2 job: the job must end by itself, non-zero
+    python3 - <<'PY'
+import h5py, numpy as np
+rng = np.random.default_rng(5)
+lens = rng.integers(1, 200, size=20000)
+with h5py.File("build/tp-kill.h5", "w") as f:
+    f["prompt_tokens"] = rng.integers(3, 8000, size=lens.sum()).astype(np.int32)
+    f["prompt_offsets"] = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+PY
+    $MPI -np 2 build/sluice run --model tests/models/tiny-code-llama --input build/tp-kill.h5 \
+        --output "$OUT/tp-kill" --overwrite --max-new-tokens 100 --ignore-eos --backend cuda --tp 2 \
+        >"$OUT/tp-kill.log" 2>&1 & mp=$!
+    sleep 8
+    victim=$(pgrep -f "^build/sluice run --model tests/models/tiny-code-llama --input build/tp-kill.h5" | tail -1)
+    t0k=$SECONDS; kill -9 "$victim"; wait $mp; rck=$?
+    row "kill -9 one rank of TP=2" "job ended after $((SECONDS - t0k)) s, exit $rck"
+    grep -iE "error|abort|killed|signal" "$OUT/tp-kill.log" | head -4 ;;
+bench-70b)
+    # llama-3.1-70b shape, BF16, tensor parallel over every GPU here (2 or 4);
+    # the all-reduce share: the same run with the all-reduce left out
+    # (SLUICE_TP_ABLATE_ALLREDUCE=1: timing experiment, wrong outputs).
+    export NCCL_NVLS_ENABLE=0
+    ngpu=$(nvidia-smi -L | wc -l)
+    MPI="mpirun --allow-run-as-root --oversubscribe -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -x PATH"
+    for tp in ${BENCH70_TP:-$ngpu}; do
+        for spec in "128 128 ${N70_SHORT:-2000}" "2048 128 ${N70_LONG:-300}"; do
+            set -- $spec
+            timeout 300 $MPI -np $tp build/sluice bench --arch llama-3.1-70b --isl $1 --osl $2 \
+                --requests $3 --backend cuda --tp $tp --output "$OUT/bench-70b-tp$tp-$1-$2.json" \
+                2>&1 | tee "$OUT/bench-70b-tp$tp-$1-$2.log" | tail -9
+            [ -n "${NO_ABLATE:-}" ] && continue
+            timeout 300 $MPI -np $tp -x SLUICE_TP_ABLATE_ALLREDUCE=1 build/sluice bench --arch llama-3.1-70b \
+                --isl $1 --osl $2 --requests $3 --backend cuda --tp $tp \
+                --output "$OUT/bench-70b-tp$tp-$1-$2-noar.json" 2>&1 | grep "output tokens/s"
+        done
+    done ;;
+racecheck)
+    for t in test_gpu_attention test_gpu_kernels test_gpu_sampling; do
+        SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD timeout 400 compute-sanitizer --tool racecheck \
+            --error-exitcode 9 build/tests/$t >"$OUT/racecheck-$t.log" 2>&1
+        row "racecheck $t" "exit $? $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck-$t.log" | tail -1)"
+    done ;;
 esac
 done
 echo "total: $((SECONDS - t0)) s"
