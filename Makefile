@@ -82,7 +82,7 @@ endif
 TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 TEST_COMMON := $(BUILD)/obj/tests/testutil.o
 
-.PHONY: all test test-gpu run deps clean install bench
+.PHONY: all test ci test-gpu run deps clean install bench
 # test objects are intermediates of the test binaries: keep them between builds
 .SECONDARY:
 all: $(BIN) $(TEST_BINS)
@@ -113,6 +113,12 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_COMMON) $(LIB)
 # scripts; every one must pass. GPU tests inside skip with a message here.
 test: all
 	@bash tests/run_all.sh $(BUILD)
+
+# What CI runs (.ci/run, after make deps): the suite, then the suite again under
+# ASan + UBSan + LSan, then a short smoke of every fuzz target.
+ci: test
+	@$(MAKE) --no-print-directory asan
+	@$(MAKE) --no-print-directory fuzz-smoke FUZZ_TIME=$(or $(CI_FUZZ_TIME),20)
 
 test-gpu: all
 	@SLUICE_REQUIRE_GPU=1 bash tests/run_all.sh $(BUILD) gpu

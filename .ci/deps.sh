@@ -10,5 +10,6 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     libopenmpi-dev openmpi-bin \
     libjansson-dev libcunit1-dev libpcre2-dev libutf8proc-dev \
     munge slurmctld slurmd slurm-client libpmix-dev \
+    clang libclang-rt-dev \
     >/dev/null
 echo "deps: installed"

@@ -88,31 +88,39 @@ sanitize)
         row "memcheck $t" "exit $? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize-$t.log" | tail -1)"
     done ;;
 resume)
-    # A CUDA job stopped by SIGUSR1 and resumed equals an uninterrupted one.
+    # A CUDA job stopped by SIGUSR1 and resumed, against an uninterrupted one.
+    # At --max-batch 1 every request runs alone, so the two must be identical
+    # bit for bit; at the default batch size bf16 results depend on which
+    # requests share a step, so only completeness is asserted there.
     python3 - <<'PY'
 import h5py, numpy as np
-rng = np.random.default_rng(3)
-lens = rng.integers(1, 200, size=30000)
-with h5py.File("build/resume-prompts.h5", "w") as f:
-    f["prompt_tokens"] = rng.integers(1, 8000, size=lens.sum()).astype(np.int32)
-    f["prompt_offsets"] = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    f["max_new_tokens"] = rng.integers(1, 200, size=30000).astype(np.int32)
+for name, n, top in (("big", 30000, 200), ("small", 400, 60)):
+    rng = np.random.default_rng(3)
+    lens = rng.integers(1, top, size=n)
+    with h5py.File(f"build/resume-{name}.h5", "w") as f:
+        f["prompt_tokens"] = rng.integers(1, 8000, size=lens.sum()).astype(np.int32)
+        f["prompt_offsets"] = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        f["max_new_tokens"] = rng.integers(1, top, size=n).astype(np.int32)
 PY
-    args="--model tests/models/tiny-code-llama --input build/resume-prompts.h5 --ignore-eos --backend cuda --checkpoint 0.5 --progress 0 --quiet"
-    build/sluice run $args --output "$OUT/resume-ref" --overwrite
-    rm -rf "$OUT/resume-cut"
-    build/sluice run $args --output "$OUT/resume-cut" & pid=$!
-    sleep 4; kill -USR1 $pid; wait $pid; echo "stopped: exit $?"
-    build/sluice run $args --output "$OUT/resume-cut"; echo "resumed: exit $?"
-    python3 - "$OUT" <<'PY'
-import sys, h5py, numpy as np
-o = sys.argv[1]
-a, b = h5py.File(o + "/resume-ref/completions.h5"), h5py.File(o + "/resume-cut/completions.h5")
+    for spec in "big 256 4" "small 1 3"; do
+        set -- $spec
+        args="--model tests/models/tiny-code-llama --input build/resume-$1.h5 --ignore-eos --backend cuda --checkpoint 0.5 --progress 0 --quiet --max-batch $2"
+        build/sluice run $args --output "$OUT/resume-ref-$1" --overwrite
+        rm -rf "$OUT/resume-cut-$1"
+        build/sluice run $args --output "$OUT/resume-cut-$1" & pid=$!
+        sleep $3; kill -USR1 $pid; wait $pid; echo "max-batch $2: stopped: exit $?"
+        build/sluice run $args --output "$OUT/resume-cut-$1"; echo "resumed: exit $?"
+        python3 - "$OUT" "$1" "$2" <<'PY'
+import sys, json, h5py, numpy as np
+o, name, mb = sys.argv[1:4]
+a, b = h5py.File(f"{o}/resume-ref-{name}/completions.h5"), h5py.File(f"{o}/resume-cut-{name}/completions.h5")
 same = all(np.array_equal(a[k][:], b[k][:]) for k in ("prompt_index", "completion_offsets", "completion_tokens", "finish_reason"))
-import json; r = json.load(open(o + "/resume-cut/report.json"))
-print("resume on GPU: identical =", same, "; resumed_completions =", r["resumed_completions"], "of", len(a["prompt_index"]))
+once = np.array_equal(np.sort(b["prompt_index"][:]), np.arange(len(a["prompt_index"])))
+r = json.load(open(f"{o}/resume-cut-{name}/report.json"))
+print(f"resume on GPU, max-batch {mb}: every prompt exactly once = {once}; identical = {same}; "
+      f"resumed_completions = {r['resumed_completions']} of {len(a['prompt_index'])}")
 PY
-    ;;
+    done ;;
 tp)
     # NCCL tensor parallelism on this host's GPUs: TP=2 (and TP=4 when 4 GPUs
     # are here) against one GPU on the demo model and a random GQA fixture
