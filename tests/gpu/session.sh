@@ -198,6 +198,19 @@ bench-70b)
                 --output "$OUT/bench-70b-tp$tp-$1-$2-noar.json" 2>&1 | grep "output tokens/s"
         done
     done ;;
+profile)
+    # Where a step's GPU time goes: Nsight Compute times every kernel of ~one
+    # step (launches in a row, caches not flushed) for the 8B shape: a
+    # prefill-heavy step and a decode step of 2048/128, a decode step of 128/128.
+    # Steps' wall time comes from the same run's bench summary (PROFILE_ARGS:
+    # extra bench flags, e.g. --dtype fp8).
+    for spec in "2048 128 256 2500 prefill" "2048 128 256 30000 decode" "128 128 512 8000 decode"; do
+        set -- $spec
+        timeout 400 ncu --csv --metrics gpu__time_duration.sum --cache-control none \
+            --launch-skip $4 --launch-count 400 build/sluice bench --arch llama-3.1-8b --isl $1 \
+            --osl $2 --requests $3 --backend cuda ${PROFILE_ARGS:-} >"$OUT/ncu-$1-$2-$5.csv" 2>"$OUT/ncu-$1-$2-$5.err"
+        python3 tests/gpu/ncu_table.py "$OUT/ncu-$1-$2-$5.csv" "8b $1/$2 $5 step (skip $4)" || tail -3 "$OUT/ncu-$1-$2-$5.err"
+    done ;;
 racecheck)
     for t in test_gpu_attention test_gpu_kernels test_gpu_sampling; do
         SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD timeout 400 compute-sanitizer --tool racecheck \
