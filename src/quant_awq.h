@@ -41,3 +41,36 @@ int awq_load_layer(Model *m, const st_file *st, int l, float *tmp, float *tmp_bi
 int awq_check_config(const char *dir, int *group, sl_err *err);
 
 #endif
+
+// ----------------------------------------------------------------------------
+// writing AWQ checkpoints (`sluice quantize --int4-awq / --int4-rtn`)
+
+typedef enum {
+    AWQ_QUANT_RTN = 0, // round to nearest, group-wise, zero points
+    AWQ_QUANT_AWQ,     // activation-aware scales + clipping search, then RTN
+} AwqQuantMethod;
+
+typedef struct {
+    const char *model_dir;  // plain (f32/f16/bf16) Llama checkpoint
+    const char *out_dir;    // created; config.json, model.safetensors, tokenizer files
+    const char *calib_path; // prompts.h5 (tokens, or text tokenized here); AWQ only
+    AwqQuantMethod method;
+    int group;              // group size (128)
+    int max_calib_tokens;   // calibration tokens used (each prompt cut at 512)
+    int search_rows;        // activation rows kept per linear for the scale search
+    int clip_rows;          // rows of those used by the clipping search
+    int n_grid;             // grid points of the scale exponent alpha in [0, 1)
+    int verbose;
+} AwqQuantOptions;
+
+void awq_quant_options_defaults(AwqQuantOptions *o);
+
+// Quantises every decoder linear layer of o->model_dir to group-wise INT4 and
+// writes an AutoAWQ gemm checkpoint to o->out_dir (the embeddings and LM head
+// stay in their dtype; with AWQ the scales are folded into the RMSNorm weights
+// (q|k|v, gate|up inputs), the up_proj rows (down_proj input) and, when every
+// query head has its own kv head, the v_proj rows (o_proj input); norms are
+// written F32). AWQ runs the model on the CPU backend over the calibration
+// prompts and records each linear layer's inputs through a hook on the
+// backend's linear op.
+int awq_quantize(const AwqQuantOptions *o, sl_err *err);

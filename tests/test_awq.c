@@ -16,7 +16,9 @@
 #include "backend.h"
 #include "cpu/int4_cpu.h"
 #include "cpu/ops_cpu.h"
+#include "h5io.h"
 #include "model.h"
+#include "quant_awq.h"
 #include "testutil.h"
 
 // ----------------------------------------------------------------------------
@@ -251,6 +253,93 @@ static void test_awq_tp_misaligned(void) {
     be->destroy(be);
 }
 
+// ----------------------------------------------------------------------------
+// sluice quantize: RTN and AWQ checkpoints load back (through the AWQ loader)
+// and stay close to the source weights
+
+// Every INT4 weight of q within one quantisation step of the plain model's.
+static void check_close(Model *q, Model *ref, int awq) {
+    for (int l = 0; l < q->cfg.n_layers; l++) {
+        LinearWeight *qs[4] = {&q->layers[l].wqkv, &q->layers[l].wo, &q->layers[l].wgu,
+                               &q->layers[l].wdown};
+        LinearWeight *rs[4] = {&ref->layers[l].wqkv, &ref->layers[l].wo, &ref->layers[l].wgu,
+                               &ref->layers[l].wdown};
+        for (int k = 0; k < 4; k++) {
+            CU_ASSERT_EQUAL_FATAL(qs[k]->fmt, WFMT_INT4);
+            if (awq && k != 1) continue; // scaled by AWQ: only o_proj (GQA: not scaled) compares
+            int out = qs[k]->out_dim, in = qs[k]->in_dim, g = qs[k]->group_size;
+            float *d = malloc(sizeof(float) * out * in);
+            weight_f32(qs[k], d);
+            const float *w = rs[k]->data;
+            long bad = 0;
+            for (int o = 0; o < out; o++)
+                for (int i = 0; i < in; i++) {
+                    float st = sl_f16_to_f32(((uint16_t *)qs[k]->scale)[o * (in / g) + i / g]);
+                    // RTN: half a step; AWQ's clipping (down to half the group's
+                    // max |w|) may move outliers by up to ~15 steps
+                    float tol = awq ? 16.0f * st : 0.51f * st;
+                    if (!(fabsf(d[o * in + i] - w[o * in + i]) <= tol)) bad++;
+                }
+            if (bad) fprintf(stderr, "  %s layer %d linear %d: %ld weights off\n", awq ? "awq" : "rtn", l, k, bad);
+            CU_ASSERT_EQUAL(bad, 0);
+            free(d);
+        }
+    }
+}
+
+static void test_quantize_rtn_awq(void) {
+    const char *tmp = tu_tmpdir();
+    const char *model = tu_path("tests/models/tiny-code-llama");
+    char rtn[600], awq[600], calib[600];
+    snprintf(rtn, sizeof rtn, "%s/q-rtn", tmp);
+    snprintf(awq, sizeof awq, "%s/q-awq", tmp);
+    snprintf(calib, sizeof calib, "%s/calib.h5", tmp);
+    // calibration: 4 prompts of 64 pseudo-random tokens
+    PromptSet ps;
+    memset(&ps, 0, sizeof ps);
+    int32_t tok[256];
+    int64_t off[5] = {0, 64, 128, 192, 256};
+    uint64_t rng = 9;
+    for (int i = 0; i < 256; i++) tok[i] = 3 + (int32_t)(tu_rand_u64(&rng) % 8000);
+    ps.n = 4, ps.n_tokens = 256, ps.tokens = tok, ps.offsets = off;
+    sl_err err = {{0}};
+    CU_ASSERT_FATAL(h5_prompts_write(calib, &ps, &err) == 0);
+    AwqQuantOptions o;
+    awq_quant_options_defaults(&o);
+    o.model_dir = model;
+    o.group = 64;
+    o.out_dir = rtn;
+    o.method = AWQ_QUANT_RTN;
+    if (awq_quantize(&o, &err)) fprintf(stderr, "rtn: %s\n", err.msg);
+    CU_ASSERT_EQUAL_FATAL(err.msg[0], 0);
+    o.out_dir = awq;
+    o.method = AWQ_QUANT_AWQ;
+    o.calib_path = calib;
+    o.search_rows = 64, o.clip_rows = 32, o.n_grid = 4;
+    if (awq_quantize(&o, &err)) fprintf(stderr, "awq: %s\n", err.msg);
+    CU_ASSERT_EQUAL_FATAL(err.msg[0], 0);
+
+    Backend *be = backend_cpu_create(0);
+    Model *ref = load(model, be, 0, 1, &err), *mr = load(rtn, be, 0, 1, &err);
+    Model *ma = load(awq, be, 0, 1, &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ref);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mr);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ma);
+    CU_ASSERT_EQUAL(mr->layers[0].wqkv.group_size, 64);
+    check_close(mr, ref, 0);
+    check_close(ma, ref, 1);
+    // --int4-awq without --calib is a clear error
+    o.calib_path = NULL;
+    CU_ASSERT_NOT_EQUAL(awq_quantize(&o, &err), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "--calib"));
+    // a group that does not divide the layers
+    o.method = AWQ_QUANT_RTN, o.group = 96;
+    CU_ASSERT_NOT_EQUAL(awq_quantize(&o, &err), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "--group 96"));
+    model_free(ref), model_free(mr), model_free(ma);
+    be->destroy(be);
+}
+
 int main(void) {
     static const tu_test twin[] = {
         {"linear_equals_dequant_then_linear", test_twin_linear},
@@ -264,7 +353,12 @@ int main(void) {
         {"tp_misaligned_groups", test_awq_tp_misaligned},
         {NULL, NULL},
     };
+    static const tu_test quant[] = {
+        {"rtn_and_awq_round_trip", test_quantize_rtn_awq},
+        {NULL, NULL},
+    };
     tu_suite("int4_cpu_twin", twin);
     tu_suite("awq_checkpoint", awq);
+    tu_suite("quantize_int4", quant);
     return tu_main();
 }
