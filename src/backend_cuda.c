@@ -56,6 +56,7 @@ typedef struct {
     // the decode GEMV, larger ones dequantise into int4_scratch (bf16, sized
     // in reserve for the largest INT4 layer) and run cuBLASLt.
     int gemv_max_n;
+    int mma_max_n; // calls of up to this many rows run the tensor-core W4A16 GEMM
     size_t int4_max_elems; // largest out_dim * in_dim of an INT4 layer loaded
     sl_bf16 *int4_scratch;
     size_t int4_scratch_elems;
@@ -407,7 +408,8 @@ static void cuda_add_rmsnorm_op(Backend *be, void *out, void *x, const void *r, 
     cuda_add_rmsnorm(out, x, r, w, n, dim, eps, impl_of(be)->stream);
 }
 
-// INT4: the GEMV for decode-sized steps, else dequantise + cuBLASLt.
+// INT4: the GEMV for decode-sized steps, the tensor-core W4A16 GEMM for
+// mid-size ones, else dequantise + cuBLASLt.
 static void int4_linear(CudaImpl *c, void *y, const void *x, const LinearWeight *w, int n) {
     if (n <= 0) return;
     if (n <= c->gemv_max_n) {
@@ -418,6 +420,11 @@ static void int4_linear(CudaImpl *c, void *y, const void *x, const LinearWeight 
                             w->zeros, w->bias, k, w->in_dim, w->out_dim, w->group_size,
                             c->stream);
         }
+        return;
+    }
+    if (n <= c->mma_max_n && !((uintptr_t)x & 15)) {
+        cuda_w4a16_gemm(y, x, w->data, w->scale, w->zeros, w->bias, n, w->in_dim, w->out_dim,
+                        w->group_size, c->stream);
         return;
     }
     size_t elems = (size_t)w->out_dim * w->in_dim;
@@ -582,11 +589,16 @@ Backend *backend_cuda_create(int device, sl_err *err) {
     CUDA_CHECK(cudaEventCreateWithFlags(&c->meta_copied, cudaEventDisableTiming));
     c->gemm = cuda_gemm_create(c->stream, 0);
     // SLUICE_INT4_GEMV_MAX_N: the largest step (rows) INT4 layers run through
-    // the decode GEMV (in calls of up to 8 rows); larger steps dequantise and
-    // run cuBLASLt. 8 by default; tune per GPU with tests/test_gpu_int4's bench.
+    // the decode GEMV (in calls of up to 8 rows). 8 by default; tune per GPU
+    // with the table of tests/test_gpu_int4 (SLUICE_GPU_BENCH=1).
+    // SLUICE_INT4_MMA_MAX_N: up to this many rows, the tensor-core W4A16 GEMM
+    // (default 128); above, dequantise to bf16 + cuBLASLt. 0 turns it off.
     c->gemv_max_n = W4A16_GEMV_MAX_N;
     const char *gm = getenv("SLUICE_INT4_GEMV_MAX_N");
     if (gm && atoi(gm) >= 0) c->gemv_max_n = atoi(gm);
+    c->mma_max_n = 128;
+    const char *mm = getenv("SLUICE_INT4_MMA_MAX_N");
+    if (mm && atoi(mm) >= 0) c->mma_max_n = atoi(mm);
 
     Backend *be = sl_calloc(1, sizeof *be);
     be->name = "cuda";

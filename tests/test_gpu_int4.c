@@ -127,6 +127,53 @@ static void test_gemv_vs_cpu(void) {
         }
 }
 
+// The tensor-core GEMM: the weights are rounded to bf16 once (2^-9 relative
+// each, random), the products summed in fp32: tolerance 2e-2 + 2^-7 |ref|
+// (y ~ N(0, ~1) here).
+static void test_mma_vs_cpu(void) {
+    if (!tu_gpu_ready()) return;
+    static const int shapes[][3] = {{72, 128, 128}, {383, 640, 64}, {4104, 4224, 128}, {130, 96, 32}};
+    static const int ns[] = {1, 9, 64, 65, 200};
+    uint64_t seed = 100;
+    for (int sh = 0; sh < 4; sh++)
+        for (int zp = 0; zp < 2; zp++) {
+            int out = shapes[sh][0], in = shapes[sh][1], g = shapes[sh][2], nmax = 200;
+            HostQ4 h = host_q4(out, in, g, zp, seed++);
+            float *x = malloc(4 * (size_t)nmax * in), *ref = malloc(4 * (size_t)nmax * out);
+            float *bias = malloc(4 * (size_t)out);
+            uint16_t *xb = malloc(2 * (size_t)nmax * in), *yb = malloc(2 * (size_t)nmax * out);
+            uint64_t rng = seed * 31;
+            rand_bf16(x, xb, (size_t)nmax * in, 1.0f, &rng);
+            for (int i = 0; i < out; i++) bias[i] = tu_rand_normal(&rng);
+            void *dq = dev_copy(h.q, 4 * (size_t)out * (in / 8));
+            void *ds = dev_copy(h.s, 2 * (size_t)out * (in / g));
+            void *dz = zp ? dev_copy(h.z, (size_t)out * (in / g)) : NULL;
+            void *dx = dev_copy(xb, 2 * (size_t)nmax * in), *db = dev_copy(bias, 4 * (size_t)out);
+            void *dy = NULL;
+            CU_ASSERT_FATAL(cudaMalloc(&dy, 2 * (size_t)nmax * out) == cudaSuccess);
+            for (int t = 0; t < 5; t++) {
+                int n = ns[t], wb = t & 1;
+                cpu_w4a16_linear(ref, x, h.q, h.s, h.z, wb ? bias : NULL, n, in, out, g);
+                CU_ASSERT_FATAL(cudaMemset(dy, 0xFF, 2 * (size_t)nmax * out) == cudaSuccess);
+                cuda_w4a16_gemm(dy, dx, dq, ds, dz, wb ? db : NULL, n, in, out, g, 0);
+                CU_ASSERT_FATAL(cudaDeviceSynchronize() == cudaSuccess);
+                CU_ASSERT_FATAL(cudaMemcpy(yb, dy, 2 * (size_t)n * out, cudaMemcpyDeviceToHost) ==
+                                cudaSuccess);
+                long bad = 0;
+                for (size_t i = 0; i < (size_t)n * out; i++) {
+                    float gv = sl_bf16_to_f32(yb[i]), d = fabsf(gv - ref[i]);
+                    if (!(d <= 2e-2f + fabsf(ref[i]) / 128) && bad++ < 5)
+                        fprintf(stderr, "  mma n %d out %d in %d g %d %s[%zu]: got %.6g want %.6g\n",
+                                n, out, in, g, zp ? "asym" : "sym", i, gv, ref[i]);
+                }
+                CU_ASSERT_EQUAL(bad, 0);
+            }
+            cudaFree(dq), cudaFree(ds), cudaFree(dz), cudaFree(dx), cudaFree(db), cudaFree(dy);
+            free(x), free(ref), free(bias), free(xb), free(yb);
+            host_q4_free(&h);
+        }
+}
+
 // The dequantised bf16 matrix is the CPU's fp32 value rounded once.
 static void test_dequant_vs_cpu(void) {
     if (!tu_gpu_ready()) return;
@@ -181,8 +228,8 @@ static void test_fill_random(void) {
 }
 
 // ----------------------------------------------------------------------------
-// the backend: both paths of be->linear (GEMV for small n, dequantise +
-// cuBLASLt above), with bias
+// the backend: every path of be->linear (GEMV for n <= 8, the tensor-core
+// GEMM up to 128 rows, dequantise + cuBLASLt above), with bias
 
 static void test_backend_linear(void) {
     if (!tu_gpu_ready()) return;
@@ -216,7 +263,7 @@ static void test_backend_linear(void) {
             snprintf(what, sizeof what, "backend linear n %d %s", n, zp ? "asym" : "sym");
             // the dequantise path rounds the weights to bf16 too: 2^-8 relative
             // per weight, random: |d| ~ 2^-9 * |w| * |x| * sqrt(in) ~ 1e-3..1e-2
-            if (n > W4A16_GEMV_MAX_N) {
+            if (n > W4A16_GEMV_MAX_N) { // weights rounded to bf16 on both GEMM paths
                 long bad = 0;
                 for (size_t i = 0; i < (size_t)n * out; i++) {
                     float gv = sl_bf16_to_f32(yb[i]), d = fabsf(gv - ref[i]);
@@ -345,6 +392,10 @@ static void run_deq_gemm(void *p) {
     LinearWeight w = {.fmt = WFMT_BF16, .out_dim = c->out, .in_dim = c->in, .data = c->wb};
     cuda_gemm_linear(c->gemm, c->y, GEMM_OUT_BF16, c->x, &w, c->n);
 }
+static void run_mma(void *p) {
+    BenchCtx *c = p;
+    cuda_w4a16_gemm(c->y, c->x, c->q, c->s, c->z, NULL, c->n, c->in, c->out, c->g, c->st);
+}
 static void run_bf16_gemm(void *p) {
     BenchCtx *c = p;
     LinearWeight w = {.fmt = WFMT_BF16, .out_dim = c->out, .in_dim = c->in, .data = c->wb};
@@ -382,10 +433,10 @@ static void test_int4_bench(void) {
         c.out = shapes[s][0], c.in = shapes[s][1], c.g = 128;
         size_t nw = (size_t)c.out * c.in / 8, ng = (size_t)c.out * c.in / c.g;
         cudaMalloc(&c.q, 4 * nw), cudaMalloc(&c.s, 2 * ng), cudaMalloc(&c.z, ng);
-        cudaMalloc(&c.x, 2 * 256 * (size_t)c.in), cudaMalloc(&c.y, 2 * 256 * (size_t)c.out);
+        cudaMalloc(&c.x, 2 * 1024 * (size_t)c.in), cudaMalloc(&c.y, 2 * 1024 * (size_t)c.out);
         cudaMalloc(&c.wb, 2 * (size_t)c.out * c.in);
         cuda_int4_fill_random(c.q, c.s, c.z, c.out, c.in, c.g, 1, 0.0025f, c.st);
-        cudaMemsetAsync(c.x, 0x3C, 2 * 256 * (size_t)c.in, c.st);
+        cudaMemsetAsync(c.x, 0x3C, 2 * 1024 * (size_t)c.in, c.st);
         cudaMemsetAsync(c.wb, 0x3C, 2 * (size_t)c.out * c.in, c.st);
         double bytes = 4.0 * nw + 3.0 * ng;
         for (int n = 1; n <= W4A16_GEMV_MAX_N; n *= 2) {
@@ -395,9 +446,9 @@ static void test_int4_bench(void) {
             printf("  %6d %6d %3d  %9.1f  %8.0f  %5.0f%%\n", c.out, c.in, n, ms * 1e3, gbs,
                    100.0 * gbs / copy_gbs);
         }
-        printf("    large batches: n, GEMV-in-8s / dequantise+cuBLASLt / bf16 cuBLASLt (us)\n");
-        static const int nbig[] = {8, 16, 32, 64, 128, 256};
-        for (int t = 0; t < 6; t++) {
+        printf("    n, GEMV-in-8s / tensor-core W4A16 / dequantise+cuBLASLt / bf16 cuBLASLt (us)\n");
+        static const int nbig[] = {8, 16, 32, 64, 128, 256, 1024};
+        for (int t = 0; t < 7; t++) {
             c.n = nbig[t];
             float g8 = 0;
             for (int i = 0; i < c.n; i += 8) { // the GEMV in calls of 8 rows
@@ -407,13 +458,17 @@ static void test_int4_bench(void) {
                 d.y = (char *)c.y + (size_t)i * c.out * 2;
                 g8 += time_median(run_gemv, &d, c.st);
             }
+            float mm = time_median(run_mma, &c, c.st);
             float dq = time_median(run_deq_gemm, &c, c.st), bf = time_median(run_bf16_gemm, &c, c.st);
-            printf("    %4d  %8.1f  %8.1f  %8.1f%s\n", c.n, g8 * 1e3, dq * 1e3, bf * 1e3,
-                   g8 < dq ? "   <- GEMV faster" : "");
+            const char *best = g8 <= mm && g8 <= dq ? "GEMV" : mm <= dq ? "W4A16 mma" : "dequantise";
+            printf("    %4d  %8.1f  %8.1f  %8.1f  %8.1f   fastest INT4: %s; mma %.0f TFLOP/s\n", c.n,
+                   g8 * 1e3, mm * 1e3, dq * 1e3, bf * 1e3, best,
+                   2.0 * c.n * c.out * c.in / (mm * 1e-3) / 1e12);
         }
         cudaFree(c.q), cudaFree(c.s), cudaFree(c.z), cudaFree(c.x), cudaFree(c.y), cudaFree(c.wb);
     }
-    printf("  (the backend runs the GEMV up to SLUICE_INT4_GEMV_MAX_N rows, default %d)\n",
+    printf("  (the backend runs the GEMV up to SLUICE_INT4_GEMV_MAX_N rows, default %d, the "
+           "tensor-core GEMM up to SLUICE_INT4_MMA_MAX_N, default 128, then dequantise+cuBLASLt)\n",
            W4A16_GEMV_MAX_N);
     cuda_gemm_destroy(c.gemm);
     cudaStreamDestroy(c.st);
@@ -421,6 +476,7 @@ static void test_int4_bench(void) {
 
 int main(void) {
     static const tu_test tests[] = {{"gemv_vs_cpu", test_gemv_vs_cpu},
+                                    {"mma_gemm_vs_cpu", test_mma_vs_cpu},
                                     {"dequant_vs_cpu", test_dequant_vs_cpu},
                                     {"fill_random_vs_cpu", test_fill_random},
                                     {"backend_linear_both_paths", test_backend_linear},

@@ -6,11 +6,14 @@
 // 32 dividing in. All pointers are device memory; nothing here allocates.
 // The CPU twins are in kernels/cpu/int4_cpu.h.
 //
-// Two paths, chosen per call by the CUDA backend (backend_cuda.c):
-//   - decode (n <= W4A16_GEMV_MAX_N rows): cuda_w4a16_gemv streams the packed
+// Three paths, chosen per call by the CUDA backend (backend_cuda.c) from the
+// number of rows n:
+//   - decode (n <= W4A16_GEMV_MAX_N): cuda_w4a16_gemv streams the packed
 //     weights once and multiplies on the CUDA cores, accumulating in fp32;
-//   - prefill / large batches: cuda_int4_dequant_bf16 expands the weight to a
-//     bf16 scratch matrix, then the ordinary cuBLASLt GEMM (gemm.h) runs.
+//   - mid-size (n <= SLUICE_INT4_MMA_MAX_N, default 128): cuda_w4a16_gemm,
+//     tensor cores (mma.sync) on weights dequantised in registers;
+//   - large (long prefill chunks): cuda_int4_dequant_bf16 expands the weight
+//     to a bf16 scratch matrix, then the ordinary cuBLASLt GEMM (gemm.h) runs.
 #ifndef SLUICE_W4A16_H
 #define SLUICE_W4A16_H
 
@@ -28,6 +31,14 @@ extern "C" {
 // y (n, out) bf16 = x (n, in) bf16 @ dequant(W)^T (+ bias (out) fp32, or NULL),
 // fp32 accumulation; n in [1, W4A16_GEMV_MAX_N]. x must be 16-byte aligned.
 void cuda_w4a16_gemv(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qweight,
+                     const uint16_t *scales, const uint8_t *zeros, const float *bias, int n,
+                     int in_dim, int out_dim, int group, cudaStream_t stream);
+
+// y (n, out) bf16 = x (n, in) bf16 @ bf16(dequant(W))^T (+ bias fp32 or NULL)
+// on the tensor cores, fp32 accumulation; any n >= 1. The weights are rounded
+// to bf16 exactly as cuda_int4_dequant_bf16 does. x must be 16-byte aligned.
+// (kernels/cuda/w4a16_mma.cu)
+void cuda_w4a16_gemm(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qweight,
                      const uint16_t *scales, const uint8_t *zeros, const float *bias, int n,
                      int in_dim, int out_dim, int group, cudaStream_t stream);
 
