@@ -51,7 +51,7 @@ static void usage(FILE *f) {
 typedef struct {
     const char *name;
     Model *m;
-    double agree, kl, nll; // sums
+    double agree, kl, nll, hit; // sums (hit: argmax == the next token)
     long n_pos, n_next;
 } EvalModel;
 
@@ -144,22 +144,30 @@ static int run_eval(const char *ref_dir, const char *compare, const char *eval_p
                 ms[i].kl += kl;
                 ms[i].agree += argmax(ri, V) == a0;
                 ms[i].n_pos++;
-                if (t + 1 < n) ms[i].nll -= lp[tok[t + 1]], ms[i].n_next++;
+                if (t + 1 < n) {
+                    ms[i].nll -= lp[tok[t + 1]];
+                    ms[i].hit += argmax(ri, V) == tok[t + 1];
+                    ms[i].n_next++;
+                }
             }
         }
         total += n;
         free(ids);
     }
     printf("\nINT4 accuracy on the CPU backend: %ld teacher-forced positions of %s\n"
-           "(reference %s; top-1 = argmax agrees with the reference's; KL(ref || model) in nats)\n\n",
+           "(reference %s; top-1 agree: argmax equals the reference's; KL(ref || model) in nats;\n"
+           " perplexity and next-token (argmax == the text's next token) on the text itself)\n\n",
            total, eval_path, ref_dir);
-    printf("| %-40s | %10s | %10s | %9s |\n", "model", "top-1 agree", "mean KL", "perplexity");
-    printf("|%.*s|%.*s|%.*s|%.*s|\n", 42, "------------------------------------------", 13,
-           "-------------", 12, "------------", 11, "-----------");
+    printf("| %-40s | %11s | %10s | %10s | %10s |\n", "model", "top-1 agree", "mean KL",
+           "perplexity", "next-token");
+    printf("|%.*s|%.*s|%.*s|%.*s|%.*s|\n", 42, "------------------------------------------", 13,
+           "-------------", 12, "------------", 12, "------------", 12, "------------");
     for (int i = 0; i < nm; i++) {
         double np = ms[i].n_pos ? (double)ms[i].n_pos : 1.0;
-        printf("| %-40s | %10.2f%% | %10.5f | %9.3f |\n", ms[i].name, 100.0 * ms[i].agree / np,
-               ms[i].kl / np, exp(ms[i].nll / (ms[i].n_next ? ms[i].n_next : 1)));
+        double nn = ms[i].n_next ? (double)ms[i].n_next : 1.0;
+        printf("| %-40s | %10.2f%% | %10.5f | %10.3f | %9.2f%% |\n", ms[i].name,
+               100.0 * ms[i].agree / np, ms[i].kl / np, exp(ms[i].nll / nn),
+               100.0 * ms[i].hit / nn);
     }
     rc = 0;
 out2:

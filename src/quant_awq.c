@@ -773,7 +773,12 @@ static void awq_layer(HostLayer *h, const ActStats *st, const ModelConfig *c, in
             for (int j = 0; j < in; j++)
                 x[(size_t)t * in + j] = st[k].rows[(size_t)t * in + j] / (s[k] ? s[k][j] : 1.0f);
         clip[k] = sl_malloc(sizeof(float) * (size_t)h->rows[k] * (in / g));
-        search_clip(clip[k], h->w[k], h->rows[k], in, x, n, g);
+        // as AutoAWQ: q and k are not clipped (errors in q.k pass through the
+        // softmax's exponential); only the v rows of q|k|v are searched
+        int r0 = k == LIN_QKV ? (c->n_heads + c->n_kv_heads) * c->head_dim : 0;
+        for (size_t i = 0; i < (size_t)r0 * (in / g); i++) clip[k][i] = INFINITY;
+        search_clip(clip[k] + (size_t)r0 * (in / g), h->w[k] + (size_t)r0 * in, h->rows[k] - r0,
+                    in, x, n, g);
         free(x);
     }
     if (verbose)
