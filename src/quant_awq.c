@@ -190,7 +190,7 @@ static int part_plain(const st_file *st, const char *pre, const Part *p, float *
 // Loads the fused matrix of parts[0..np) (stacked by output rows, same input
 // slice) into w.
 static int load_fused(Model *m, const st_file *st, int l, const Part *parts, int np, float *tmp,
-                      float *tmp_bias, LinearWeight *w, sl_err *err) {
+                      float *tmp_bias, int cfg_group, LinearWeight *w, sl_err *err) {
     Backend *be = m->be;
     char pre[8][160];
     int quant[8], nq = 0, g = 0, any_bias = 0;
@@ -203,6 +203,10 @@ static int load_fused(Model *m, const st_file *st, int l, const Part *parts, int
         if (quant[i]) {
             int gi = part_group(st, pre[i], parts[i].in_all, err);
             if (gi < 0) return -1;
+            if (cfg_group > 0 && gi != cfg_group)
+                return sl_errf(err, "AWQ checkpoint: %s.qzeros implies group size %d, but "
+                               "config.json's quantization_config.group_size is %d", pre[i], gi,
+                               cfg_group);
             if (g && gi != g)
                 return sl_errf(err, "AWQ checkpoint: %s has group size %d, %s has %d; a fused "
                                "matrix needs one", pre[i], gi, pre[0], g);
@@ -288,12 +292,13 @@ int awq_load_layer(Model *m, const st_file *st, int l, float *tmp, float *tmp_bi
     if (!first) return 1;
 
     // config.json next to the checkpoint, when there is one
+    int cfg_group = 0;
     if (first->file) {
         char *f = sl_strdup(first->file);
         char *dir = dirname(f);
         char *cfgp = sl_path_join(dir, "config.json");
-        int g = 0, rc = 0;
-        if (access(cfgp, R_OK) == 0) rc = awq_check_config(dir, &g, err);
+        int rc = 0;
+        if (access(cfgp, R_OK) == 0) rc = awq_check_config(dir, &cfg_group, err);
         free(cfgp);
         free(f);
         if (rc) return -1;
@@ -314,18 +319,18 @@ int awq_load_layer(Model *m, const st_file *st, int l, float *tmp, float *tmp_bi
         {"self_attn.v_proj", (int64_t)c->n_kv_heads * hd, dim, (int64_t)kv_first * hd,
          (int64_t)nkv * hd, 0, dim, c->attn_bias},
     };
-    if (load_fused(m, st, l, qkv, 3, tmp, tmp_bias, &L->wqkv, err)) return -1;
+    if (load_fused(m, st, l, qkv, 3, tmp, tmp_bias, cfg_group, &L->wqkv, err)) return -1;
     Part o = {"self_attn.o_proj", dim, q_all, 0, dim, (int64_t)r * nh * hd, (int64_t)nh * hd,
               c->attn_bias && r == 0};
-    if (load_fused(m, st, l, &o, 1, tmp, tmp_bias, &L->wo, err)) return -1;
+    if (load_fused(m, st, l, &o, 1, tmp, tmp_bias, cfg_group, &L->wo, err)) return -1;
     Part gu[2] = {
         {"mlp.gate_proj", c->hidden_dim, dim, (int64_t)r * hid, hid, 0, dim, c->mlp_bias},
         {"mlp.up_proj", c->hidden_dim, dim, (int64_t)r * hid, hid, 0, dim, c->mlp_bias},
     };
-    if (load_fused(m, st, l, gu, 2, tmp, tmp_bias, &L->wgu, err)) return -1;
+    if (load_fused(m, st, l, gu, 2, tmp, tmp_bias, cfg_group, &L->wgu, err)) return -1;
     Part d = {"mlp.down_proj", dim, c->hidden_dim, 0, dim, (int64_t)r * hid, hid,
               c->mlp_bias && r == 0};
-    return load_fused(m, st, l, &d, 1, tmp, tmp_bias, &L->wdown, err) ? -1 : 0;
+    return load_fused(m, st, l, &d, 1, tmp, tmp_bias, cfg_group, &L->wdown, err) ? -1 : 0;
 }
 
 // ============================================================================

@@ -253,6 +253,42 @@ static void test_awq_tp_misaligned(void) {
     be->destroy(be);
 }
 
+// config.json's quantization_config is checked: another method, other bits,
+// another version, or a group size the tensors contradict are clear errors.
+static void test_awq_config_errors(void) {
+    if (!fixtures()) return;
+    static const char *const cases[][2] = {
+        {"\"quant_method\": \"awq\"", "\"quant_method\": \"gptq\""},
+        {"\"bits\": 4", "\"bits\": 3"},
+        {"\"version\": \"gemm\"", "\"version\": \"gemv\""},
+        {"\"group_size\": 64", "\"group_size\": 128"},
+    };
+    static const char *const expect[] = {"quant_method", "bits", "version", "group_size"};
+    char cfgp[700];
+    snprintf(cfgp, sizeof cfgp, "%s/config.json", fx_dir[0]);
+    sl_err err = {{0}};
+    size_t len = 0;
+    char *orig = sl_read_file(cfgp, &len, &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(orig);
+    Backend *be = backend_cpu_create(0);
+    for (int i = 0; i < 4; i++) {
+        char *at = strstr(orig, cases[i][0]);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(at);
+        char buf[8192];
+        snprintf(buf, sizeof buf, "%.*s%s%s", (int)(at - orig), orig, cases[i][1],
+                 at + strlen(cases[i][0]));
+        CU_ASSERT_FATAL(tu_write_file(cfgp, buf, strlen(buf)) == 0);
+        Model *m = load(fx_dir[0], be, 0, 1, &err);
+        CU_ASSERT_PTR_NULL(m);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, expect[i]));
+        printf("  expected error: %s\n", err.msg);
+        model_free(m);
+    }
+    CU_ASSERT_FATAL(tu_write_file(cfgp, orig, len) == 0);
+    free(orig);
+    be->destroy(be);
+}
+
 // ----------------------------------------------------------------------------
 // sluice quantize: RTN and AWQ checkpoints load back (through the AWQ loader)
 // and stay close to the source weights
@@ -351,6 +387,7 @@ int main(void) {
         {"round_trip_tp2", test_awq_round_trip_tp2},
         {"logits_equal_dequantised", test_awq_logits},
         {"tp_misaligned_groups", test_awq_tp_misaligned},
+        {"config_errors", test_awq_config_errors},
         {NULL, NULL},
     };
     static const tu_test quant[] = {

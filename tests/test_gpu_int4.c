@@ -290,7 +290,7 @@ static void test_backend_linear(void) {
 // ----------------------------------------------------------------------------
 // the model: an AutoAWQ checkpoint (tests/awq/make_awq_fixture.py from
 // tiny-code-llama, group 128) on the GPU against the CPU backend: a 20-token
-// prefill (the dequantise + cuBLASLt path) then 8 decode steps (the GEMV),
+// prefill (the tensor-core GEMM) then 8 decode steps (the GEMV),
 // fed the CPU's greedy tokens; every step's logits within relative L2 3e-2 of
 // the CPU's (the bf16-activation noise measured by test_gpu_model is 1-2e-2).
 
