@@ -3,8 +3,9 @@
 // Decode GEMV (cuda_w4a16_gemv). The weights are the only large operand, so
 // the kernel is built to stream them once at full bandwidth and to keep the
 // dequantisation cheap enough to hide behind the loads:
-//   - each lane loads 16 bytes (32 nibbles of one row) per tile with a
-//     streaming load; a warp covers 1024 inputs of GEMV_R rows per tile;
+//   - each lane loads 16 bytes (32 nibbles of one row) per tile and row with
+//     a streaming load, one tile ahead; a warp covers 1024 inputs of GEMV_R
+//     rows per tile;
 //   - the x tile (n rows x 1024) is staged once per block in shared memory as
 //     fp32, pre-multiplied by a power of two per nibble position (below), with
 //     the plain sum of every 32 inputs beside it;
@@ -82,26 +83,37 @@ w4a16_gemv_kernel(__nv_bfloat16 *__restrict__ y, const __nv_bfloat16 *__restrict
 #pragma unroll
         for (int b = 0; b < N; b++) acc[r][b] = 0.0f;
 
+    // The packed weights of tile t + 1 are loaded while tile t is computed:
+    // two tiles of loads in flight per thread.
+    uint4 nwq[GEMV_R];
+    float ns[GEMV_R], nz[GEMV_R];
+    auto load_tile = [&](int t) {
+        const int kc = t * GEMV_KT + lane * 32;
+#pragma unroll
+        for (int r = 0; r < GEMV_R; r++) {
+            const int row = row0 + r;
+            if (kc < in && row < out) {
+                nwq[r] = __ldcs(reinterpret_cast<const uint4 *>(qw + (size_t)row * words + kc / 8));
+                const size_t gi = (size_t)row * ng + kc / group;
+                ns[r] = __half2float(sc[gi]);
+                nz[r] = zz ? (float)zz[gi] : 8.0f;
+            } else {
+                nwq[r] = make_uint4(0, 0, 0, 0);
+                ns[r] = 0.0f;
+                nz[r] = 0.0f;
+            }
+        }
+    };
+    load_tile(0);
+
     for (int t = 0; t < ntiles; t++) {
         const int k0 = t * GEMV_KT, kc = k0 + lane * 32; // this lane's 32 inputs
         const bool live = kc < in;
         uint4 wq[GEMV_R];
         float s[GEMV_R], z[GEMV_R];
-        // issue the weight loads first: they are in flight while x is staged
 #pragma unroll
-        for (int r = 0; r < GEMV_R; r++) {
-            const int row = row0 + r;
-            if (live && row < out) {
-                wq[r] = __ldcs(reinterpret_cast<const uint4 *>(qw + (size_t)row * words + kc / 8));
-                const size_t gi = (size_t)row * ng + kc / group;
-                s[r] = __half2float(sc[gi]);
-                z[r] = zz ? (float)zz[gi] : 8.0f;
-            } else {
-                wq[r] = make_uint4(0, 0, 0, 0);
-                s[r] = 0.0f;
-                z[r] = 0.0f;
-            }
-        }
+        for (int r = 0; r < GEMV_R; r++) wq[r] = nwq[r], s[r] = ns[r], z[r] = nz[r];
+        if (t + 1 < ntiles) load_tile(t + 1);
         __syncthreads(); // every warp is done with the previous tile's xs
         {
             // thread i stages inputs [8i, 8i + 8) of the tile for every row of x
