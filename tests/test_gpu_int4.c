@@ -127,9 +127,12 @@ static void test_gemv_vs_cpu(void) {
         }
 }
 
-// The tensor-core GEMM: the weights are rounded to bf16 once (2^-9 relative
-// each, random), the products summed in fp32: tolerance 2e-2 + 2^-7 |ref|
-// (y ~ N(0, ~1) here).
+// The tensor-core GEMM: the weights are rounded to bf16 once (up to 2^-9
+// relative each, random), the products summed in fp32: the error of y has a
+// std of about 2^-9/sqrt(3) * ||w .* x|| ~ 5e-3 at in = 4224 (y ~ N(0, 4));
+// tolerance 4e-2 (8 sigma: no false alarm over ~1e6 outputs) + 2^-7 |ref|
+// (the output's bf16 rounding and the relative part). A wrong fragment or
+// group is off by O(|y|).
 static void test_mma_vs_cpu(void) {
     if (!tu_gpu_ready()) return;
     static const int shapes[][3] = {{72, 128, 128}, {383, 640, 64}, {4104, 4224, 128}, {130, 96, 32}};
@@ -162,7 +165,7 @@ static void test_mma_vs_cpu(void) {
                 long bad = 0;
                 for (size_t i = 0; i < (size_t)n * out; i++) {
                     float gv = sl_bf16_to_f32(yb[i]), d = fabsf(gv - ref[i]);
-                    if (!(d <= 2e-2f + fabsf(ref[i]) / 128) && bad++ < 5)
+                    if (!(d <= 4e-2f + fabsf(ref[i]) / 128) && bad++ < 5)
                         fprintf(stderr, "  mma n %d out %d in %d g %d %s[%zu]: got %.6g want %.6g\n",
                                 n, out, in, g, zp ? "asym" : "sym", i, gv, ref[i]);
                 }
@@ -261,13 +264,12 @@ static void test_backend_linear(void) {
                             cudaSuccess);
             char what[64];
             snprintf(what, sizeof what, "backend linear n %d %s", n, zp ? "asym" : "sym");
-            // the dequantise path rounds the weights to bf16 too: 2^-8 relative
-            // per weight, random: |d| ~ 2^-9 * |w| * |x| * sqrt(in) ~ 1e-3..1e-2
+            // both GEMM paths round the weights to bf16: see test_mma_vs_cpu
             if (n > W4A16_GEMV_MAX_N) { // weights rounded to bf16 on both GEMM paths
                 long bad = 0;
                 for (size_t i = 0; i < (size_t)n * out; i++) {
                     float gv = sl_bf16_to_f32(yb[i]), d = fabsf(gv - ref[i]);
-                    if (!(d <= 2e-2f + fabsf(ref[i]) / 128) && bad++ < 5)
+                    if (!(d <= 4e-2f + fabsf(ref[i]) / 128) && bad++ < 5)
                         fprintf(stderr, "  %s[%zu]: got %.6g want %.6g\n", what, i, gv, ref[i]);
                 }
                 CU_ASSERT_EQUAL(bad, 0);
