@@ -293,8 +293,10 @@ static void test_backend_linear(void) {
 // the model: an AutoAWQ checkpoint (tests/awq/make_awq_fixture.py from
 // tiny-code-llama, group 128) on the GPU against the CPU backend: a 20-token
 // prefill (the tensor-core GEMM) then 8 decode steps (the GEMV),
-// fed the CPU's greedy tokens; every step's logits within relative L2 3e-2 of
-// the CPU's (the bf16-activation noise measured by test_gpu_model is 1-2e-2).
+// fed the CPU's greedy tokens; every step's logits within relative L2 5e-2 of
+// the CPU's (bf16 activations alone give 1-2e-2 on this model in
+// test_gpu_model; the tensor-core path also rounds the dequantised weights to
+// bf16; a real bug such as a wrong KV block measured 0.18-0.41 there).
 
 static float rel_l2(const float *a, const float *b, int n) {
     double d = 0, r = 0;
@@ -338,7 +340,7 @@ static void test_awq_model_vs_cpu(void) {
         for (int i = 0; i < 2; i++) model_forward(m[i], &b, lg[i]);
         float rel = rel_l2(lg[1], lg[0], V);
         printf("    step %d (%d rows): rel L2 gpu vs cpu %.3e\n", step, n, rel);
-        CU_ASSERT(rel < 3e-2f);
+        CU_ASSERT(rel < 5e-2f);
         int best = 0; // the CPU's greedy token feeds both
         for (int v = 1; v < V; v++)
             if (lg[0][v] > lg[0][best]) best = v;
