@@ -31,9 +31,9 @@ typedef struct {
     WeightFormat fmt;
     int out_dim, in_dim; // y (n, out_dim) = x (n, in_dim) @ W^T
     void *data;          // backend memory, layout given by fmt
-    void *scale;         // FP8/INT4 scales (backend memory) or NULL
-    void *zeros;         // INT4 zero points or NULL (symmetric)
-    int group_size;      // INT4 group size along in_dim
+    void *scale;         // FP8/INT4 scales (backend memory) or NULL; INT4: fp16 (out, in/group)
+    void *zeros;         // INT4 zero points uint8 (out, in/group) or NULL (symmetric: 8)
+    int group_size;      // INT4 group size along in_dim (layout: kernels/cpu/int4_cpu.h)
     int scale_per_row;   // FP8: 1 per-out-channel scales, 0 per-tensor
     void *bias;          // (out_dim) fp32 or NULL
 } LinearWeight;
@@ -64,6 +64,13 @@ struct Backend {
     // Fills w from a host (out_dim, in_dim) fp32 matrix and optional bias.
     int (*load_linear)(Backend *be, LinearWeight *w, const float *host, const float *bias,
                        int out_dim, int in_dim, sl_err *err);
+    // Fills w as WFMT_INT4 from host arrays in sluice's INT4 layout
+    // (kernels/cpu/int4_cpu.h): qweight (out, in/8), scales fp16 (out, in/group),
+    // zeros (out, in/group) or NULL (symmetric), optional fp32 bias (out). The
+    // arrays are copied; group is a multiple of 32 dividing in_dim.
+    int (*load_linear_int4)(Backend *be, LinearWeight *w, const uint32_t *qweight,
+                            const uint16_t *scales, const uint8_t *zeros, const float *bias,
+                            int out_dim, int in_dim, int group, sl_err *err);
 
     // Sizes the per-step buffers (step metadata, attention workspace) once for
     // the job's limits. Called by model_kv_alloc, before the first step.
@@ -74,6 +81,11 @@ struct Backend {
     // Allocates w for an (out_dim, in_dim) matrix in the backend's weight
     // format, contents undefined.
     void (*alloc_linear)(Backend *be, LinearWeight *w, int out_dim, int in_dim);
+    // Allocates w as WFMT_INT4 (asymmetric, zero points) and fills it with
+    // random nibbles, zero points and scales (cpu_int4_fill_random's values,
+    // generated where the weights live: no host traffic on a GPU).
+    void (*random_linear_int4)(Backend *be, LinearWeight *w, int out_dim, int in_dim, int group,
+                               uint64_t seed, float scale);
     // n elements at dst = mean + std * N(0,1) (counter-based, keyed by seed):
     // fp32 when f32, else the activation dtype.
     void (*fill_normal)(Backend *be, void *dst, size_t n, int f32, uint64_t seed, float mean,

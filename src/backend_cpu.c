@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cpu/int4_cpu.h"
 #include "cpu/ops_cpu.h"
 
 static void *cpu_alloc(Backend *be, size_t bytes) { return sl_calloc(1, bytes); }
@@ -36,6 +37,46 @@ static int cpu_load_linear(Backend *be, LinearWeight *w, const float *host, cons
     w->data = cpu_upload_f32(be, host, (size_t)out_dim * in_dim);
     w->bias = bias ? cpu_upload_f32(be, bias, out_dim) : NULL;
     return 0;
+}
+
+static void *copy_host(const void *src, size_t bytes) {
+    void *p = sl_malloc(bytes ? bytes : 1);
+    if (bytes) memcpy(p, src, bytes);
+    return p;
+}
+
+static int cpu_load_linear_int4(Backend *be, LinearWeight *w, const uint32_t *qweight,
+                                const uint16_t *scales, const uint8_t *zeros, const float *bias,
+                                int out_dim, int in_dim, int group, sl_err *err) {
+    memset(w, 0, sizeof *w);
+    if (group <= 0 || group % 32 || in_dim % group || out_dim <= 0)
+        return sl_errf(err, "INT4 linear layer (%d, %d): group size %d must be a positive "
+                       "multiple of 32 dividing %d", out_dim, in_dim, group, in_dim);
+    size_t ng = (size_t)out_dim * (in_dim / group);
+    w->fmt = WFMT_INT4;
+    w->out_dim = out_dim;
+    w->in_dim = in_dim;
+    w->group_size = group;
+    w->data = copy_host(qweight, sizeof(uint32_t) * (size_t)out_dim * (in_dim / 8));
+    w->scale = copy_host(scales, sizeof(uint16_t) * ng);
+    w->zeros = zeros ? copy_host(zeros, ng) : NULL;
+    w->bias = bias ? cpu_upload_f32(be, bias, out_dim) : NULL;
+    return 0;
+}
+
+static void cpu_random_linear_int4(Backend *be, LinearWeight *w, int out_dim, int in_dim,
+                                   int group, uint64_t seed, float scale) {
+    memset(w, 0, sizeof *w);
+    SL_CHECK(group > 0 && group % 32 == 0 && in_dim % group == 0);
+    size_t ng = (size_t)out_dim * (in_dim / group);
+    w->fmt = WFMT_INT4;
+    w->out_dim = out_dim;
+    w->in_dim = in_dim;
+    w->group_size = group;
+    w->data = sl_malloc(sizeof(uint32_t) * (size_t)out_dim * (in_dim / 8));
+    w->scale = sl_malloc(sizeof(uint16_t) * ng);
+    w->zeros = sl_malloc(ng);
+    cpu_int4_fill_random(w->data, w->scale, w->zeros, out_dim, in_dim, group, seed, scale);
 }
 
 static void cpu_reserve(Backend *be, int max_tokens, int max_seqs, int max_seq_len,
@@ -71,6 +112,11 @@ static void cpu_add_rmsnorm_op(Backend *be, void *out, void *x, const void *r, c
 }
 
 static void cpu_linear_op(Backend *be, void *y, const void *x, const LinearWeight *w, int n) {
+    if (w->fmt == WFMT_INT4) {
+        cpu_w4a16_linear(y, x, w->data, w->scale, w->zeros, w->bias, n, w->in_dim, w->out_dim,
+                         w->group_size);
+        return;
+    }
     SL_CHECK(w->fmt == WFMT_F32);
     cpu_linear(y, x, w->data, w->bias, n, w->in_dim, w->out_dim);
 }
@@ -129,6 +175,8 @@ Backend *backend_cpu_create(int threads) {
     be->upload_f32 = cpu_upload_f32;
     be->upload_table = cpu_upload_table;
     be->load_linear = cpu_load_linear;
+    be->load_linear_int4 = cpu_load_linear_int4;
+    be->random_linear_int4 = cpu_random_linear_int4;
     be->reserve = cpu_reserve;
     be->alloc_linear = cpu_alloc_linear;
     be->fill_normal = cpu_fill_normal_op;

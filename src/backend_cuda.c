@@ -22,6 +22,7 @@
 #include "backend.h"
 #include "cuda/gemm.h"
 #include "cuda/ops_cuda.h"
+#include "cuda/w4a16.h"
 
 #define STAGE_ELEMS ((size_t)8 << 20) // bf16 elements per upload chunk (16 MiB pinned)
 
@@ -50,6 +51,15 @@ typedef struct {
     float *logits_dev;  // (max_seqs, max_out_dim) fp32 device
     float *logits_pin;  // same, pinned host
     size_t logits_cap;  // floats
+
+    // INT4 weights (kernels/cuda/w4a16.h): calls of up to gemv_max_n rows run
+    // the decode GEMV, larger ones dequantise into int4_scratch (bf16, sized
+    // in reserve for the largest INT4 layer) and run cuBLASLt.
+    int gemv_max_n;
+    int mma_max_n; // calls of up to this many rows run the tensor-core W4A16 GEMM
+    size_t int4_max_elems; // largest out_dim * in_dim of an INT4 layer loaded
+    sl_bf16 *int4_scratch;
+    size_t int4_scratch_elems;
 
     Batch batch;    // the device view returned by set_batch
     int max_kv_len; // of the current step (host value for launch sizes)
@@ -178,6 +188,69 @@ static void cuda_alloc_linear_op(Backend *be, LinearWeight *w, int out_dim, int 
     }
 }
 
+static void note_linear(CudaImpl *c, const LinearWeight *w) {
+    if (w->out_dim > c->max_out_dim) {
+        c->max_out_dim = w->out_dim;
+        if (c->reserved) logits_buffers_size(c);
+    }
+    if (w->fmt == WFMT_INT4 && (size_t)w->out_dim * w->in_dim > c->int4_max_elems)
+        c->int4_max_elems = (size_t)w->out_dim * w->in_dim;
+}
+
+static void *dev_copy(const void *host, size_t bytes) {
+    void *p = dev_alloc(bytes);
+    CUDA_CHECK(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice));
+    return p;
+}
+
+// INT4 weights arrive already packed (quant_awq.c): copied as they are.
+static int cuda_load_linear_int4_op(Backend *be, LinearWeight *w, const uint32_t *qweight,
+                                    const uint16_t *scales, const uint8_t *zeros,
+                                    const float *bias, int out_dim, int in_dim, int group,
+                                    sl_err *err) {
+    CudaImpl *c = impl_of(be);
+    memset(w, 0, sizeof *w);
+    if (out_dim <= 0 || in_dim <= 0 || group <= 0 || group % 32 || in_dim % group)
+        return sl_errf(err, "CUDA backend: INT4 linear layer (%d, %d) with group size %d: the "
+                       "group must be a positive multiple of 32 dividing %d", out_dim, in_dim,
+                       group, in_dim);
+    size_t ng = (size_t)out_dim * (in_dim / group);
+    w->fmt = WFMT_INT4;
+    w->out_dim = out_dim;
+    w->in_dim = in_dim;
+    w->group_size = group;
+    w->data = dev_copy(qweight, sizeof(uint32_t) * (size_t)out_dim * (in_dim / 8));
+    w->scale = dev_copy(scales, sizeof(uint16_t) * ng);
+    w->zeros = zeros ? dev_copy(zeros, ng) : NULL;
+    if (bias) {
+        char *b = cuda_alloc_op(be, cuda_gemm_bias_bytes(out_dim));
+        CUDA_CHECK(cudaMemcpy(b, bias, sizeof(float) * out_dim, cudaMemcpyHostToDevice));
+        upload_bf16(c, (sl_bf16 *)(b + cuda_gemm_bias_bf16_offset(out_dim)), bias, out_dim);
+        w->bias = b;
+    }
+    note_linear(c, w);
+    return 0;
+}
+
+static void cuda_random_linear_int4_op(Backend *be, LinearWeight *w, int out_dim, int in_dim,
+                                       int group, uint64_t seed, float scale) {
+    CudaImpl *c = impl_of(be);
+    memset(w, 0, sizeof *w);
+    SL_CHECK(out_dim > 0 && group > 0 && group % 32 == 0 && in_dim % group == 0);
+    size_t ng = (size_t)out_dim * (in_dim / group);
+    w->fmt = WFMT_INT4;
+    w->out_dim = out_dim;
+    w->in_dim = in_dim;
+    w->group_size = group;
+    w->data = dev_alloc(sizeof(uint32_t) * (size_t)out_dim * (in_dim / 8));
+    w->scale = dev_alloc(sizeof(uint16_t) * ng);
+    w->zeros = dev_alloc(ng);
+    cuda_int4_fill_random(w->data, w->scale, w->zeros, out_dim, in_dim, group, seed, scale,
+                          c->stream);
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    note_linear(c, w);
+}
+
 static void cuda_fill_normal_op(Backend *be, void *dst, size_t n, int f32, uint64_t seed,
                                 float mean, float std) {
     CudaImpl *c = impl_of(be);
@@ -242,6 +315,13 @@ static void cuda_reserve_op(Backend *be, int max_tokens, int max_seqs, int max_s
     c->max_blocks = max_blocks;
     c->reserved = 1;
     logits_buffers_size(c);
+    // INT4 layers larger steps than the GEMV takes dequantise into this
+    size_t se = max_tokens > c->gemv_max_n ? c->int4_max_elems : 0;
+    if (se > c->int4_scratch_elems) {
+        if (c->int4_scratch) CUDA_CHECK(cudaFree(c->int4_scratch));
+        c->int4_scratch = dev_alloc(se * sizeof(sl_bf16));
+        c->int4_scratch_elems = se;
+    }
     if (!c->ids_pin) {
         c->ids_dev = dev_alloc(sizeof(int32_t) * (size_t)max_seqs);
         c->ids_pin = pinned_alloc(sizeof(int32_t) * (size_t)max_seqs);
@@ -328,7 +408,41 @@ static void cuda_add_rmsnorm_op(Backend *be, void *out, void *x, const void *r, 
     cuda_add_rmsnorm(out, x, r, w, n, dim, eps, impl_of(be)->stream);
 }
 
+// INT4: the GEMV for decode-sized steps, the tensor-core W4A16 GEMM for
+// mid-size ones, else dequantise + cuBLASLt.
+static void int4_linear(CudaImpl *c, void *y, const void *x, const LinearWeight *w, int n) {
+    if (n <= 0) return;
+    if (n <= c->gemv_max_n) {
+        for (int i = 0; i < n; i += W4A16_GEMV_MAX_N) {
+            int k = n - i < W4A16_GEMV_MAX_N ? n - i : W4A16_GEMV_MAX_N;
+            cuda_w4a16_gemv((sl_bf16 *)y + (size_t)i * w->out_dim,
+                            (const sl_bf16 *)x + (size_t)i * w->in_dim, w->data, w->scale,
+                            w->zeros, w->bias, k, w->in_dim, w->out_dim, w->group_size,
+                            c->stream);
+        }
+        return;
+    }
+    if (n <= c->mma_max_n && !((uintptr_t)x & 15)) {
+        cuda_w4a16_gemm(y, x, w->data, w->scale, w->zeros, w->bias, n, w->in_dim, w->out_dim,
+                        w->group_size, c->stream);
+        return;
+    }
+    size_t elems = (size_t)w->out_dim * w->in_dim;
+    if (elems > c->int4_scratch_elems)
+        SL_FATAL("sluice", "INT4 layer larger than the dequantisation scratch sized in reserve",
+                 "int4_linear");
+    cuda_int4_dequant_bf16(c->int4_scratch, w->data, w->scale, w->zeros, w->out_dim, w->in_dim,
+                           w->group_size, c->stream);
+    LinearWeight d = {.fmt = WFMT_BF16, .out_dim = w->out_dim, .in_dim = w->in_dim,
+                      .data = c->int4_scratch, .bias = w->bias};
+    cuda_gemm_linear(c->gemm, y, GEMM_OUT_BF16, x, &d, n);
+}
+
 static void cuda_linear_op(Backend *be, void *y, const void *x, const LinearWeight *w, int n) {
+    if (w->fmt == WFMT_INT4) {
+        int4_linear(impl_of(be), y, x, w, n);
+        return;
+    }
     cuda_gemm_linear(impl_of(be)->gemm, y, GEMM_OUT_BF16, x, w, n);
 }
 
@@ -422,6 +536,7 @@ static void cuda_destroy_op(Backend *be) {
         if (c->meta_dev) CUDA_CHECK(cudaFree(c->meta_dev));
         if (c->meta_copied) CUDA_CHECK(cudaEventDestroy(c->meta_copied));
         if (c->attn_ws) CUDA_CHECK(cudaFree(c->attn_ws));
+        if (c->int4_scratch) CUDA_CHECK(cudaFree(c->int4_scratch));
         if (c->logits_dev) CUDA_CHECK(cudaFree(c->logits_dev));
         if (c->logits_pin) CUDA_CHECK(cudaFreeHost(c->logits_pin));
         if (c->ids_dev) CUDA_CHECK(cudaFree(c->ids_dev));
@@ -474,6 +589,17 @@ Backend *backend_cuda_create(int device, sl_err *err) {
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&c->meta_copied, cudaEventDisableTiming));
     c->gemm = cuda_gemm_create(c->stream, 0);
+    // SLUICE_INT4_GEMV_MAX_N: the largest step (rows) INT4 layers run through
+    // the decode GEMV (in calls of up to 8 rows). 8 by default; tune per GPU
+    // with the table of tests/test_gpu_int4 (SLUICE_GPU_BENCH=1).
+    // SLUICE_INT4_MMA_MAX_N: up to this many rows, the tensor-core W4A16 GEMM
+    // (default 128); above, dequantise to bf16 + cuBLASLt. 0 turns it off.
+    c->gemv_max_n = W4A16_GEMV_MAX_N;
+    const char *gm = getenv("SLUICE_INT4_GEMV_MAX_N");
+    if (gm && atoi(gm) >= 0) c->gemv_max_n = atoi(gm);
+    c->mma_max_n = 128;
+    const char *mm = getenv("SLUICE_INT4_MMA_MAX_N");
+    if (mm && atoi(mm) >= 0) c->mma_max_n = atoi(mm);
 
     Backend *be = sl_calloc(1, sizeof *be);
     be->name = "cuda";
@@ -485,6 +611,8 @@ Backend *backend_cuda_create(int device, sl_err *err) {
     be->upload_f32 = cuda_upload_f32_op;
     be->upload_table = cuda_upload_table_op;
     be->load_linear = cuda_load_linear_op;
+    be->load_linear_int4 = cuda_load_linear_int4_op;
+    be->random_linear_int4 = cuda_random_linear_int4_op;
     be->reserve = cuda_reserve_op;
     be->alloc_linear = cuda_alloc_linear_op;
     be->fill_normal = cuda_fill_normal_op;

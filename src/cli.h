@@ -20,6 +20,8 @@ int cli_run(int argc, char **argv, Comm *comm);
 int cli_bench(int argc, char **argv, Comm *comm);
 int cli_export(int argc, char **argv, Comm *comm);
 int cli_prep(int argc, char **argv, Comm *comm); // text prompts -> prompts.h5 (cli_prep.c)
+// `sluice quantize --int4-awq / --int4-rtn / --int4-eval` (cli_quantize_int4.c)
+int cli_quantize_int4(int argc, char **argv, Comm *comm);
 
 // Parses a whole decimal integer / float flag value; on error prints
 // "sluice <cmd>: --flag: ..." and returns -1.

@@ -32,6 +32,9 @@ static void bench_usage(FILE *f) {
         "  --arch NAME            random weights (normal, std 0.02) of configs/arch/NAME.json's\n"
         "                         shapes, generated on the device; NAME may be a path to a json\n"
         "  --model DIR            a Hugging Face checkpoint instead\n"
+        "  --dtype T              weights of --arch: bf16 (default) or int4 (group-wise INT4\n"
+        "                         with zero points, W4A16; random nibbles made on the device)\n"
+        "  --int4-group G         group size of --dtype int4 (default 128)\n"
         "  --isl N                input tokens per request (default 128)\n"
         "  --osl N                output tokens per request (default 128)\n"
         "  --requests N           number of requests (default 1000)\n"
@@ -89,7 +92,7 @@ static double matmul_params(const ModelConfig *c) {
 
 enum {
     B_ARCH = 1000, B_MODEL, B_ISL, B_OSL, B_REQ, B_SEED, B_BACKEND, B_MAXB, B_MAXT, B_BLOCK,
-    B_KVB, B_KVF, B_KVM, B_SCHED, B_PEAK, B_THREADS, B_OUT, B_TP, B_HELP
+    B_KVB, B_KVF, B_KVM, B_SCHED, B_PEAK, B_THREADS, B_OUT, B_TP, B_HELP, B_DTYPE, B_GROUP
 };
 
 int cli_bench(int argc, char **argv, Comm *comm) {
@@ -112,11 +115,15 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         {"threads", required_argument, 0, B_THREADS},
         {"output", required_argument, 0, B_OUT},
         {"tp", required_argument, 0, B_TP},
+        {"dtype", required_argument, 0, B_DTYPE},
+        {"int4-group", required_argument, 0, B_GROUP},
         {"help", no_argument, 0, B_HELP},
         {0, 0, 0, 0},
     };
     const char *arch = NULL, *model_dir = NULL, *backend = "auto", *out = NULL;
     long isl = 128, osl = 128, nreq = 1000, seed = 1, threads = 0, kv_blocks = 0, tp = 1, v;
+    const char *dtype = "bf16";
+    long int4_group = 128;
     double kv_fraction = 0.90, kv_mem_gb = 1.0, peak = 810.0;
     EngineOptions eo;
     engine_options_defaults(&eo);
@@ -172,6 +179,21 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         case B_THREADS: if (cli_int(C, "--threads", optarg, 1, 4096, &threads)) return EXIT_USAGE; break;
         case B_OUT: out = optarg; break;
         case B_TP: if (cli_int(C, "--tp", optarg, 1, 1 << 16, &tp)) return EXIT_USAGE; break;
+        case B_DTYPE:
+            if (strcmp(optarg, "bf16") && strcmp(optarg, "int4")) {
+                fprintf(stderr, "sluice bench: --dtype: '%s' is not one of bf16, int4\n", optarg);
+                return EXIT_USAGE;
+            }
+            dtype = optarg;
+            break;
+        case B_GROUP:
+            if (cli_int(C, "--int4-group", optarg, 32, 1 << 20, &int4_group)) return EXIT_USAGE;
+            if (int4_group % 32) {
+                fprintf(stderr, "sluice bench: --int4-group: %ld is not a multiple of 32\n",
+                        int4_group);
+                return EXIT_USAGE;
+            }
+            break;
         case B_HELP: bench_usage(stdout); return EXIT_OK;
         default:
             fprintf(stderr, "sluice bench: option '%s' is unknown or lacks its value\n",
@@ -200,6 +222,13 @@ int cli_bench(int argc, char **argv, Comm *comm) {
             return EXIT_USAGE;
         }
         if (comm->tp_rank != 0 && sl_log_level() == LOG_INFO) sl_log_set_level(LOG_WARN);
+    }
+
+    int int4 = !strcmp(dtype, "int4");
+    if (int4 && model_dir) {
+        fprintf(stderr, "sluice bench: --dtype int4 makes random weights of --arch; with --model "
+                        "the checkpoint's own format is used (an AWQ checkpoint runs INT4)\n");
+        return EXIT_USAGE;
     }
 
     sl_err err = {{0}};
@@ -243,6 +272,15 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     double t_load = sl_now();
     ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch};
     if (cli_tp_attach(comm, be, &mo, &eo, &tp_state, &err)) goto fail;
+    if (int4) {
+        int g = (int)int4_group, qd = cfg.n_heads * cfg.head_dim;
+        if (cfg.dim % g || qd % g || cfg.hidden_dim % g) {
+            sl_errf(&err, "--int4-group %d does not divide the layers' input sizes (%d, %d, %d) "
+                    "of %s", g, cfg.dim, qd, cfg.hidden_dim, arch_path);
+            goto fail;
+        }
+        mo.int4_group = g;
+    }
     if (arch ? model_init_random(&m, &cfg, be, &mo, (uint64_t)seed, &err)
              : model_load(&m, model_dir, be, &mo, &err))
         goto fail;
@@ -280,8 +318,8 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         rc = EXIT_OK;
         goto fail;
     }
-    printf("\nsluice bench: %s, %s backend, isl %ld osl %ld, %ld requests, tp %ld\n",
-           arch ? arch : model_dir, be->name, isl, osl, nreq, tp);
+    printf("\nsluice bench: %s, %s backend, %s weights, isl %ld osl %ld, %ld requests, tp %ld\n",
+           arch ? arch : model_dir, be->name, int4 ? "int4 (W4A16)" : "bf16", isl, osl, nreq, tp);
     printf("  output tokens/s      %10.1f   (compute roofline %.0f at %.0f TFLOP/s: %.1f%%)\n",
            tok_s, bound, peak, 100.0 * tok_s / bound);
     printf("  requests/s           %10.2f\n", st.n_ok / secs);
@@ -298,7 +336,7 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         json_t *j = json_pack(
             "{s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:{s:f,s:f,s:f},s:{s:f,s:f,s:f},"
             "s:i,s:i,s:I,s:I,s:f,s:f,s:i,s:i,s:i,s:I}",
-            "model", arch ? arch : model_dir, "backend", be->name, "dtype", "bf16", "isl",
+            "model", arch ? arch : model_dir, "backend", be->name, "dtype", dtype, "isl",
             (json_int_t)isl, "osl", (json_int_t)osl, "requests", (json_int_t)nreq,
             "output_tokens_per_s", tok_s, "requests_per_s", st.n_ok / secs, "roofline_tokens_per_s",
             bound, "roofline_fraction", tok_s / bound, "peak_tflops", peak, "ttft_s", "p50",

@@ -18,6 +18,7 @@ static void usage(FILE *f) {
             "  run       generate completions for a prompts file\n"
             "  export    write completions as JSON lines\n"
             "  bench     throughput on synthetic requests (a checkpoint or random weights)\n"
+            "  quantize  write an INT4 (AWQ / RTN) checkpoint; --int4-eval: its accuracy\n"
             "\n"
             "`sluice <command> --help` describes each command's options.\n");
 }
@@ -42,6 +43,8 @@ int main(int argc, char **argv) {
         rc = cli_export(argc - 1, argv + 1, &comm);
     } else if (!strcmp(argv[1], "bench")) {
         rc = cli_bench(argc - 1, argv + 1, &comm);
+    } else if (!strcmp(argv[1], "quantize")) { // INT4 half (cli_quantize_int4.c)
+        rc = cli_quantize_int4(argc - 1, argv + 1, &comm);
     } else {
         fprintf(stderr, "sluice: unknown command '%s'\n\n", argv[1]);
         usage(stderr);

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cpu/ops_cpu.h"
+#include "quant_awq.h"
 
 // ----------------------------------------------------------------------------
 // loading helpers
@@ -62,6 +63,10 @@ static int load_layer(Model *m, const st_file *st, int l, float *tmp, float *tmp
                  tmp, err))
         return -1;
     L->ffn_norm = be->upload_f32(be, tmp, dim);
+
+    // AutoAWQ INT4 checkpoints: the layer's linear layers come from quant_awq.c
+    int q = awq_load_layer(m, st, l, tmp, tmp_bias, err); // 1: not AWQ
+    if (q <= 0) return q;
 
     // qkv: rows [q heads of this rank | k heads | v heads]. With fewer kv
     // heads than ranks, each kv head is replicated on tp / n_kv_heads ranks:
@@ -246,6 +251,10 @@ fail:
 // Random weights: normal(0, 0.02) matrices and embeddings, unit norm weights,
 // filled by the backend itself (on the GPU: no host traffic at all).
 static void random_linear(Model *m, LinearWeight *w, int out_dim, int in_dim, uint64_t seed) {
+    if (m->opt.int4_group > 0 && w != &m->lm_head) { // scales ~ 0.02 / 8: |w| ~ 0.02
+        m->be->random_linear_int4(m->be, w, out_dim, in_dim, m->opt.int4_group, seed, 0.0025f);
+        return;
+    }
     m->be->alloc_linear(m->be, w, out_dim, in_dim);
     m->be->fill_normal(m->be, w->data, (size_t)out_dim * in_dim, w->fmt == WFMT_F32, seed, 0.0f,
                        0.02f);

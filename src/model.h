@@ -29,6 +29,10 @@ typedef struct {
     // in place. NULL when tp_size == 1.
     void (*allreduce)(void *ctx, void *buf, size_t n);
     void *allreduce_ctx;
+    // model_init_random only: > 0 makes every layer's linear layers random
+    // group-wise INT4 with this group size (the LM head stays in the
+    // activation format); 0 keeps the backend's default weight format.
+    int int4_group;
 } ModelOptions;
 
 typedef struct {
