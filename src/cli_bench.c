@@ -37,6 +37,9 @@ static void bench_usage(FILE *f) {
         "  --requests N           number of requests (default 1000)\n"
         "  --seed S               seed of the prompts and random weights (default 1)\n"
         "  --backend NAME         auto (default), cpu, cuda\n"
+        "  --dtype T              auto/bf16 (default), f32, fp8 (FP8 E4M3 linear layers; with\n"
+        "                         --arch generated and quantised on the device)\n"
+        "  --kv-dtype T           auto (the activation dtype) or fp8 (E4M3 KV cache, scale 1)\n"
         "  --max-batch N          sequences per step (default 256)\n"
         "  --max-num-tokens N     token rows per step (default 8192)\n"
         "  --kv-block-size N      tokens per KV block (default 32)\n"
@@ -87,7 +90,7 @@ static double matmul_params(const ModelConfig *c) {
 
 enum {
     B_ARCH = 1000, B_MODEL, B_ISL, B_OSL, B_REQ, B_SEED, B_BACKEND, B_MAXB, B_MAXT, B_BLOCK,
-    B_KVB, B_KVF, B_KVM, B_SCHED, B_PEAK, B_THREADS, B_OUT, B_HELP
+    B_KVB, B_KVF, B_KVM, B_SCHED, B_PEAK, B_THREADS, B_OUT, B_HELP, B_DTYPE, B_KV_DTYPE
 };
 
 int cli_bench(int argc, char **argv, Comm *comm) {
@@ -99,6 +102,8 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         {"requests", required_argument, 0, B_REQ},
         {"seed", required_argument, 0, B_SEED},
         {"backend", required_argument, 0, B_BACKEND},
+        {"dtype", required_argument, 0, B_DTYPE},
+        {"kv-dtype", required_argument, 0, B_KV_DTYPE},
         {"max-batch", required_argument, 0, B_MAXB},
         {"max-num-tokens", required_argument, 0, B_MAXT},
         {"kv-block-size", required_argument, 0, B_BLOCK},
@@ -113,6 +118,8 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         {0, 0, 0, 0},
     };
     const char *arch = NULL, *model_dir = NULL, *backend = "auto", *out = NULL;
+    const char *dtype = "auto", *kv_dtype = "auto";
+    CliDtype dt;
     long isl = 128, osl = 128, nreq = 1000, seed = 1, threads = 0, kv_blocks = 0, v;
     double kv_fraction = 0.90, kv_mem_gb = 1.0, peak = 810.0;
     EngineOptions eo;
@@ -169,6 +176,8 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         case B_THREADS: if (cli_int(C, "--threads", optarg, 1, 4096, &threads)) return EXIT_USAGE; break;
         case B_OUT: out = optarg; break;
         case B_HELP: bench_usage(stdout); return EXIT_OK;
+        case B_DTYPE: dtype = optarg; break;
+        case B_KV_DTYPE: kv_dtype = optarg; break;
         default:
             fprintf(stderr, "sluice bench: option '%s' is unknown or lacks its value\n",
                     argv[optind - 1]);
@@ -219,11 +228,13 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     }
     eo.max_seq_len = (int)(isl + osl);
     cfg.max_seq_len = (int)(isl + osl); // size per-step buffers for this run only
-    be = cli_backend_create(backend, (int)threads, comm->local_rank, &err);
+    if (cli_dtype("bench", dtype, kv_dtype, &dt)) return EXIT_USAGE;
+    be = cli_backend_create_dt(backend, (int)threads, comm->local_rank, &dt, &err);
     if (!be) goto fail;
     size_t free0 = be->mem_free(be);
     double t_load = sl_now();
-    ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch, .tp_size = 1};
+    ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch, .tp_size = 1,
+                       .weight_fp8 = dt.weight_fp8, .kv_fp8 = dt.kv_fp8};
     if (arch ? model_init_random(&m, &cfg, be, &mo, (uint64_t)seed, &err)
              : model_load(&m, model_dir, be, &mo, &err))
         goto fail;
@@ -272,9 +283,10 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     printf("  wall                 %10.2f s (+ %.2f s setup)\n", st.seconds, t_load);
     if (out) {
         json_t *j = json_pack(
-            "{s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:{s:f,s:f,s:f},s:{s:f,s:f,s:f},"
+            "{s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:{s:f,s:f,s:f},s:{s:f,s:f,s:f},"
             "s:i,s:i,s:I,s:I,s:f,s:f,s:i,s:i,s:i}",
-            "model", arch ? arch : model_dir, "backend", be->name, "dtype", "bf16", "isl",
+            "model", arch ? arch : model_dir, "backend", be->name, "dtype", dt.name,
+            "kv_dtype", dt.kv_fp8 ? "fp8" : "auto", "isl",
             (json_int_t)isl, "osl", (json_int_t)osl, "requests", (json_int_t)nreq,
             "output_tokens_per_s", tok_s, "requests_per_s", st.n_ok / secs, "roofline_tokens_per_s",
             bound, "roofline_fraction", tok_s / bound, "peak_tflops", peak, "ttft_s", "p50",
