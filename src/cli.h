@@ -20,6 +20,8 @@ int cli_run(int argc, char **argv, Comm *comm);
 int cli_bench(int argc, char **argv, Comm *comm);
 int cli_export(int argc, char **argv, Comm *comm);
 int cli_prep(int argc, char **argv, Comm *comm); // text prompts -> prompts.h5 (cli_prep.c)
+int cli_eval(int argc, char **argv, Comm *comm); // FP8 accuracy vs BF16 (cli_eval.c)
+int cli_quantize(int argc, char **argv, Comm *comm); // quantised checkpoints (cli_quantize.c)
 
 // Parses a whole decimal integer / float flag value; on error prints
 // "sluice <cmd>: --flag: ..." and returns -1.

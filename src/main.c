@@ -18,6 +18,8 @@ static void usage(FILE *f) {
             "  run       generate completions for a prompts file\n"
             "  export    write completions as JSON lines\n"
             "  bench     throughput on synthetic requests (a checkpoint or random weights)\n"
+            "  eval      accuracy of FP8 weights / KV cache against the BF16 checkpoint\n"
+            "  quantize  write a quantised checkpoint (FP8)\n"
             "\n"
             "`sluice <command> --help` describes each command's options.\n");
 }
@@ -40,6 +42,10 @@ int main(int argc, char **argv) {
         rc = cli_run(argc - 1, argv + 1, &comm);
     } else if (!strcmp(argv[1], "export")) {
         rc = cli_export(argc - 1, argv + 1, &comm);
+    } else if (!strcmp(argv[1], "eval")) {
+        rc = cli_eval(argc - 1, argv + 1, &comm);
+    } else if (!strcmp(argv[1], "quantize")) {
+        rc = cli_quantize(argc - 1, argv + 1, &comm);
     } else if (!strcmp(argv[1], "bench")) {
         rc = cli_bench(argc - 1, argv + 1, &comm);
     } else {

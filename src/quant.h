@@ -43,4 +43,34 @@ int quant_fp8_slice(const st_file *st, const char *wname, int64_t R, int64_t C, 
 // "model.layers.<l>.self_attn."): *k, *v set and 1 returned; 0 when absent.
 int quant_kv_scales(const st_file *st, int layer, float *k, float *v, sl_err *err);
 
+// ----------------------------------------------------------------------------
+// writers (`sluice quantize`, cli_quantize.c)
+
+typedef enum {
+    QUANT_NONE = 0,
+    QUANT_FP8,      // --fp8
+    // QUANT_INT4_AWQ: the INT4 AWQ writer's place
+} QuantScheme;
+
+typedef enum {
+    QFMT_COMPRESSED_TENSORS = 0, // llm-compressor's layout
+    QFMT_MODELOPT,               // NVIDIA ModelOpt's unified HF layout
+} QuantFormat;
+
+typedef struct {
+    const char *model_dir, *out_dir;
+    const char *calib;  // prompts file for calibration, or NULL
+    int calib_max;      // prompts used at most
+    int per_tensor;     // FP8: one weight scale per tensor
+    QuantFormat format;
+    int threads;
+} QuantJob;
+
+// Writes the FP8 checkpoint job describes (quant_fp8_write.c): OUTDIR/
+// model.safetensors (linear weights F8_E4M3 with weight_scale, input_scale
+// and KV scales when calibrated; everything else bf16), config.json with
+// quantization_config (and hf_quant_config.json for modelopt), the
+// tokenizer files copied. Errors name the file.
+int quant_write_fp8(const QuantJob *job, sl_err *err);
+
 #endif
