@@ -47,6 +47,7 @@ typedef struct {
     int max_tokens, max_seqs, max_blocks;
     int max_out_dim; // largest out_dim seen by load_linear (sizes the logits buffer)
     int max_in_fp8;  // largest in_dim of an FP8 linear (sizes qx)
+    int max_out_fp8; // largest out_dim of an FP8 linear (sizes the GEMM fallback)
 
     // FP8 input of a linear whose producer wrote the activation dtype
     uint8_t *qx;      // (max_tokens, max_in_fp8) e4m3
@@ -188,9 +189,10 @@ static int cuda_load_linear_op(Backend *be, LinearWeight *w, const float *host, 
 }
 
 // Bookkeeping of a new FP8 linear: the widest input sizes the scratch.
-static void note_fp8_linear(CudaImpl *c, int in_dim) {
-    if (in_dim > c->max_in_fp8) {
-        c->max_in_fp8 = in_dim;
+static void note_fp8_linear(CudaImpl *c, int out_dim, int in_dim) {
+    if (in_dim > c->max_in_fp8 || out_dim > c->max_out_fp8) {
+        if (in_dim > c->max_in_fp8) c->max_in_fp8 = in_dim;
+        if (out_dim > c->max_out_fp8) c->max_out_fp8 = out_dim;
         if (c->reserved) qx_size(c);
     }
 }
@@ -238,7 +240,7 @@ static int cuda_load_linear_fp8_op(Backend *be, LinearWeight *w, const float *ho
         upload_bf16(c, (sl_bf16 *)(b + cuda_gemm_bias_bf16_offset(out_dim)), bias, out_dim);
         w->bias = b;
     }
-    note_fp8_linear(c, in_dim);
+    note_fp8_linear(c, out_dim, in_dim);
     return 0;
 }
 
@@ -262,7 +264,7 @@ static void cuda_random_linear_fp8_op(Backend *be, LinearWeight *w, int out_dim,
     cuda_quantize_fp8_rows(w->data, w->scale, tmp, 1, out_dim, in_dim, 0.0f, c->stream);
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
     CUDA_CHECK(cudaFree(tmp));
-    note_fp8_linear(c, in_dim);
+    note_fp8_linear(c, out_dim, in_dim);
 }
 
 // Random weights for benchmarks: allocated in the weight format and filled
@@ -313,6 +315,8 @@ static void logits_buffers_size(CudaImpl *c) {
 
 // (Re)sizes the FP8 input scratch for max_tokens rows of the widest FP8 input.
 static void qx_size(CudaImpl *c) {
+    // only used where cuBLASLt lacks outer-vector scaling (see gemm.cu)
+    cuda_gemm_reserve_fp8(c->gemm, (size_t)c->max_tokens * c->max_out_fp8);
     size_t need = (size_t)c->max_tokens * c->max_in_fp8;
     if (!c->max_in_fp8 || need <= c->qx_cap) return;
     if (c->qx) CUDA_CHECK(cudaFree(c->qx));

@@ -200,6 +200,8 @@ static void eval_usage(FILE *f) {
         "  --dtype T          bf16 (default) or fp8: the candidate's linear layers\n"
         "  --kv-dtype T       auto (default) or fp8: the candidate's KV cache\n"
         "  --table            evaluate FP8 KV, FP8 weights and both; print a markdown table\n"
+        "  --candidate DIR    evaluate this checkpoint (e.g. an FP8 one from sluice quantize)\n"
+        "                     against --model (default: --model itself)\n"
         "  --backend NAME     the candidate's backend: cpu (default, FP8 emulated exactly)\n"
         "                     or cuda\n"
         "  --ctx N            tokens per teacher-forced chunk (default 256)\n"
@@ -210,15 +212,17 @@ static void eval_usage(FILE *f) {
 
 int cli_eval(int argc, char **argv, Comm *comm) {
     enum { E_MODEL = 1000, E_CORPUS, E_DTYPE, E_KV, E_TABLE, E_BACKEND, E_CTX, E_MAXC, E_GOLDEN,
-           E_THREADS, E_HELP };
+           E_THREADS, E_CAND, E_HELP };
     static const struct option lo[] = {
         {"model", required_argument, 0, E_MODEL},   {"corpus", required_argument, 0, E_CORPUS},
         {"dtype", required_argument, 0, E_DTYPE},   {"kv-dtype", required_argument, 0, E_KV},
         {"table", no_argument, 0, E_TABLE},         {"backend", required_argument, 0, E_BACKEND},
         {"ctx", required_argument, 0, E_CTX},       {"max-chunks", required_argument, 0, E_MAXC},
         {"golden", required_argument, 0, E_GOLDEN}, {"threads", required_argument, 0, E_THREADS},
+        {"candidate", required_argument, 0, E_CAND},
         {"help", no_argument, 0, E_HELP},           {0, 0, 0, 0},
     };
+    const char *cand_dir = NULL;
     const char *dir = NULL, *dtype = "bf16", *kv = "auto", *backend = "cpu", *golden = NULL;
     char *corpus[EV_MAX_CORPUS];
     int nc = 0, table = 0;
@@ -244,6 +248,7 @@ int cli_eval(int argc, char **argv, Comm *comm) {
         case E_CTX: if (cli_int("eval", "--ctx", optarg, 16, 4096, &ctx)) return EXIT_USAGE; break;
         case E_MAXC: if (cli_int("eval", "--max-chunks", optarg, 1, 1 << 20, &maxc)) return EXIT_USAGE; break;
         case E_GOLDEN: golden = optarg; break;
+        case E_CAND: cand_dir = optarg; break;
         case E_THREADS: if (cli_int("eval", "--threads", optarg, 1, 4096, &threads)) return EXIT_USAGE; break;
         case E_HELP: eval_usage(stdout); return EXIT_OK;
         default:
@@ -251,6 +256,7 @@ int cli_eval(int argc, char **argv, Comm *comm) {
             return EXIT_USAGE;
         }
     }
+    if (!cand_dir) cand_dir = dir;
     if (!dir || nc == 0) {
         fprintf(stderr, "sluice eval: --model and at least one --corpus are required\n");
         return EXIT_USAGE;
@@ -294,14 +300,14 @@ int cli_eval(int argc, char **argv, Comm *comm) {
     }
     long toks = 0;
     for (int k = 0; k < cor.n; k++) toks += cor.lens[k];
-    printf("sluice eval: %s, reference bf16 weights in fp32 on the cpu backend; candidate on the "
+    printf("sluice eval: reference %s (bf16 weights in fp32, cpu backend); candidate %s on the "
            "%s backend\ncorpus: %d files, %d chunks, %ld positions (ctx %ld); greedy: %d golden "
            "prompts\n\n",
-           dir, cbe->name, nc, cor.n, toks, ctx, cases ? (int)json_array_size(cases) : 0);
+           dir, cand_dir, cbe->name, nc, cor.n, toks, ctx, cases ? (int)json_array_size(cases) : 0);
     printf("| mode | backend | top-1 agreement | mean KL (nats) | greedy exact | mean agreeing "
            "prefix |\n|---|---|---|---|---|---|\n");
     for (int i = first; i <= last; i++) {
-        if (ev_open(&cand, cbe, dir, (int)ctx, modes[i].w, modes[i].k, &err)) goto fail;
+        if (ev_open(&cand, cbe, cand_dir, (int)ctx, modes[i].w, modes[i].k, &err)) goto fail;
         EvResult r;
         evaluate(&ref, &cand, &cor, cases, &r);
         printf("| %s | %s | %.2f%% (%ld/%ld) | %.2e | %d/%d | %.1f of %d |\n", modes[i].name,

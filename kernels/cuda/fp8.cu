@@ -55,3 +55,33 @@ extern "C" void cuda_quantize_fp8_rows(uint8_t *q, float *scales, const void *x,
             q, scales, static_cast<const __nv_bfloat16 *>(x), n, dim, static_scale);
     CUDA_CHECK_LAUNCH();
 }
+
+// ----------------------------------------------------------------------------
+// the FP8 GEMM fallback's epilogue (gemm.cu): scales and bias after an fp32
+// unit-scale product
+
+static __global__ void scale_rows_kernel(void *__restrict__ y, int y_f32,
+                                         const float *__restrict__ acc,
+                                         const float *__restrict__ xs,
+                                         const float *__restrict__ ws,
+                                         const float *__restrict__ bias, int n, int out) {
+    size_t total = (size_t)n * out;
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < total;
+         k += (size_t)gridDim.x * blockDim.x) {
+        int i = (int)(k / out), o = (int)(k % out);
+        float v = acc[k] * (xs[i] * ws[o]);
+        if (bias) v += bias[o];
+        if (y_f32) static_cast<float *>(y)[k] = v;
+        else static_cast<__nv_bfloat16 *>(y)[k] = __float2bfloat16_rn(v);
+    }
+}
+
+extern "C" void cuda_fp8_scale_rows(void *y, int y_f32, const float *acc, const float *x_scales,
+                                    const float *w_scales, const float *bias, int n, int out,
+                                    cudaStream_t stream) {
+    if (n <= 0 || out <= 0) return;
+    size_t total = (size_t)n * out;
+    unsigned grid = (unsigned)((total + 255) / 256 < 65535 ? (total + 255) / 256 : 65535);
+    scale_rows_kernel<<<grid, 256, 0, stream>>>(y, y_f32, acc, x_scales, w_scales, bias, n, out);
+    CUDA_CHECK_LAUNCH();
+}

@@ -76,6 +76,13 @@ void cuda_gemm_linear(cuda_gemm *g, void *y, GemmOut ytype, const sl_bf16 *x,
 void cuda_gemm_linear_ex(cuda_gemm *g, void *y, GemmOut ytype, const void *x, GemmIn xtype,
                          const float *x_scales, const LinearWeight *w, int n);
 
+// Size of the scratch of the FP8 fallback (used only when cuBLASLt offers no
+// outer-vector-scaled FP8 GEMM for a shape): max rows * max out_dim of the
+// FP8 layers, in floats. Called at start-up (the backend's reserve); the
+// scratch itself is allocated when the first fallback plan is made (the
+// first step that needs it), so machines that never fall back never pay it.
+void cuda_gemm_reserve_fp8(cuda_gemm *g, size_t floats);
+
 // Bias layout on the CUDA backend. cuBLASLt's bias epilogue wants the bias in
 // the output's type, so w->bias is one allocation holding both:
 //   [0, 4*out)                       fp32 (what backend.h promises)

@@ -91,6 +91,12 @@ void cuda_fill_normal_f32(float *dst, size_t n, uint64_t seed, float mean, float
 void cuda_quantize_fp8_rows(uint8_t *q, float *scales, const void *x, int x_f32, int n, int dim,
                             float static_scale, cudaStream_t stream);
 
+// y (n, out) = acc (n, out) fp32 * x_scales[i] * w_scales[o] (+ bias[o]),
+// y bf16 or fp32 (y_f32): the epilogue of the FP8 GEMM's fallback.
+void cuda_fp8_scale_rows(void *y, int y_f32, const float *acc, const float *x_scales,
+                         const float *w_scales, const float *bias, int n, int out,
+                         cudaStream_t stream);
+
 // RMSNorm (with add: x += r in place first, rounded to the activation type)
 // writing either the activation type (q_out NULL: into out) or FP8 (into
 // q_out, scales; out unused): the fused quantisation of the next linear's
