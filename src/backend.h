@@ -36,19 +36,38 @@ typedef struct {
     int group_size;      // INT4 group size along in_dim (layout: kernels/cpu/int4_cpu.h)
     int scale_per_row;   // FP8: 1 per-out-channel scales, 0 per-tensor
     void *bias;          // (out_dim) fp32 or NULL
+    // FP8: the activation scale. > 0: static per-tensor (from the checkpoint
+    // or calibration): x is quantised as e4m3(x / in_scale). 0: dynamic, one
+    // scale per token row (absmax / 448), computed where x is produced.
+    float in_scale;
 } LinearWeight;
+
+// How load_linear_fp8 quantises one weight (fp8.h has the rounding rules).
+typedef struct {
+    // Host (out_dim) weight scales to quantise with (pre-quantized
+    // checkpoints: the checkpoint's own, so the codes come back exactly), or
+    // NULL: scales from the weight's absmax, per row or per tensor.
+    const float *w_scale;
+    int per_row;     // with w_scale NULL: 1 per-out-channel scales, 0 one per tensor
+    float in_scale;  // static activation scale, 0 = dynamic per token
+} Fp8Spec;
 
 // Shapes of the attention part of a layer, for the ops that need them.
 typedef struct {
     int n_heads, n_kv_heads, head_dim; // this rank's heads
     int block_size;                    // tokens per KV block
     float scale;                       // softmax scale, 1/sqrt(head_dim)
+    // KV cache format: 0 the activation dtype, 1 FP8 E4M3 with per-tensor
+    // scales (this layer's): stored code = e4m3(k / k_scale).
+    int kv_fp8;
+    float k_scale, v_scale;
 } AttnShape;
 
 typedef struct Backend Backend;
 struct Backend {
     const char *name; // "cpu", "cuda"
     int act_bytes;    // bytes per activation element (4 on the CPU, 2 for bf16)
+    int kv_fp8_bytes; // bytes per FP8 KV element: 1 on the GPU, 4 on the CPU (emulated)
     void *impl;       // the backend's private state
 
     // --- memory (start-up only) ---
@@ -72,6 +91,12 @@ struct Backend {
                             const uint16_t *scales, const uint8_t *zeros, const float *bias,
                             int out_dim, int in_dim, int group, sl_err *err);
 
+    // Same, stored as FP8 E4M3 (WFMT_FP8_E4M3) as spec says. The CPU backend
+    // keeps the e4m3 codes and emulates the FP8 GEMM exactly (same codes,
+    // same scales as the GPU).
+    int (*load_linear_fp8)(Backend *be, LinearWeight *w, const float *host, const float *bias,
+                           int out_dim, int in_dim, const Fp8Spec *spec, sl_err *err);
+
     // Sizes the per-step buffers (step metadata, attention workspace) once for
     // the job's limits. Called by model_kv_alloc, before the first step.
     void (*reserve)(Backend *be, int max_tokens, int max_seqs, int max_seq_len, int block_size,
@@ -86,6 +111,10 @@ struct Backend {
     // generated where the weights live: no host traffic on a GPU).
     void (*random_linear_int4)(Backend *be, LinearWeight *w, int out_dim, int in_dim, int group,
                                uint64_t seed, float scale);
+    // An FP8 (out_dim, in_dim) weight of normal(0, std) values, generated
+    // and quantised (per-row scales, dynamic activations) on the device.
+    void (*random_linear_fp8)(Backend *be, LinearWeight *w, int out_dim, int in_dim,
+                              uint64_t seed, float std);
     // n elements at dst = mean + std * N(0,1) (counter-based, keyed by seed):
     // fp32 when f32, else the activation dtype.
     void (*fill_normal)(Backend *be, void *dst, size_t n, int f32, uint64_t seed, float mean,
@@ -108,6 +137,21 @@ struct Backend {
     void (*attention)(Backend *be, void *out, const void *qkv, const void *k_cache,
                       const void *v_cache, const Batch *b, const AttnShape *s);
     void (*swiglu)(Backend *be, void *out, const void *gu, int n, int hidden);
+
+    // The same three ops writing `out` in the input format of the linear
+    // layer `next` that consumes it, and the linear that reads such an input.
+    // For an FP8 `next` the GPU emits e4m3 codes plus one fp32 scale per row
+    // straight from the norm / gate kernel (no extra pass over memory); for
+    // other formats they are the plain ops. The CPU backend keeps fp32 and
+    // quantises inside linear_q: the same codes. An `out` buffer sized for n
+    // rows of the activation dtype plus backend_q_extra(n) bytes holds either.
+    void (*rmsnorm_q)(Backend *be, void *out, const void *x, const void *w, int n, int dim,
+                      float eps, const LinearWeight *next);
+    void (*add_rmsnorm_q)(Backend *be, void *out, void *x, const void *r, const void *w, int n,
+                          int dim, float eps, const LinearWeight *next);
+    void (*swiglu_q)(Backend *be, void *out, const void *gu, int n, int hidden,
+                     const LinearWeight *next);
+    void (*linear_q)(Backend *be, void *y, const void *xq, const LinearWeight *w, int n);
     void (*gather_rows)(Backend *be, void *out, const void *x, const Batch *b, int dim);
     // logits_host (n, out_dim) fp32 on the host = x (n, in_dim) @ W^T
     void (*logits)(Backend *be, float *logits_host, const void *x, const LinearWeight *w,
@@ -132,9 +176,27 @@ Backend *backend_cpu_create(int threads);
 Backend *backend_cuda_create(int device, sl_err *err);
 // The cudaStream_t every op of this backend runs on (for NCCL, parallel/).
 void *backend_cuda_stream(Backend *be);
+// Same; act_f32 = 1 keeps activations, the KV cache and dense weights in fp32
+// with true fp32 GEMMs (no TF32): the CPU backend's results on the GPU.
+Backend *backend_cuda_create_ex(int device, int act_f32, sl_err *err);
 #endif
 
 // Bytes per element of a KV cache entry on this backend (the activation dtype).
 static inline size_t backend_kv_bytes(const Backend *be) { return (size_t)be->act_bytes; }
+
+// Bytes per element of a KV cache entry of the given format (AttnShape.kv_fp8).
+// The CPU backend emulates an FP8 cache in fp32 (values rounded through e4m3).
+static inline size_t backend_kv_elem_bytes(const Backend *be, int kv_fp8) {
+    return kv_fp8 ? (size_t)be->kv_fp8_bytes : (size_t)be->act_bytes;
+}
+
+// Extra bytes an activation buffer of n rows needs beyond n rows of the
+// activation dtype to also hold an FP8 input (codes + per-row scales).
+static inline size_t backend_q_extra(size_t n) { return 256 + 4 * n + 256; }
+
+// Byte offset of the per-row fp32 scales in an FP8 input of n rows x dim.
+static inline size_t backend_q_scale_offset(size_t n, size_t dim) {
+    return (n * dim + 255) & ~(size_t)255;
+}
 
 #endif

@@ -2,6 +2,13 @@
 //
 // It is the reference every other backend is checked against, so it stays a
 // thin, obvious layer over ops_cpu.c.
+//
+// FP8 is emulated exactly (kernels/cpu/fp8_cpu.c): FP8 weights keep their
+// e4m3 codes and scales, activations entering an FP8 linear are quantised by
+// the same rules as on the GPU (static scale or per-token absmax), and an FP8
+// KV cache holds fp32 values rounded through e4m3 with the layer's scales.
+// So the CPU backend is the FP8 path's twin, and FP8 accuracy can be measured
+// without a GPU (sluice eval).
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +71,23 @@ static int cpu_load_linear_int4(Backend *be, LinearWeight *w, const uint32_t *qw
     return 0;
 }
 
+static int cpu_load_linear_fp8(Backend *be, LinearWeight *w, const float *host,
+                               const float *bias, int out_dim, int in_dim, const Fp8Spec *spec,
+                               sl_err *err) {
+    memset(w, 0, sizeof *w);
+    w->fmt = WFMT_FP8_E4M3;
+    w->out_dim = out_dim;
+    w->in_dim = in_dim;
+    w->scale_per_row = spec->w_scale ? 1 : spec->per_row;
+    w->in_scale = spec->in_scale;
+    w->data = sl_malloc((size_t)out_dim * in_dim);
+    w->scale = sl_malloc(sizeof(float) * (size_t)out_dim);
+    cpu_quantize_weight_fp8(w->data, w->scale, host, out_dim, in_dim, w->scale_per_row,
+                            spec->w_scale);
+    w->bias = bias ? cpu_upload_f32(be, bias, out_dim) : NULL;
+    return 0;
+}
+
 static void cpu_random_linear_int4(Backend *be, LinearWeight *w, int out_dim, int in_dim,
                                    int group, uint64_t seed, float scale) {
     memset(w, 0, sizeof *w);
@@ -77,6 +101,15 @@ static void cpu_random_linear_int4(Backend *be, LinearWeight *w, int out_dim, in
     w->scale = sl_malloc(sizeof(uint16_t) * ng);
     w->zeros = sl_malloc(ng);
     cpu_int4_fill_random(w->data, w->scale, w->zeros, out_dim, in_dim, group, seed, scale);
+}
+
+static void cpu_random_linear_fp8(Backend *be, LinearWeight *w, int out_dim, int in_dim,
+                                  uint64_t seed, float std) {
+    float *tmp = sl_malloc(sizeof(float) * (size_t)out_dim * in_dim);
+    cpu_fill_normal(tmp, (size_t)out_dim * in_dim, seed, 0.0f, std);
+    Fp8Spec spec = {.per_row = 1};
+    cpu_load_linear_fp8(be, w, tmp, NULL, out_dim, in_dim, &spec, NULL);
+    free(tmp);
 }
 
 static void cpu_reserve(Backend *be, int max_tokens, int max_seqs, int max_seq_len,
@@ -112,19 +145,51 @@ static void cpu_add_rmsnorm_op(Backend *be, void *out, void *x, const void *r, c
 }
 
 static void cpu_linear_op(Backend *be, void *y, const void *x, const LinearWeight *w, int n) {
+    if (n <= 0) return;
     if (w->fmt == WFMT_INT4) {
         cpu_w4a16_linear(y, x, w->data, w->scale, w->zeros, w->bias, n, w->in_dim, w->out_dim,
                          w->group_size);
+        return;
+    }
+    if (w->fmt == WFMT_FP8_E4M3) {
+        // x quantised as the GPU's producing kernel would, then the FP8 GEMM
+        uint8_t *xq = sl_malloc((size_t)n * w->in_dim);
+        float *xs = sl_malloc(sizeof(float) * (size_t)n);
+        cpu_quantize_fp8_rows(xq, xs, x, n, w->in_dim, w->in_scale);
+        cpu_linear_fp8(y, xq, xs, w->data, w->scale, w->scale_per_row, w->bias, n, w->in_dim,
+                       w->out_dim);
+        free(xq);
+        free(xs);
         return;
     }
     SL_CHECK(w->fmt == WFMT_F32);
     cpu_linear(y, x, w->data, w->bias, n, w->in_dim, w->out_dim);
 }
 
+// The CPU keeps fp32 between ops: the *_q ops are the plain ones and
+// linear_q quantises inside (the same codes the GPU's fused kernels emit).
+static void cpu_rmsnorm_q_op(Backend *be, void *out, const void *x, const void *w, int n,
+                             int dim, float eps, const LinearWeight *next) {
+    cpu_rmsnorm(out, x, w, n, dim, eps);
+}
+
+static void cpu_add_rmsnorm_q_op(Backend *be, void *out, void *x, const void *r, const void *w,
+                                 int n, int dim, float eps, const LinearWeight *next) {
+    cpu_add_rmsnorm(out, x, r, w, n, dim, eps);
+}
+
+static void cpu_swiglu_q_op(Backend *be, void *out, const void *gu, int n, int hidden,
+                            const LinearWeight *next) {
+    cpu_swiglu(out, gu, n, hidden);
+}
+
 static void cpu_rope_kv_write_op(Backend *be, void *qkv, void *k_cache, void *v_cache,
                                  const Batch *b, const void *inv_freq, const AttnShape *s) {
     cpu_rope_kv_write(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
                       s->n_heads, s->n_kv_heads, s->head_dim, s->block_size);
+    if (s->kv_fp8)
+        cpu_kv_round_fp8(k_cache, v_cache, b->slots, b->n_tokens, s->n_kv_heads, s->head_dim,
+                         s->block_size, s->k_scale, s->v_scale);
 }
 
 static void cpu_attention_op(Backend *be, void *out, const void *qkv, const void *k_cache,
@@ -169,6 +234,7 @@ Backend *backend_cpu_create(int threads) {
     Backend *be = sl_calloc(1, sizeof *be);
     be->name = "cpu";
     be->act_bytes = 4;
+    be->kv_fp8_bytes = 4; // emulated: fp32 values rounded through e4m3
     be->alloc = cpu_alloc;
     be->free = cpu_free;
     be->mem_free = cpu_mem_free;
@@ -177,6 +243,8 @@ Backend *backend_cpu_create(int threads) {
     be->load_linear = cpu_load_linear;
     be->load_linear_int4 = cpu_load_linear_int4;
     be->random_linear_int4 = cpu_random_linear_int4;
+    be->load_linear_fp8 = cpu_load_linear_fp8;
+    be->random_linear_fp8 = cpu_random_linear_fp8;
     be->reserve = cpu_reserve;
     be->alloc_linear = cpu_alloc_linear;
     be->fill_normal = cpu_fill_normal_op;
@@ -188,6 +256,10 @@ Backend *backend_cpu_create(int threads) {
     be->rope_kv_write = cpu_rope_kv_write_op;
     be->attention = cpu_attention_op;
     be->swiglu = cpu_swiglu_op;
+    be->rmsnorm_q = cpu_rmsnorm_q_op;
+    be->add_rmsnorm_q = cpu_add_rmsnorm_q_op;
+    be->swiglu_q = cpu_swiglu_q_op;
+    be->linear_q = cpu_linear_op;
     be->gather_rows = cpu_gather_rows_op;
     be->logits = cpu_logits_op;
     be->argmax = cpu_argmax_op;

@@ -13,6 +13,15 @@
 // Weights arrive as host fp32 and are rounded to bf16 (round to nearest even,
 // sl_f32_to_bf16) on the host in chunks through one pinned staging buffer, so
 // a huge tensor never needs a second full-size host copy.
+//
+// Number formats: activations bf16, or fp32 in the f32 mode
+// (backend_cuda_create_ex: fp32 weights, true fp32 GEMMs, the CPU backend's
+// numbers). FP8 linear layers (load_linear_fp8) are quantised on the host by
+// the CPU twin's code (the same codes as the CPU emulation) and run as
+// cuBLASLt FP8 GEMMs; their input comes as e4m3 codes + per-row scales
+// straight from the norm / SwiGLU kernels (*_q ops), or is quantised into a
+// scratch buffer (the attention output). The KV cache is the activation dtype
+// or FP8 E4M3 (AttnShape.kv_fp8).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +29,7 @@
 #include <cuda_runtime_api.h>
 
 #include "backend.h"
+#include "cpu/ops_cpu.h"
 #include "cuda/gemm.h"
 #include "cuda/ops_cuda.h"
 #include "cuda/w4a16.h"
@@ -28,6 +38,7 @@
 
 typedef struct {
     int device;
+    int act_f32; // fp32 activations, weights and KV (the exact mode)
     cudaStream_t stream;
     cuda_gemm *gemm;
     sl_bf16 *stage; // pinned (STAGE_ELEMS) bf16 upload staging, made on first upload
@@ -36,6 +47,13 @@ typedef struct {
     int reserved;
     int max_tokens, max_seqs, max_blocks;
     int max_out_dim; // largest out_dim seen by load_linear (sizes the logits buffer)
+    int max_in_fp8;  // largest in_dim of an FP8 linear (sizes qx)
+    int max_out_fp8; // largest out_dim of an FP8 linear (sizes the GEMM fallback)
+
+    // FP8 input of a linear whose producer wrote the activation dtype
+    uint8_t *qx;      // (max_tokens, max_in_fp8) e4m3
+    float *qx_scales; // (max_tokens)
+    size_t qx_cap;    // bytes of qx
 
     // step metadata: every int32 array of a Batch packed into one buffer
     int32_t *meta_host; // pinned, meta_cap ints
@@ -140,12 +158,14 @@ static void upload_bf16(CudaImpl *c, sl_bf16 *dst, const float *host, size_t n) 
 
 static void *cuda_upload_table_op(Backend *be, const float *host, size_t rows, size_t cols) {
     size_t n = rows * cols;
+    if (impl_of(be)->act_f32) return cuda_upload_f32_op(be, host, n);
     sl_bf16 *p = dev_alloc(n * sizeof(sl_bf16));
     upload_bf16(impl_of(be), p, host, n);
     return p;
 }
 
 static void logits_buffers_size(CudaImpl *c);
+static void qx_size(CudaImpl *c);
 
 static int cuda_load_linear_op(Backend *be, LinearWeight *w, const float *host, const float *bias,
                                int out_dim, int in_dim, sl_err *err) {
@@ -154,11 +174,16 @@ static int cuda_load_linear_op(Backend *be, LinearWeight *w, const float *host, 
     if (out_dim <= 0 || in_dim <= 0)
         return sl_errf(err, "CUDA backend: linear layer of shape (%d, %d) is empty", out_dim,
                        in_dim);
-    w->fmt = WFMT_BF16;
     w->out_dim = out_dim;
     w->in_dim = in_dim;
-    w->data = dev_alloc((size_t)out_dim * in_dim * sizeof(sl_bf16));
-    upload_bf16(c, w->data, host, (size_t)out_dim * in_dim);
+    if (c->act_f32) {
+        w->fmt = WFMT_F32;
+        w->data = cuda_upload_f32_op(be, host, (size_t)out_dim * in_dim);
+    } else {
+        w->fmt = WFMT_BF16;
+        w->data = dev_alloc((size_t)out_dim * in_dim * sizeof(sl_bf16));
+        upload_bf16(c, w->data, host, (size_t)out_dim * in_dim);
+    }
     if (bias) {
         // fp32 then bf16 copies in one allocation (cuda_gemm_bias_bf16_offset)
         char *b = cuda_alloc_op(be, cuda_gemm_bias_bytes(out_dim));
@@ -173,15 +198,94 @@ static int cuda_load_linear_op(Backend *be, LinearWeight *w, const float *host, 
     return 0;
 }
 
+// Bookkeeping of a new FP8 linear: the widest input sizes the scratch.
+static void note_fp8_linear(CudaImpl *c, int out_dim, int in_dim) {
+    if (in_dim > c->max_in_fp8 || out_dim > c->max_out_fp8) {
+        if (in_dim > c->max_in_fp8) c->max_in_fp8 = in_dim;
+        if (out_dim > c->max_out_fp8) c->max_out_fp8 = out_dim;
+        if (c->reserved) qx_size(c);
+    }
+}
+
+static int fp8_shape_ok(int out_dim, int in_dim, sl_err *err) {
+    if (out_dim % 16 || in_dim % 16)
+        return sl_errf(err, "CUDA backend: an FP8 linear layer of shape (%d, %d): cuBLASLt's "
+                       "FP8 GEMM needs both dimensions to be multiples of 16 (use --dtype bf16)",
+                       out_dim, in_dim);
+    return 0;
+}
+
+// FP8: the codes are made on the host by cpu_quantize_weight_fp8 (the CPU
+// backend's emulation, so both backends hold the same bytes), then uploaded
+// with out_dim scales (a per-tensor scale replicated: the GEMM always scales
+// per output channel).
+static int cuda_load_linear_fp8_op(Backend *be, LinearWeight *w, const float *host,
+                                   const float *bias, int out_dim, int in_dim,
+                                   const Fp8Spec *spec, sl_err *err) {
+    CudaImpl *c = impl_of(be);
+    memset(w, 0, sizeof *w);
+    if (out_dim <= 0 || in_dim <= 0)
+        return sl_errf(err, "CUDA backend: linear layer of shape (%d, %d) is empty", out_dim,
+                       in_dim);
+    if (fp8_shape_ok(out_dim, in_dim, err)) return -1;
+    w->fmt = WFMT_FP8_E4M3;
+    w->out_dim = out_dim;
+    w->in_dim = in_dim;
+    w->scale_per_row = spec->w_scale ? 1 : spec->per_row;
+    w->in_scale = spec->in_scale;
+    size_t n = (size_t)out_dim * in_dim;
+    uint8_t *q = sl_malloc(n);
+    float *sc = sl_malloc(sizeof(float) * (size_t)out_dim);
+    cpu_quantize_weight_fp8(q, sc, host, out_dim, in_dim, w->scale_per_row, spec->w_scale);
+    if (!w->scale_per_row)
+        for (int o = 1; o < out_dim; o++) sc[o] = sc[0];
+    w->data = dev_alloc(n);
+    CUDA_CHECK(cudaMemcpy(w->data, q, n, cudaMemcpyHostToDevice));
+    w->scale = cuda_upload_f32_op(be, sc, (size_t)out_dim);
+    free(q);
+    free(sc);
+    if (bias) {
+        char *b = cuda_alloc_op(be, cuda_gemm_bias_bytes(out_dim));
+        CUDA_CHECK(cudaMemcpy(b, bias, sizeof(float) * out_dim, cudaMemcpyHostToDevice));
+        upload_bf16(c, (sl_bf16 *)(b + cuda_gemm_bias_bf16_offset(out_dim)), bias, out_dim);
+        w->bias = b;
+    }
+    note_fp8_linear(c, out_dim, in_dim);
+    return 0;
+}
+
+// Random FP8 weights for benchmarks: normal fp32 values generated on the
+// device into a temporary buffer, quantised per output channel there.
+static void cuda_random_linear_fp8_op(Backend *be, LinearWeight *w, int out_dim, int in_dim,
+                                      uint64_t seed, float std) {
+    CudaImpl *c = impl_of(be);
+    sl_err err = {{0}};
+    if (fp8_shape_ok(out_dim, in_dim, &err)) SL_FATAL("sluice", err.msg, "random_linear_fp8");
+    memset(w, 0, sizeof *w);
+    w->fmt = WFMT_FP8_E4M3;
+    w->out_dim = out_dim;
+    w->in_dim = in_dim;
+    w->scale_per_row = 1;
+    size_t n = (size_t)out_dim * in_dim;
+    float *tmp = dev_alloc(n * sizeof(float));
+    w->data = dev_alloc(n);
+    w->scale = dev_alloc(sizeof(float) * (size_t)out_dim);
+    cuda_fill_normal_f32(tmp, n, seed, 0.0f, std, c->stream);
+    cuda_quantize_fp8_rows(w->data, w->scale, tmp, 1, out_dim, in_dim, 0.0f, c->stream);
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    CUDA_CHECK(cudaFree(tmp));
+    note_fp8_linear(c, out_dim, in_dim);
+}
+
 // Random weights for benchmarks: allocated in the weight format and filled
 // on the device (no host traffic).
 static void cuda_alloc_linear_op(Backend *be, LinearWeight *w, int out_dim, int in_dim) {
     CudaImpl *c = impl_of(be);
     memset(w, 0, sizeof *w);
-    w->fmt = WFMT_BF16;
+    w->fmt = c->act_f32 ? WFMT_F32 : WFMT_BF16;
     w->out_dim = out_dim;
     w->in_dim = in_dim;
-    w->data = dev_alloc((size_t)out_dim * in_dim * sizeof(sl_bf16));
+    w->data = dev_alloc((size_t)out_dim * in_dim * (c->act_f32 ? sizeof(float) : sizeof(sl_bf16)));
     if (out_dim > c->max_out_dim) {
         c->max_out_dim = out_dim;
         if (c->reserved) logits_buffers_size(c);
@@ -254,7 +358,7 @@ static void cuda_random_linear_int4_op(Backend *be, LinearWeight *w, int out_dim
 static void cuda_fill_normal_op(Backend *be, void *dst, size_t n, int f32, uint64_t seed,
                                 float mean, float std) {
     CudaImpl *c = impl_of(be);
-    if (f32) cuda_fill_normal_f32(dst, n, seed, mean, std, c->stream);
+    if (f32 || c->act_f32) cuda_fill_normal_f32(dst, n, seed, mean, std, c->stream);
     else cuda_fill_normal_bf16(dst, n, seed, mean, std, c->stream);
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
 }
@@ -280,6 +384,19 @@ static void logits_buffers_size(CudaImpl *c) {
     c->logits_dev = dev_alloc(need * sizeof(float));
     c->logits_pin = pinned_alloc(need * sizeof(float));
     c->logits_cap = need;
+}
+
+// (Re)sizes the FP8 input scratch for max_tokens rows of the widest FP8 input.
+static void qx_size(CudaImpl *c) {
+    // only used where cuBLASLt lacks outer-vector scaling (see gemm.cu)
+    cuda_gemm_reserve_fp8(c->gemm, (size_t)c->max_tokens * c->max_out_fp8);
+    size_t need = (size_t)c->max_tokens * c->max_in_fp8;
+    if (!c->max_in_fp8 || need <= c->qx_cap) return;
+    if (c->qx) CUDA_CHECK(cudaFree(c->qx));
+    if (c->qx_scales) CUDA_CHECK(cudaFree(c->qx_scales));
+    c->qx = dev_alloc(need);
+    c->qx_scales = dev_alloc(sizeof(float) * (size_t)c->max_tokens);
+    c->qx_cap = need;
 }
 
 static void cuda_reserve_op(Backend *be, int max_tokens, int max_seqs, int max_seq_len,
@@ -322,6 +439,7 @@ static void cuda_reserve_op(Backend *be, int max_tokens, int max_seqs, int max_s
         c->int4_scratch = dev_alloc(se * sizeof(sl_bf16));
         c->int4_scratch_elems = se;
     }
+    qx_size(c);
     if (!c->ids_pin) {
         c->ids_dev = dev_alloc(sizeof(int32_t) * (size_t)max_seqs);
         c->ids_pin = pinned_alloc(sizeof(int32_t) * (size_t)max_seqs);
@@ -391,27 +509,33 @@ static const Batch *cuda_set_batch_op(Backend *be, const Batch *h) {
 // ----------------------------------------------------------------------------
 // ops: thin shims over the kernels' entry points, on the backend's stream
 
+// Row copies move bytes: an fp32 row is 2*dim bf16-sized elements.
 static void cuda_embed_op(Backend *be, void *out, const void *table, const Batch *b, int dim) {
     if (b->n_tokens <= 0) return;
-    cuda_embed(out, table, b->tokens, b->n_tokens, dim, impl_of(be)->stream);
+    CudaImpl *c = impl_of(be);
+    cuda_embed(out, table, b->tokens, b->n_tokens, c->act_f32 ? 2 * dim : dim, c->stream);
 }
 
 static void cuda_rmsnorm_op(Backend *be, void *out, const void *x, const void *w, int n, int dim,
                             float eps) {
     if (n <= 0) return;
-    cuda_rmsnorm(out, x, w, n, dim, eps, impl_of(be)->stream);
+    CudaImpl *c = impl_of(be);
+    cuda_rmsnorm_ex(out, NULL, NULL, (void *)x, NULL, w, n, dim, eps, c->act_f32, 0.0f,
+                    c->stream);
 }
 
 static void cuda_add_rmsnorm_op(Backend *be, void *out, void *x, const void *r, const void *w,
                                 int n, int dim, float eps) {
     if (n <= 0) return;
-    cuda_add_rmsnorm(out, x, r, w, n, dim, eps, impl_of(be)->stream);
+    CudaImpl *c = impl_of(be);
+    cuda_rmsnorm_ex(out, NULL, NULL, x, r, w, n, dim, eps, c->act_f32, 0.0f, c->stream);
 }
 
 // INT4: the GEMV for decode-sized steps, the tensor-core W4A16 GEMM for
-// mid-size ones, else dequantise + cuBLASLt.
+// mid-size ones, else dequantise + cuBLASLt. bf16 activations only.
 static void int4_linear(CudaImpl *c, void *y, const void *x, const LinearWeight *w, int n) {
     if (n <= 0) return;
+    SL_CHECK(!c->act_f32);
     if (n <= c->gemv_max_n) {
         for (int i = 0; i < n; i += W4A16_GEMV_MAX_N) {
             int k = n - i < W4A16_GEMV_MAX_N ? n - i : W4A16_GEMV_MAX_N;
@@ -435,43 +559,111 @@ static void int4_linear(CudaImpl *c, void *y, const void *x, const LinearWeight 
                            w->group_size, c->stream);
     LinearWeight d = {.fmt = WFMT_BF16, .out_dim = w->out_dim, .in_dim = w->in_dim,
                       .data = c->int4_scratch, .bias = w->bias};
-    cuda_gemm_linear(c->gemm, y, GEMM_OUT_BF16, x, &d, n);
+    cuda_gemm_linear_ex(c->gemm, y, GEMM_OUT_BF16, x, GEMM_IN_BF16, NULL, &d, n);
 }
 
+static GemmIn act_in(const CudaImpl *c) { return c->act_f32 ? GEMM_IN_F32 : GEMM_IN_BF16; }
+static GemmOut act_out(const CudaImpl *c) { return c->act_f32 ? GEMM_OUT_F32 : GEMM_OUT_BF16; }
+
+// x in the activation dtype. An FP8 layer's input is quantised into the
+// scratch first (the attention output; the norms and SwiGLU emit FP8 themselves).
 static void cuda_linear_op(Backend *be, void *y, const void *x, const LinearWeight *w, int n) {
+    CudaImpl *c = impl_of(be);
+    if (n <= 0) return;
     if (w->fmt == WFMT_INT4) {
-        int4_linear(impl_of(be), y, x, w, n);
+        int4_linear(c, y, x, w, n);
         return;
     }
-    cuda_gemm_linear(impl_of(be)->gemm, y, GEMM_OUT_BF16, x, w, n);
+    if (w->fmt == WFMT_FP8_E4M3) {
+        SL_CHECK(c->qx && (size_t)n * w->in_dim <= c->qx_cap);
+        cuda_quantize_fp8_rows(c->qx, c->qx_scales, x, c->act_f32, n, w->in_dim, w->in_scale,
+                               c->stream);
+        cuda_gemm_linear_ex(c->gemm, y, act_out(c), c->qx, GEMM_IN_FP8, c->qx_scales, w, n);
+        return;
+    }
+    cuda_gemm_linear_ex(c->gemm, y, act_out(c), x, act_in(c), NULL, w, n);
+}
+
+// x as a *_q op wrote it for w: for FP8, codes then the row scales at
+// backend_q_scale_offset(n, in_dim).
+static void cuda_linear_q_op(Backend *be, void *y, const void *xq, const LinearWeight *w, int n) {
+    CudaImpl *c = impl_of(be);
+    if (n <= 0) return;
+    if (w->fmt != WFMT_FP8_E4M3) {
+        cuda_linear_op(be, y, xq, w, n);
+        return;
+    }
+    const float *xs = (const float *)((const char *)xq + backend_q_scale_offset(n, w->in_dim));
+    cuda_gemm_linear_ex(c->gemm, y, act_out(c), xq, GEMM_IN_FP8, xs, w, n);
+}
+
+static void cuda_rmsnorm_q_op(Backend *be, void *out, const void *x, const void *w, int n,
+                              int dim, float eps, const LinearWeight *next) {
+    CudaImpl *c = impl_of(be);
+    if (n <= 0) return;
+    if (next->fmt != WFMT_FP8_E4M3) {
+        cuda_rmsnorm_op(be, out, x, w, n, dim, eps);
+        return;
+    }
+    float *sc = (float *)((char *)out + backend_q_scale_offset(n, dim));
+    cuda_rmsnorm_ex(NULL, out, sc, (void *)x, NULL, w, n, dim, eps, c->act_f32, next->in_scale,
+                    c->stream);
+}
+
+static void cuda_add_rmsnorm_q_op(Backend *be, void *out, void *x, const void *r, const void *w,
+                                  int n, int dim, float eps, const LinearWeight *next) {
+    CudaImpl *c = impl_of(be);
+    if (n <= 0) return;
+    if (next->fmt != WFMT_FP8_E4M3) {
+        cuda_add_rmsnorm_op(be, out, x, r, w, n, dim, eps);
+        return;
+    }
+    float *sc = (float *)((char *)out + backend_q_scale_offset(n, dim));
+    cuda_rmsnorm_ex(NULL, out, sc, x, r, w, n, dim, eps, c->act_f32, next->in_scale, c->stream);
 }
 
 static void cuda_rope_kv_write_op(Backend *be, void *qkv, void *k_cache, void *v_cache,
                                   const Batch *b, const void *inv_freq, const AttnShape *s) {
     if (b->n_tokens <= 0) return;
-    cuda_rope_kv_write(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
-                       s->n_heads, s->n_kv_heads, s->head_dim, s->block_size,
-                       impl_of(be)->stream);
+    CudaImpl *c = impl_of(be);
+    cuda_rope_kv_write_ex(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
+                          s->n_heads, s->n_kv_heads, s->head_dim, s->block_size, c->act_f32,
+                          s->kv_fp8, s->k_scale, s->v_scale, c->stream);
 }
 
 static void cuda_attention_op(Backend *be, void *out, const void *qkv, const void *k_cache,
                               const void *v_cache, const Batch *b, const AttnShape *s) {
     CudaImpl *c = impl_of(be);
     if (b->n_tokens <= 0) return;
-    cuda_paged_attention(out, qkv, k_cache, v_cache, b->pos, b->seq_of, b->seq_start, b->kv_len,
-                         b->block_tables, b->max_blocks, b->n_tokens, b->n_seqs, c->max_kv_len,
-                         s->n_heads, s->n_kv_heads, s->head_dim, s->block_size, s->scale,
-                         c->attn_ws, c->stream);
+    cuda_paged_attention_ex(out, qkv, k_cache, v_cache, b->pos, b->seq_of, b->seq_start,
+                            b->kv_len, b->block_tables, b->max_blocks, b->n_tokens, b->n_seqs,
+                            c->max_kv_len, s->n_heads, s->n_kv_heads, s->head_dim,
+                            s->block_size, s->scale, c->act_f32, s->kv_fp8, s->k_scale,
+                            s->v_scale, c->attn_ws, c->stream);
 }
 
 static void cuda_swiglu_op(Backend *be, void *out, const void *gu, int n, int hidden) {
     if (n <= 0) return;
-    cuda_swiglu(out, gu, n, hidden, impl_of(be)->stream);
+    CudaImpl *c = impl_of(be);
+    cuda_swiglu_ex(out, NULL, NULL, gu, n, hidden, c->act_f32, 0.0f, c->stream);
+}
+
+static void cuda_swiglu_q_op(Backend *be, void *out, const void *gu, int n, int hidden,
+                             const LinearWeight *next) {
+    if (n <= 0) return;
+    CudaImpl *c = impl_of(be);
+    if (next->fmt != WFMT_FP8_E4M3) {
+        cuda_swiglu_op(be, out, gu, n, hidden);
+        return;
+    }
+    float *sc = (float *)((char *)out + backend_q_scale_offset(n, hidden));
+    cuda_swiglu_ex(NULL, out, sc, gu, n, hidden, c->act_f32, next->in_scale, c->stream);
 }
 
 static void cuda_gather_rows_op(Backend *be, void *out, const void *x, const Batch *b, int dim) {
     if (b->n_logits <= 0) return;
-    cuda_gather_rows(out, x, b->logit_rows, b->n_logits, dim, impl_of(be)->stream);
+    CudaImpl *c = impl_of(be);
+    cuda_gather_rows(out, x, b->logit_rows, b->n_logits, c->act_f32 ? 2 * dim : dim, c->stream);
 }
 
 // fp32 GEMM into the device logits buffer, then back to the host. This is the
@@ -489,7 +681,7 @@ static void cuda_logits_op(Backend *be, float *logits_host, const void *x, const
                  n, w->out_dim, c->logits_cap);
         SL_FATAL("sluice", msg, "logits");
     }
-    cuda_gemm_linear(c->gemm, c->logits_dev, GEMM_OUT_F32, x, w, n);
+    cuda_gemm_linear_ex(c->gemm, c->logits_dev, GEMM_OUT_F32, x, act_in(c), NULL, w, n);
     // A pinned destination can take the copy directly.
     struct cudaPointerAttributes pa;
     int pinned = cudaPointerGetAttributes(&pa, logits_host) == cudaSuccess &&
@@ -510,7 +702,7 @@ static void cuda_argmax_op(Backend *be, int32_t *ids_host, const void *x, const 
     CudaImpl *c = impl_of(be);
     if (n <= 0) return;
     SL_CHECK((size_t)n * w->out_dim <= c->logits_cap);
-    cuda_gemm_linear(c->gemm, c->logits_dev, GEMM_OUT_F32, x, w, n);
+    cuda_gemm_linear_ex(c->gemm, c->logits_dev, GEMM_OUT_F32, x, act_in(c), NULL, w, n);
     // the ids go where the logits would: n ints at the start of the buffers
     cuda_argmax_rows((int32_t *)c->ids_dev, c->logits_dev, n, w->out_dim, c->stream);
     CUDA_CHECK(cudaMemcpyAsync(c->ids_pin, c->ids_dev, sizeof(int32_t) * n,
@@ -541,6 +733,8 @@ static void cuda_destroy_op(Backend *be) {
         if (c->logits_pin) CUDA_CHECK(cudaFreeHost(c->logits_pin));
         if (c->ids_dev) CUDA_CHECK(cudaFree(c->ids_dev));
         if (c->ids_pin) CUDA_CHECK(cudaFreeHost(c->ids_pin));
+        if (c->qx) CUDA_CHECK(cudaFree(c->qx));
+        if (c->qx_scales) CUDA_CHECK(cudaFree(c->qx_scales));
         if (c->stream) CUDA_CHECK(cudaStreamDestroy(c->stream));
         free(c);
     }
@@ -548,6 +742,10 @@ static void cuda_destroy_op(Backend *be) {
 }
 
 Backend *backend_cuda_create(int device, sl_err *err) {
+    return backend_cuda_create_ex(device, 0, err);
+}
+
+Backend *backend_cuda_create_ex(int device, int act_f32, sl_err *err) {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
@@ -586,6 +784,7 @@ Backend *backend_cuda_create(int device, sl_err *err) {
     sl_log_set_gpu(device);
     CudaImpl *c = sl_calloc(1, sizeof *c);
     c->device = device;
+    c->act_f32 = act_f32;
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&c->meta_copied, cudaEventDisableTiming));
     c->gemm = cuda_gemm_create(c->stream, 0);
@@ -603,7 +802,8 @@ Backend *backend_cuda_create(int device, sl_err *err) {
 
     Backend *be = sl_calloc(1, sizeof *be);
     be->name = "cuda";
-    be->act_bytes = 2;
+    be->act_bytes = act_f32 ? 4 : 2;
+    be->kv_fp8_bytes = 1;
     be->impl = c;
     be->alloc = cuda_alloc_op;
     be->free = cuda_free_op;
@@ -613,6 +813,8 @@ Backend *backend_cuda_create(int device, sl_err *err) {
     be->load_linear = cuda_load_linear_op;
     be->load_linear_int4 = cuda_load_linear_int4_op;
     be->random_linear_int4 = cuda_random_linear_int4_op;
+    be->load_linear_fp8 = cuda_load_linear_fp8_op;
+    be->random_linear_fp8 = cuda_random_linear_fp8_op;
     be->reserve = cuda_reserve_op;
     be->alloc_linear = cuda_alloc_linear_op;
     be->fill_normal = cuda_fill_normal_op;
@@ -624,13 +826,18 @@ Backend *backend_cuda_create(int device, sl_err *err) {
     be->rope_kv_write = cuda_rope_kv_write_op;
     be->attention = cuda_attention_op;
     be->swiglu = cuda_swiglu_op;
+    be->rmsnorm_q = cuda_rmsnorm_q_op;
+    be->add_rmsnorm_q = cuda_add_rmsnorm_q_op;
+    be->swiglu_q = cuda_swiglu_q_op;
+    be->linear_q = cuda_linear_q_op;
     be->gather_rows = cuda_gather_rows_op;
     be->logits = cuda_logits_op;
     be->argmax = cuda_argmax_op;
     be->host_alloc = cuda_host_alloc_op;
     be->host_free = cuda_host_free_op;
     be->destroy = cuda_destroy_op;
-    LOGI("CUDA backend on %s, %.0f GiB", prop.name, prop.totalGlobalMem / 1073741824.0);
+    LOGI("CUDA backend on %s, %.0f GiB%s", prop.name, prop.totalGlobalMem / 1073741824.0,
+         act_f32 ? ", fp32 activations" : "");
     return be;
 }
 

@@ -32,14 +32,17 @@ static void bench_usage(FILE *f) {
         "  --arch NAME            random weights (normal, std 0.02) of configs/arch/NAME.json's\n"
         "                         shapes, generated on the device; NAME may be a path to a json\n"
         "  --model DIR            a Hugging Face checkpoint instead\n"
-        "  --dtype T              weights of --arch: bf16 (default) or int4 (group-wise INT4\n"
-        "                         with zero points, W4A16; random nibbles made on the device)\n"
-        "  --int4-group G         group size of --dtype int4 (default 128)\n"
         "  --isl N                input tokens per request (default 128)\n"
         "  --osl N                output tokens per request (default 128)\n"
         "  --requests N           number of requests (default 1000)\n"
         "  --seed S               seed of the prompts and random weights (default 1)\n"
         "  --backend NAME         auto (default), cpu, cuda\n"
+        "  --dtype T              auto/bf16 (default), f32, fp8 (FP8 E4M3 linear layers; with\n"
+        "                         --arch generated and quantised on the device), int4 (--arch\n"
+        "                         only: group-wise INT4 with zero points, W4A16, random nibbles\n"
+        "                         made on the device)\n"
+        "  --int4-group G         group size of --dtype int4 (default 128)\n"
+        "  --kv-dtype T           auto (the activation dtype) or fp8 (E4M3 KV cache, scale 1)\n"
         "  --max-batch N          sequences per step (default 256)\n"
         "  --max-num-tokens N     token rows per step (default 8192)\n"
         "  --kv-block-size N      tokens per KV block (default 32)\n"
@@ -48,6 +51,7 @@ static void bench_usage(FILE *f) {
         "  --kv-mem-gb G          CPU KV pool budget (default 1)\n"
         "  --sched POLICY         preempt (default) or reserve\n"
         "  --peak-tflops F        matrix peak used for the roofline fraction (default 810,\n"
+        "                         twice that with --dtype fp8,\n"
         "                         the BF16 GEMM rate measured on an H200 here)\n"
         "  --threads N            CPU threads\n"
         "  --tp T                 tensor-parallel ranks (start the job with mpirun -np T);\n"
@@ -92,7 +96,8 @@ static double matmul_params(const ModelConfig *c) {
 
 enum {
     B_ARCH = 1000, B_MODEL, B_ISL, B_OSL, B_REQ, B_SEED, B_BACKEND, B_MAXB, B_MAXT, B_BLOCK,
-    B_KVB, B_KVF, B_KVM, B_SCHED, B_PEAK, B_THREADS, B_OUT, B_TP, B_HELP, B_DTYPE, B_GROUP
+    B_KVB, B_KVF, B_KVM, B_SCHED, B_PEAK, B_THREADS, B_OUT, B_TP, B_HELP, B_DTYPE, B_GROUP,
+    B_KV_DTYPE
 };
 
 int cli_bench(int argc, char **argv, Comm *comm) {
@@ -104,6 +109,8 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         {"requests", required_argument, 0, B_REQ},
         {"seed", required_argument, 0, B_SEED},
         {"backend", required_argument, 0, B_BACKEND},
+        {"dtype", required_argument, 0, B_DTYPE},
+        {"kv-dtype", required_argument, 0, B_KV_DTYPE},
         {"max-batch", required_argument, 0, B_MAXB},
         {"max-num-tokens", required_argument, 0, B_MAXT},
         {"kv-block-size", required_argument, 0, B_BLOCK},
@@ -122,9 +129,11 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     };
     const char *arch = NULL, *model_dir = NULL, *backend = "auto", *out = NULL;
     long isl = 128, osl = 128, nreq = 1000, seed = 1, threads = 0, kv_blocks = 0, tp = 1, v;
-    const char *dtype = "bf16";
+    const char *dtype = "auto", *kv_dtype = "auto";
+    CliDtype dt;
     long int4_group = 128;
     double kv_fraction = 0.90, kv_mem_gb = 1.0, peak = 810.0;
+    int peak_set = 0;
     EngineOptions eo;
     engine_options_defaults(&eo);
     const char *C = "bench";
@@ -175,17 +184,10 @@ int cli_bench(int argc, char **argv, Comm *comm) {
                 return EXIT_USAGE;
             }
             break;
-        case B_PEAK: if (cli_float(C, "--peak-tflops", optarg, 1e-3, 1e6, &peak)) return EXIT_USAGE; break;
+        case B_PEAK: if (cli_float(C, "--peak-tflops", optarg, 1e-3, 1e6, &peak)) return EXIT_USAGE; peak_set = 1; break;
         case B_THREADS: if (cli_int(C, "--threads", optarg, 1, 4096, &threads)) return EXIT_USAGE; break;
         case B_OUT: out = optarg; break;
         case B_TP: if (cli_int(C, "--tp", optarg, 1, 1 << 16, &tp)) return EXIT_USAGE; break;
-        case B_DTYPE:
-            if (strcmp(optarg, "bf16") && strcmp(optarg, "int4")) {
-                fprintf(stderr, "sluice bench: --dtype: '%s' is not one of bf16, int4\n", optarg);
-                return EXIT_USAGE;
-            }
-            dtype = optarg;
-            break;
         case B_GROUP:
             if (cli_int(C, "--int4-group", optarg, 32, 1 << 20, &int4_group)) return EXIT_USAGE;
             if (int4_group % 32) {
@@ -195,6 +197,8 @@ int cli_bench(int argc, char **argv, Comm *comm) {
             }
             break;
         case B_HELP: bench_usage(stdout); return EXIT_OK;
+        case B_DTYPE: dtype = optarg; break;
+        case B_KV_DTYPE: kv_dtype = optarg; break;
         default:
             fprintf(stderr, "sluice bench: option '%s' is unknown or lacks its value\n",
                     argv[optind - 1]);
@@ -266,11 +270,15 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     }
     eo.max_seq_len = (int)(isl + osl);
     cfg.max_seq_len = (int)(isl + osl); // size per-step buffers for this run only
-    be = cli_backend_create(backend, (int)threads, comm->local_rank, &err);
+    if (cli_dtype("bench", int4 ? "bf16" : dtype, kv_dtype, &dt)) return EXIT_USAGE;
+    // FP8 GEMMs run at twice the BF16 rate on Hopper
+    if (dt.weight_fp8 && !peak_set) peak *= 2.0;
+    be = cli_backend_create_dt(backend, (int)threads, comm->local_rank, &dt, &err);
     if (!be) goto fail;
     size_t free0 = be->mem_free(be);
     double t_load = sl_now();
-    ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch};
+    ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch,
+                       .weight_fp8 = dt.weight_fp8, .kv_fp8 = dt.kv_fp8};
     if (cli_tp_attach(comm, be, &mo, &eo, &tp_state, &err)) goto fail;
     if (int4) {
         int g = (int)int4_group, qd = cfg.n_heads * cfg.head_dim;
@@ -319,7 +327,7 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         goto fail;
     }
     printf("\nsluice bench: %s, %s backend, %s weights, isl %ld osl %ld, %ld requests, tp %ld\n",
-           arch ? arch : model_dir, be->name, int4 ? "int4 (W4A16)" : "bf16", isl, osl, nreq, tp);
+           arch ? arch : model_dir, be->name, int4 ? "int4 (W4A16)" : dt.name, isl, osl, nreq, tp);
     printf("  output tokens/s      %10.1f   (compute roofline %.0f at %.0f TFLOP/s: %.1f%%)\n",
            tok_s, bound, peak, 100.0 * tok_s / bound);
     printf("  requests/s           %10.2f\n", st.n_ok / secs);
@@ -334,9 +342,10 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     printf("  wall                 %10.2f s (+ %.2f s setup)\n", st.seconds, t_load);
     if (out) {
         json_t *j = json_pack(
-            "{s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:{s:f,s:f,s:f},s:{s:f,s:f,s:f},"
+            "{s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:{s:f,s:f,s:f},s:{s:f,s:f,s:f},"
             "s:i,s:i,s:I,s:I,s:f,s:f,s:i,s:i,s:i,s:I}",
-            "model", arch ? arch : model_dir, "backend", be->name, "dtype", dtype, "isl",
+            "model", arch ? arch : model_dir, "backend", be->name, "dtype",
+            int4 ? "int4" : dt.name, "kv_dtype", dt.kv_fp8 ? "fp8" : "auto", "isl",
             (json_int_t)isl, "osl", (json_int_t)osl, "requests", (json_int_t)nreq,
             "output_tokens_per_s", tok_s, "requests_per_s", st.n_ok / secs, "roofline_tokens_per_s",
             bound, "roofline_fraction", tok_s / bound, "peak_tflops", peak, "ttft_s", "p50",

@@ -50,12 +50,42 @@ int cli_float(const char *cmd, const char *flag, const char *s, double lo, doubl
 // ----------------------------------------------------------------------------
 // backend and KV pool
 
+int cli_dtype(const char *cmd, const char *dtype, const char *kv_dtype, CliDtype *out) {
+    memset(out, 0, sizeof *out);
+    out->name = dtype ? dtype : "auto";
+    if (!dtype || !strcmp(dtype, "auto") || !strcmp(dtype, "bf16")) {
+    } else if (!strcmp(dtype, "f32") || !strcmp(dtype, "fp32")) {
+        out->act_f32 = 1;
+        out->name = "f32";
+    } else if (!strcmp(dtype, "fp8")) {
+        out->weight_fp8 = 1;
+    } else {
+        fprintf(stderr, "sluice %s: --dtype: '%s' is not one of auto, bf16, f32, fp8\n", cmd,
+                dtype);
+        return -1;
+    }
+    if (!kv_dtype || !strcmp(kv_dtype, "auto")) {
+    } else if (!strcmp(kv_dtype, "fp8")) {
+        out->kv_fp8 = 1;
+    } else {
+        fprintf(stderr, "sluice %s: --kv-dtype: '%s' is not one of auto, fp8\n", cmd, kv_dtype);
+        return -1;
+    }
+    return 0;
+}
+
 Backend *cli_backend_create(const char *name, int threads, int device, sl_err *err) {
+    CliDtype d = {.name = "auto"};
+    return cli_backend_create_dt(name, threads, device, &d, err);
+}
+
+Backend *cli_backend_create_dt(const char *name, int threads, int device, const CliDtype *d,
+                               sl_err *err) {
     if (!strcmp(name, "cpu")) return backend_cpu_create(threads);
 #ifdef SLUICE_CUDA
     if (!strcmp(name, "cuda") || !strcmp(name, "auto")) {
         sl_err e2 = {{0}};
-        Backend *be = backend_cuda_create(device, &e2);
+        Backend *be = backend_cuda_create_ex(device, d->act_f32, &e2);
         if (be) return be;
         if (!strcmp(name, "cuda")) {
             sl_errf(err, "--backend cuda: %s", e2.msg);

@@ -65,6 +65,12 @@ static void run_usage(FILE *f) {
         "execution:\n"
         "  --backend NAME         auto (default: the GPU when one is usable), cpu, cuda\n"
         "  --threads N            CPU threads (default: the node's cores shared by its ranks)\n"
+        "  --dtype T              auto (default: bf16 on a GPU, f32 on the CPU), bf16, f32 (fp32\n"
+        "                         activations and GEMMs on the GPU too), fp8 (FP8 E4M3 linear\n"
+        "                         layers quantised at load, per-channel scales, dynamic per-token\n"
+        "                         activation scales; FP8 checkpoints load as FP8 regardless)\n"
+        "  --kv-dtype T           auto (the activation dtype) or fp8 (E4M3 KV cache, scales from\n"
+        "                         the checkpoint's k_scale/v_scale, else 1)\n"
         "  --tp T                 tensor-parallel ranks per replica; the job's N ranks form\n"
         "                         N/T data-parallel replicas (default 1)\n"
         "  --strict               fail the job on any bad request instead of reporting it\n"
@@ -488,7 +494,7 @@ enum {
     OPT_MODEL = 1000, OPT_INPUT, OPT_OUTPUT, OPT_MAX_NEW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP,
     OPT_REP, OPT_PRES, OPT_FREQ, OPT_SEED, OPT_IGNORE_EOS, OPT_LOGPROBS, OPT_MAX_SEQ,
     OPT_MAX_BATCH, OPT_MAX_TOKENS, OPT_BLOCK, OPT_KV_BLOCKS, OPT_KV_MEM, OPT_SCHED, OPT_BACKEND,
-    OPT_THREADS, OPT_STRICT, OPT_OVERWRITE, OPT_PROGRESS, OPT_QUIET, OPT_VERBOSE, OPT_HELP, OPT_STOP, OPT_KV_FRAC, OPT_TP, OPT_FORCE, OPT_GRACE, OPT_CKPT, OPT_TOPLP,
+    OPT_THREADS, OPT_DTYPE, OPT_KV_DTYPE, OPT_STRICT, OPT_OVERWRITE, OPT_PROGRESS, OPT_QUIET, OPT_VERBOSE, OPT_HELP, OPT_STOP, OPT_KV_FRAC, OPT_TP, OPT_FORCE, OPT_GRACE, OPT_CKPT, OPT_TOPLP,
 };
 
 int cli_run(int argc, char **argv, Comm *comm) {
@@ -522,6 +528,8 @@ int cli_run(int argc, char **argv, Comm *comm) {
         {"checkpoint", required_argument, 0, OPT_CKPT},
         {"sched", required_argument, 0, OPT_SCHED},
         {"backend", required_argument, 0, OPT_BACKEND},
+        {"dtype", required_argument, 0, OPT_DTYPE},
+        {"kv-dtype", required_argument, 0, OPT_KV_DTYPE},
         {"threads", required_argument, 0, OPT_THREADS},
         {"strict", no_argument, 0, OPT_STRICT},
         {"overwrite", no_argument, 0, OPT_OVERWRITE},
@@ -532,6 +540,8 @@ int cli_run(int argc, char **argv, Comm *comm) {
         {0, 0, 0, 0},
     };
     const char *model_dir = NULL, *input = NULL, *outdir = NULL, *backend = "auto";
+    const char *dtype = "auto", *kv_dtype = "auto";
+    CliDtype dt;
     EngineOptions eo;
     engine_options_defaults(&eo);
     long threads = 0, kv_blocks = 0, tp = 1;
@@ -657,6 +667,8 @@ int cli_run(int argc, char **argv, Comm *comm) {
             }
             break;
         case OPT_BACKEND: backend = optarg; break;
+        case OPT_DTYPE: dtype = optarg; break;
+        case OPT_KV_DTYPE: kv_dtype = optarg; break;
         case OPT_THREADS:
             if (cli_int(C, "--threads", optarg, 1, 4096, &threads)) return EXIT_USAGE;
             break;
@@ -692,6 +704,7 @@ int cli_run(int argc, char **argv, Comm *comm) {
         fprintf(stderr, "sluice run: --backend: '%s' is not one of auto, cpu, cuda\n", backend);
         return EXIT_USAGE;
     }
+    if (cli_dtype("run", dtype, kv_dtype, &dt)) return EXIT_USAGE;
     {
         char why[256];
         if (comm_setup_groups(comm, (int)tp, why, sizeof why)) {
@@ -744,9 +757,10 @@ int cli_run(int argc, char **argv, Comm *comm) {
         }
         goto fail;
     }
-    be = cli_backend_create(backend, (int)threads, comm->local_rank, &err);
+    be = cli_backend_create_dt(backend, (int)threads, comm->local_rank, &dt, &err);
     if (!be) goto fail;
-    ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch};
+    ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch,
+                       .weight_fp8 = dt.weight_fp8, .kv_fp8 = dt.kv_fp8};
     if (cli_tp_attach(comm, be, &mo, &eo, &tp_state, &err)) goto fail;
     if (model_load(&m, model_dir, be, &mo, &err)) goto fail;
     if (eo.max_seq_len <= 0 || eo.max_seq_len > m->cfg.max_seq_len)

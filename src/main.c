@@ -18,7 +18,9 @@ static void usage(FILE *f) {
             "  run       generate completions for a prompts file\n"
             "  export    write completions as JSON lines\n"
             "  bench     throughput on synthetic requests (a checkpoint or random weights)\n"
-            "  quantize  write an INT4 (AWQ / RTN) checkpoint; --int4-eval: its accuracy\n"
+            "  eval      accuracy of FP8 weights / KV cache against the BF16 checkpoint\n"
+            "  quantize  write a quantised checkpoint: FP8 (--fp8) or INT4 (--int4-awq,\n"
+            "            --int4-rtn; --int4-eval: its accuracy)\n"
             "\n"
             "`sluice <command> --help` describes each command's options.\n");
 }
@@ -41,10 +43,12 @@ int main(int argc, char **argv) {
         rc = cli_run(argc - 1, argv + 1, &comm);
     } else if (!strcmp(argv[1], "export")) {
         rc = cli_export(argc - 1, argv + 1, &comm);
+    } else if (!strcmp(argv[1], "eval")) {
+        rc = cli_eval(argc - 1, argv + 1, &comm);
+    } else if (!strcmp(argv[1], "quantize")) {
+        rc = cli_quantize(argc - 1, argv + 1, &comm);
     } else if (!strcmp(argv[1], "bench")) {
         rc = cli_bench(argc - 1, argv + 1, &comm);
-    } else if (!strcmp(argv[1], "quantize")) { // INT4 half (cli_quantize_int4.c)
-        rc = cli_quantize_int4(argc - 1, argv + 1, &comm);
     } else {
         fprintf(stderr, "sluice: unknown command '%s'\n\n", argv[1]);
         usage(stderr);

@@ -16,6 +16,7 @@
 
 #include "cpu/ops_cpu.h"
 #include "quant_awq.h"
+#include "quant.h"
 
 // ----------------------------------------------------------------------------
 // loading helpers
@@ -39,6 +40,46 @@ static int load_vec(const st_file *st, const char *name, int64_t n, int64_t firs
     return 0;
 }
 
+// The weights of one linear layer as they are gathered: with an FP8
+// checkpoint, the row scales and the largest input scale of its parts
+// (quant_fp8.c), handed to the backend with the dequantised values.
+typedef struct {
+    int fp8_ckpt;    // the checkpoint's linears are F8_E4M3
+    float *rscale;   // (rows) scales of the rows gathered so far
+    float in_scale;  // max over the parts' input_scale
+    int dynamic;     // some part has no input_scale
+} LinGather;
+
+// load_slice for a linear weight: rows [r0, r0+nr) x cols [c0, c0+nc) of
+// `name` (R, C) into dst; rows land at row `at` of the layer's gathered rows.
+static int load_wslice(LinGather *g, const st_file *st, const char *name, int64_t R, int64_t C,
+                       int64_t r0, int64_t nr, int64_t c0, int64_t nc, int64_t at, float *dst,
+                       sl_err *err) {
+    if (!g->fp8_ckpt) return load_slice(st, name, R, C, r0, nr, c0, nc, dst, err);
+    return quant_fp8_slice(st, name, R, C, r0, nr, c0, nc, dst, g->rscale + at, &g->in_scale,
+                           &g->dynamic, err);
+}
+
+// Hands a gathered linear to the backend in the job's format.
+static int load_lin(Model *m, LinGather *g, LinearWeight *w, const float *host,
+                    const float *bias, int out_dim, int in_dim, sl_err *err) {
+    Backend *be = m->be;
+    int rc;
+    if (g->fp8_ckpt) {
+        Fp8Spec sp = {.w_scale = g->rscale, .per_row = 1,
+                      .in_scale = g->dynamic ? 0.0f : g->in_scale};
+        rc = be->load_linear_fp8(be, w, host, bias, out_dim, in_dim, &sp, err);
+    } else if (m->opt.weight_fp8) {
+        Fp8Spec sp = {.per_row = !m->opt.fp8_per_tensor};
+        rc = be->load_linear_fp8(be, w, host, bias, out_dim, in_dim, &sp, err);
+    } else {
+        rc = be->load_linear(be, w, host, bias, out_dim, in_dim, err);
+    }
+    g->in_scale = 0.0f; // the next linear starts afresh
+    g->dynamic = 0;
+    return rc;
+}
+
 // Name of layer l's tensor: "model.layers.<l>.<suffix>".
 static const char *lname(char *buf, size_t n, int l, const char *suffix) {
     snprintf(buf, n, "model.layers.%d.%s", l, suffix);
@@ -47,7 +88,7 @@ static const char *lname(char *buf, size_t n, int l, const char *suffix) {
 
 // Loads layer l's weights (this rank's slices).
 static int load_layer(Model *m, const st_file *st, int l, float *tmp, float *tmp_bias,
-                      sl_err *err) {
+                      LinGather *g, sl_err *err) {
     const ModelConfig *c = &m->cfg;
     Backend *be = m->be;
     LayerWeights *L = &m->layers[l];
@@ -81,8 +122,8 @@ static int load_layer(Model *m, const st_file *st, int l, float *tmp, float *tmp
     int64_t row = 0;
     for (int p = 0; p < 3; p++) {
         int64_t rows = (int64_t)parts[p].heads * hd, r0 = (int64_t)parts[p].first * hd;
-        if (load_slice(st, lname(nm, sizeof nm, l, parts[p].w), (int64_t)parts[p].total * hd,
-                       dim, r0, rows, 0, dim, tmp + row * dim, err))
+        if (load_wslice(g, st, lname(nm, sizeof nm, l, parts[p].w), (int64_t)parts[p].total * hd,
+                        dim, r0, rows, 0, dim, row, tmp + row * dim, err))
             return -1;
         if (c->attn_bias &&
             load_vec(st, lname(nm, sizeof nm, l, parts[p].b), (int64_t)parts[p].total * hd, r0,
@@ -90,19 +131,21 @@ static int load_layer(Model *m, const st_file *st, int l, float *tmp, float *tmp
             return -1;
         row += rows;
     }
-    if (be->load_linear(be, &L->wqkv, tmp, c->attn_bias ? tmp_bias : NULL, (int)row, dim, err))
+    if (load_lin(m, g, &L->wqkv, tmp, c->attn_bias ? tmp_bias : NULL, (int)row, dim, err))
         return -1;
+    L->k_scale = L->v_scale = 1.0f;
+    if (quant_kv_scales(st, l, &L->k_scale, &L->v_scale, err) < 0) return -1;
 
     // o: this rank's input columns; its bias is added once (rank 0)
     int64_t q_all = (int64_t)c->n_heads * hd, q_loc = (int64_t)nh * hd;
-    if (load_slice(st, lname(nm, sizeof nm, l, "self_attn.o_proj.weight"), dim, q_all, 0, dim,
-                   (int64_t)r * q_loc, q_loc, tmp, err))
+    if (load_wslice(g, st, lname(nm, sizeof nm, l, "self_attn.o_proj.weight"), dim, q_all, 0,
+                    dim, (int64_t)r * q_loc, q_loc, 0, tmp, err))
         return -1;
     int o_bias = c->attn_bias && r == 0;
     if (o_bias && load_vec(st, lname(nm, sizeof nm, l, "self_attn.o_proj.bias"), dim, 0, dim,
                            tmp_bias, err))
         return -1;
-    if (be->load_linear(be, &L->wo, tmp, o_bias ? tmp_bias : NULL, dim, (int)q_loc, err))
+    if (load_lin(m, g, &L->wo, tmp, o_bias ? tmp_bias : NULL, dim, (int)q_loc, err))
         return -1;
 
     // gate | up: this rank's rows of each
@@ -111,25 +154,26 @@ static int load_layer(Model *m, const st_file *st, int l, float *tmp, float *tmp
         char wn[64], bn[64];
         snprintf(wn, sizeof wn, "%s.weight", gu_names[p]);
         snprintf(bn, sizeof bn, "%s.bias", gu_names[p]);
-        if (load_slice(st, lname(nm, sizeof nm, l, wn), c->hidden_dim, dim, (int64_t)r * hid,
-                       hid, 0, dim, tmp + (int64_t)p * hid * dim, err))
+        if (load_wslice(g, st, lname(nm, sizeof nm, l, wn), c->hidden_dim, dim,
+                        (int64_t)r * hid, hid, 0, dim, (int64_t)p * hid,
+                        tmp + (int64_t)p * hid * dim, err))
             return -1;
         if (c->mlp_bias && load_vec(st, lname(nm, sizeof nm, l, bn), c->hidden_dim,
                                     (int64_t)r * hid, hid, tmp_bias + (int64_t)p * hid, err))
             return -1;
     }
-    if (be->load_linear(be, &L->wgu, tmp, c->mlp_bias ? tmp_bias : NULL, 2 * hid, dim, err))
+    if (load_lin(m, g, &L->wgu, tmp, c->mlp_bias ? tmp_bias : NULL, 2 * hid, dim, err))
         return -1;
 
     // down: this rank's input columns
-    if (load_slice(st, lname(nm, sizeof nm, l, "mlp.down_proj.weight"), dim, c->hidden_dim, 0,
-                   dim, (int64_t)r * hid, hid, tmp, err))
+    if (load_wslice(g, st, lname(nm, sizeof nm, l, "mlp.down_proj.weight"), dim, c->hidden_dim,
+                    0, dim, (int64_t)r * hid, hid, 0, tmp, err))
         return -1;
     int d_bias = c->mlp_bias && r == 0;
     if (d_bias && load_vec(st, lname(nm, sizeof nm, l, "mlp.down_proj.bias"), dim, 0, dim,
                            tmp_bias, err))
         return -1;
-    return be->load_linear(be, &L->wdown, tmp, d_bias ? tmp_bias : NULL, dim, hid, err);
+    return load_lin(m, g, &L->wdown, tmp, d_bias ? tmp_bias : NULL, dim, hid, err);
 }
 
 // ----------------------------------------------------------------------------
@@ -164,6 +208,8 @@ static Model *model_new(const ModelConfig *cfg, Backend *be, const ModelOptions 
     m->attn.n_kv_heads = cfg->n_kv_heads >= tp ? cfg->n_kv_heads / tp : 1;
     m->attn.head_dim = cfg->head_dim;
     m->attn.scale = 1.0f / sqrtf((float)cfg->head_dim);
+    m->attn.kv_fp8 = opt->kv_fp8;
+    m->attn.k_scale = m->attn.v_scale = 1.0f;
     m->hidden_local = cfg->hidden_dim / tp;
     m->layers = sl_calloc(cfg->n_layers, sizeof *m->layers);
     return m;
@@ -184,12 +230,12 @@ static void model_finish_init(Model *m, float *tmp) {
     m->inv_freq = be->upload_f32(be, tmp, hd / 2);
     size_t T = m->opt.max_tokens, S = m->opt.max_seqs, ab = be->act_bytes;
     m->x = be->alloc(be, T * dim * ab);
-    m->h = be->alloc(be, T * dim * ab);
+    m->h = be->alloc(be, T * dim * ab + backend_q_extra(T)); // may hold an FP8 input
     m->qkv = be->alloc(be, T * qkv_rows(m) * ab);
     m->att = be->alloc(be, T * m->attn.n_heads * hd * ab);
     m->o = be->alloc(be, T * dim * ab);
     m->gu = be->alloc(be, T * 2 * m->hidden_local * ab);
-    m->act = be->alloc(be, T * m->hidden_local * ab);
+    m->act = be->alloc(be, T * m->hidden_local * ab + backend_q_extra(T));
     m->xl = be->alloc(be, S * dim * ab);
     m->hl = be->alloc(be, S * dim * ab);
 }
@@ -212,6 +258,9 @@ int model_load_from(Model **out, const ModelConfig *cfg, const st_file *st, Back
         if (cand[i] > biggest) biggest = cand[i];
     float *tmp = sl_malloc(sizeof(float) * biggest);
     float *tmp_bias = sl_malloc(sizeof(float) * (qr + 2 * m->hidden_local + dim + 1));
+    LinGather g = {.fp8_ckpt = quant_detect(st) == QCKPT_FP8};
+    g.rscale = sl_malloc(sizeof(float) * (qr + 2 * m->hidden_local + dim + 1));
+    if (g.fp8_ckpt) LOGI("FP8 checkpoint: linear layers stay FP8 E4M3 with their own scales");
 
     // embeddings, final norm, head
     if (load_slice(st, "model.embed_tokens.weight", cfg->vocab_size, dim, 0, cfg->vocab_size, 0,
@@ -234,16 +283,18 @@ int model_load_from(Model **out, const ModelConfig *cfg, const st_file *st, Back
     m->final_norm = be->upload_f32(be, tmp, dim);
 
     for (int l = 0; l < cfg->n_layers; l++)
-        if (load_layer(m, st, l, tmp, tmp_bias, err)) goto fail;
+        if (load_layer(m, st, l, tmp, tmp_bias, &g, err)) goto fail;
 
     model_finish_init(m, tmp);
     free(tmp);
     free(tmp_bias);
+    free(g.rscale);
     *out = m;
     return 0;
 fail:
     free(tmp);
     free(tmp_bias);
+    free(g.rscale);
     model_free(m);
     return -1;
 }
@@ -253,6 +304,10 @@ fail:
 static void random_linear(Model *m, LinearWeight *w, int out_dim, int in_dim, uint64_t seed) {
     if (m->opt.int4_group > 0 && w != &m->lm_head) { // scales ~ 0.02 / 8: |w| ~ 0.02
         m->be->random_linear_int4(m->be, w, out_dim, in_dim, m->opt.int4_group, seed, 0.0025f);
+        return;
+    }
+    if (m->opt.weight_fp8) {
+        m->be->random_linear_fp8(m->be, w, out_dim, in_dim, seed, 0.02f);
         return;
     }
     m->be->alloc_linear(m->be, w, out_dim, in_dim);
@@ -277,12 +332,16 @@ int model_init_random(Model **out, const ModelConfig *cfg, Backend *be, const Mo
     size_t emb = (size_t)cfg->vocab_size * dim;
     m->embed = be->alloc(be, emb * be->act_bytes);
     be->fill_normal(be, m->embed, emb, be->act_bytes == 4, k++, 0.0f, 1.0f);
-    random_linear(m, &m->lm_head, cfg->vocab_size, dim, k++);
+    // the LM head stays in the activation dtype (as FP8 deployments keep it)
+    m->be->alloc_linear(m->be, &m->lm_head, cfg->vocab_size, dim);
+    m->be->fill_normal(m->be, m->lm_head.data, (size_t)cfg->vocab_size * dim,
+                       m->lm_head.fmt == WFMT_F32, k++, 0.0f, 0.02f);
     m->final_norm = unit_vector(m, dim, tmp);
     for (int l = 0; l < cfg->n_layers; l++) {
         LayerWeights *L = &m->layers[l];
         L->attn_norm = unit_vector(m, dim, tmp);
         L->ffn_norm = unit_vector(m, dim, tmp);
+        L->k_scale = L->v_scale = 1.0f;
         random_linear(m, &L->wqkv, qkv_rows(m), dim, k++);
         random_linear(m, &L->wo, dim, m->attn.n_heads * cfg->head_dim, k++);
         random_linear(m, &L->wgu, 2 * m->hidden_local, dim, k++);
@@ -341,7 +400,7 @@ void model_free(Model *m) {
 
 size_t model_kv_block_bytes(const Model *m, int block_size) {
     return (size_t)2 * m->cfg.n_layers * m->attn.n_kv_heads * block_size * m->attn.head_dim *
-           backend_kv_bytes(m->be);
+           backend_kv_elem_bytes(m->be, m->attn.kv_fp8);
 }
 
 void model_kv_alloc(Model *m, int n_blocks, int block_size) {
@@ -349,7 +408,7 @@ void model_kv_alloc(Model *m, int n_blocks, int block_size) {
     m->attn.block_size = block_size;
     m->kv_blocks = n_blocks;
     m->kv_layer_elems = (size_t)n_blocks * m->attn.n_kv_heads * block_size * m->attn.head_dim;
-    size_t bytes = m->kv_layer_elems * m->cfg.n_layers * backend_kv_bytes(be);
+    size_t bytes = m->kv_layer_elems * m->cfg.n_layers * backend_kv_elem_bytes(be, m->attn.kv_fp8);
     m->k_cache = be->alloc(be, bytes);
     m->v_cache = be->alloc(be, bytes);
     be->reserve(be, m->opt.max_tokens, m->opt.max_seqs, m->cfg.max_seq_len, block_size,
@@ -360,7 +419,7 @@ void model_kv_alloc(Model *m, int n_blocks, int block_size) {
 // forward
 
 static void *layer_kv(const Model *m, void *base, int l) {
-    return (char *)base + (size_t)l * m->kv_layer_elems * backend_kv_bytes(m->be);
+    return (char *)base + (size_t)l * m->kv_layer_elems * backend_kv_elem_bytes(m->be, m->attn.kv_fp8);
 }
 
 static void allreduce(Model *m, void *buf, size_t n) {
@@ -392,20 +451,25 @@ static int forward_body(Model *m, const Batch *hb) {
         LayerWeights *L = &m->layers[l];
         void *kc = layer_kv(m, m->k_cache, l), *vc = layer_kv(m, m->v_cache, l);
         // attention sublayer; the previous layer's MLP output joins the residual here
+        AttnShape as = m->attn; // with this layer's KV scales
+        as.k_scale = L->k_scale;
+        as.v_scale = L->v_scale;
+        // The norm and gate ops write their output in the format of the
+        // linear that reads it (FP8 codes + scales for an FP8 layer).
         if (l == 0)
-            be->rmsnorm(be, m->h, m->x, L->attn_norm, n, dim, eps);
+            be->rmsnorm_q(be, m->h, m->x, L->attn_norm, n, dim, eps, &L->wqkv);
         else
-            be->add_rmsnorm(be, m->h, m->x, m->o, L->attn_norm, n, dim, eps);
-        be->linear(be, m->qkv, m->h, &L->wqkv, n);
-        be->rope_kv_write(be, m->qkv, kc, vc, b, m->inv_freq, &m->attn);
-        be->attention(be, m->att, m->qkv, kc, vc, b, &m->attn);
+            be->add_rmsnorm_q(be, m->h, m->x, m->o, L->attn_norm, n, dim, eps, &L->wqkv);
+        be->linear_q(be, m->qkv, m->h, &L->wqkv, n);
+        be->rope_kv_write(be, m->qkv, kc, vc, b, m->inv_freq, &as);
+        be->attention(be, m->att, m->qkv, kc, vc, b, &as);
         be->linear(be, m->o, m->att, &L->wo, n);
         allreduce(m, m->o, (size_t)n * dim);
         // MLP sublayer
-        be->add_rmsnorm(be, m->h, m->x, m->o, L->ffn_norm, n, dim, eps);
-        be->linear(be, m->gu, m->h, &L->wgu, n);
-        be->swiglu(be, m->act, m->gu, n, m->hidden_local);
-        be->linear(be, m->o, m->act, &L->wdown, n);
+        be->add_rmsnorm_q(be, m->h, m->x, m->o, L->ffn_norm, n, dim, eps, &L->wgu);
+        be->linear_q(be, m->gu, m->h, &L->wgu, n);
+        be->swiglu_q(be, m->act, m->gu, n, m->hidden_local, &L->wdown);
+        be->linear_q(be, m->o, m->act, &L->wdown, n);
         allreduce(m, m->o, (size_t)n * dim);
     }
     if (hb->n_logits == 0) return 0;

@@ -19,6 +19,7 @@ typedef struct {
     void *ffn_norm;     // (dim) fp32
     LinearWeight wgu;   // (2*hidden_dim / tp, dim): gate rows then up rows
     LinearWeight wdown; // (dim, hidden_dim / tp)
+    float k_scale, v_scale; // FP8 KV cache scales of this layer (1 unless the checkpoint has them)
 } LayerWeights;
 
 typedef struct {
@@ -33,6 +34,11 @@ typedef struct {
     // group-wise INT4 with this group size (the LM head stays in the
     // activation format); 0 keeps the backend's default weight format.
     int int4_group;
+    // Number formats (0: the backend's activation dtype everywhere).
+    int weight_fp8;     // decoder linears in FP8 E4M3, quantised at load from each
+                        // weight's absmax (an FP8 checkpoint is FP8 regardless)
+    int fp8_per_tensor; // with weight_fp8: one scale per tensor, not per out channel
+    int kv_fp8;         // FP8 E4M3 KV cache (scales from the checkpoint, else 1)
 } ModelOptions;
 
 typedef struct {

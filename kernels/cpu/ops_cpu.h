@@ -68,4 +68,33 @@ void cpu_argmax_rows(int32_t *out, const float *logits, int n, int vocab);
 // fill the same tensor in any order. For benchmarks with random weights.
 void cpu_fill_normal(float *dst, size_t n, uint64_t seed, float mean, float std);
 
+// ----------------------------------------------------------------------------
+// FP8 E4M3 (fp8_cpu.c): the CPU twins of the FP8 kernels, with the rounding
+// rules of src/fp8.h. Codes are e4m3 bytes; scales fp32.
+
+// Quantises each row of x (n, dim): q (n, dim) codes, scales (n). With
+// static_scale > 0 every row uses it; else each row its own absmax / 448.
+void cpu_quantize_fp8_rows(uint8_t *q, float *scales, const float *x, int n, int dim,
+                           float static_scale);
+
+// Quantises a weight w (out_dim, in_dim): q codes and scales (out_dim when
+// per_row, else 1). given (out_dim), when not NULL, are the scales to use
+// (per_row must then be 1).
+void cpu_quantize_weight_fp8(uint8_t *q, float *scales, const float *w, int out_dim, int in_dim,
+                             int per_row, const float *given);
+
+// y (n, out_dim) = (xq (n, in_dim) decoded @ wq (out_dim, in_dim)^T decoded)
+//                  * xs[i] * ws[per_row ? o : 0] (+ bias): the FP8 GEMM with
+// fp32 accumulation and the scales applied once to each output.
+void cpu_linear_fp8(float *y, const uint8_t *xq, const float *xs, const uint8_t *wq,
+                    const float *ws, int ws_per_row, const float *bias, int n, int in_dim,
+                    int out_dim);
+
+// Rounds the k and v entries just written at slots[i] (i < n, slots < 0
+// skipped) through e4m3 with k_scale / v_scale, in place: an FP8 KV cache
+// emulated in fp32 (the values the GPU's e4m3 cache decodes to).
+void cpu_kv_round_fp8(float *k_cache, float *v_cache, const int32_t *slots, int n,
+                      int n_kv_heads, int head_dim, int block_size, float k_scale,
+                      float v_scale);
+
 #endif

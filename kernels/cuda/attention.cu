@@ -42,6 +42,7 @@
 extern "C" {
 #include "common.h" // C linkage for sl_fatal, which CUDA_CHECK calls
 }
+#include "fp8_dev.cuh"
 #include "ops_cuda.h"
 
 typedef __nv_bfloat16 bf16;
@@ -94,6 +95,24 @@ static __device__ __forceinline__ void load_raw(uint32_t w[VEC / 2], const bf16 
     }
 }
 
+// The same from a KV cache of type KT: bf16 as above, or e4m3 codes (VEC
+// bytes) decoded to bf16 pairs (exact); the cache scales are applied by the
+// caller (folded into the softmax scale and the output).
+template <int VEC, typename KT>
+static __device__ __forceinline__ void load_kv_raw(uint32_t w[VEC / 2], const KT *p) {
+    if constexpr (sizeof(KT) == 2) {
+        load_raw<VEC>(w, reinterpret_cast<const bf16 *>(p));
+    } else if constexpr (VEC == 8) {
+        uint2 v = __ldg(reinterpret_cast<const uint2 *>(p));
+        w[0] = e4m3x2_to_bf16x2((uint16_t)(v.x & 0xffffu));
+        w[1] = e4m3x2_to_bf16x2((uint16_t)(v.x >> 16));
+        w[2] = e4m3x2_to_bf16x2((uint16_t)(v.y & 0xffffu));
+        w[3] = e4m3x2_to_bf16x2((uint16_t)(v.y >> 16));
+    } else {
+        w[0] = e4m3x2_to_bf16x2(__ldg(reinterpret_cast<const unsigned short *>(p)));
+    }
+}
+
 static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes) {
     unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
@@ -140,15 +159,15 @@ static __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4]
 // elements (element d = (c*LANES + li)*VEC + j); 32/LANES rows per warp at a
 // time, U rows per lane-group per iteration (all loads issued before use).
 
-template <int LANES, int VEC, int NCH, int GB, int U>
+template <int LANES, int VEC, int NCH, int GB, int U, typename KT>
 static __global__ void __launch_bounds__(DEC_THREADS)
     attn_decode_kernel(bf16 *__restrict__ out, float *__restrict__ ws,
-                       const bf16 *__restrict__ qkv, const bf16 *__restrict__ k_cache,
-                       const bf16 *__restrict__ v_cache, const int32_t *__restrict__ pos,
+                       const bf16 *__restrict__ qkv, const KT *__restrict__ k_cache,
+                       const KT *__restrict__ v_cache, const int32_t *__restrict__ pos,
                        const int32_t *__restrict__ seq_start,
                        const int32_t *__restrict__ block_tables, int max_blocks, int n_seqs,
                        int n_heads, int n_kv_heads, int hd, int bs_shift, int n_sub,
-                       int n_splits, int chunk, float scale_log2) {
+                       int n_splits, int chunk, float scale_log2, float v_mul) {
     constexpr int TPW = 32 / LANES;      // lane-groups (rows in flight) per warp
     constexpr int NTG = DEC_WARPS * TPW; // lane-groups per CTA
     constexpr int EPL = NCH * VEC;       // elements per lane
@@ -218,13 +237,13 @@ static __global__ void __launch_bounds__(DEC_THREADS)
                 for (int j = 0; j < VEC / 2; j++) kw[u][c][j] = vw[u][c][j] = 0;
             if (valid[u]) {
                 const size_t r = (size_t)bt[t >> bs_shift] * blk_stride + head_row0 + (t & bmask);
-                const bf16 *kp = k_cache + r * hd, *vp = v_cache + r * hd;
+                const KT *kp = k_cache + r * hd, *vp = v_cache + r * hd;
 #pragma unroll
                 for (int c = 0; c < NCH; c++) {
                     const int d0 = (c * LANES + li) * VEC;
                     if (d0 < hd) {
-                        load_raw<VEC>(kw[u][c], kp + d0);
-                        load_raw<VEC>(vw[u][c], vp + d0);
+                        load_kv_raw<VEC, KT>(kw[u][c], kp + d0);
+                        load_kv_raw<VEC, KT>(vw[u][c], vp + d0);
                     }
                 }
             }
@@ -319,6 +338,7 @@ static __global__ void __launch_bounds__(DEC_THREADS)
             L = fmaf(sm_l[w][g], f, L);
             A = fmaf(sm_acc[w][g][d], f, A);
         }
+        A *= v_mul; // an FP8 cache's v_scale (1 otherwise)
         const int h = h0 + g;
         if (n_splits == 1) {
             out[(size_t)row * n_heads * hd + (size_t)h * hd + d] = __float2bfloat16_rn(A / L);
@@ -384,15 +404,49 @@ static __device__ __forceinline__ void pf_load_tile(bf16 *dst, const bf16 *zero_
     }
 }
 
-template <int HDP>
+// An FP8 tile: rows of e4m3 codes decoded to bf16 and stored to shared
+// memory by the threads themselves (no cp.async: the decode happens in
+// registers); zero rows where src_of gives NULL. The caller's barriers order
+// these stores like the cp.async path's.
+template <int LDS, int NROWS, typename SrcOf>
+static __device__ __forceinline__ void pf_load_tile_fp8(bf16 *dst, int hd, bool v16,
+                                                        SrcOf src_of) {
+    if (v16) {
+        const int cpr = hd >> 3; // 8 codes -> 16 bytes of bf16
+        for (int i = threadIdx.x; i < NROWS * cpr; i += PF_THREADS) {
+            const int r = i / cpr, c = i - r * cpr;
+            const uint8_t *src = src_of(r);
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (src) {
+                uint2 b = *reinterpret_cast<const uint2 *>(src + c * 8);
+                v.x = e4m3x2_to_bf16x2((uint16_t)(b.x & 0xffffu));
+                v.y = e4m3x2_to_bf16x2((uint16_t)(b.x >> 16));
+                v.z = e4m3x2_to_bf16x2((uint16_t)(b.y & 0xffffu));
+                v.w = e4m3x2_to_bf16x2((uint16_t)(b.y >> 16));
+            }
+            *reinterpret_cast<uint4 *>(dst + r * LDS + c * 8) = v;
+        }
+    } else {
+        const int cpr = hd >> 1;
+        for (int i = threadIdx.x; i < NROWS * cpr; i += PF_THREADS) {
+            const int r = i / cpr, c = i - r * cpr;
+            const uint8_t *src = src_of(r);
+            uint32_t v = src ? e4m3x2_to_bf16x2(*reinterpret_cast<const unsigned short *>(src + c * 2))
+                             : 0u;
+            *reinterpret_cast<uint32_t *>(dst + r * LDS + c * 2) = v;
+        }
+    }
+}
+
+template <int HDP, typename KT>
 static __global__ void __launch_bounds__(PF_THREADS)
     attn_prefill_kernel(bf16 *__restrict__ out, const bf16 *__restrict__ qkv,
-                        const bf16 *__restrict__ k_cache, const bf16 *__restrict__ v_cache,
+                        const KT *__restrict__ k_cache, const KT *__restrict__ v_cache,
                         const int32_t *__restrict__ pos, const int32_t *__restrict__ seq_of,
                         const int32_t *__restrict__ seq_start,
                         const int32_t *__restrict__ block_tables, int max_blocks, int n_tokens,
                         int n_seqs, int n_heads, int n_kv_heads, int hd, int bs_shift,
-                        float scale_log2, int v16) {
+                        float scale_log2, int v16, float v_mul) {
     constexpr int LDS = HDP + 8;     // +16 bytes: ldmatrix rows hit distinct banks
     constexpr int KSTEPS = HDP / 16; // k-steps of Q.K^T over head_dim
     constexpr int NT_S = PF_BN / 8;  // n8 tiles of S (key positions)
@@ -450,7 +504,15 @@ static __global__ void __launch_bounds__(PF_THREADS)
         auto load_kv = [&](int kb, int buf) {
             const int k0 = kb * PF_BN;
             bf16 *dk = sK + buf * PF_BN * LDS, *dv = sV + buf * PF_BN * LDS;
-            if (FAST) { // head_dim == HDP, 16-byte chunks: column fixed per thread
+            auto kv_row = [&](const KT *base, int i) -> const KT * {
+                const int t = k0 + i;
+                if (t >= kv_end) return nullptr;
+                return base + ((size_t)bt[t >> bs_shift] * blk_stride + head_row0 + (t & bmask)) * hd;
+            };
+            if constexpr (sizeof(KT) == 1) {
+                pf_load_tile_fp8<LDS, PF_BN>(dk, hd, v16b, [&](int i) { return kv_row(k_cache, i); });
+                pf_load_tile_fp8<LDS, PF_BN>(dv, hd, v16b, [&](int i) { return kv_row(v_cache, i); });
+            } else if (FAST) { // head_dim == HDP, 16-byte chunks: column fixed per thread
                 constexpr int CPR = HDP / 8, RPP = PF_THREADS / CPR;
                 const int c = threadIdx.x % CPR;
                 // threads past RPP * CPR (HDP 96: 120 of 128) would copy a
@@ -472,19 +534,15 @@ static __global__ void __launch_bounds__(PF_THREADS)
                 }
             } else {
                 auto k_src = [&](int i) -> const bf16 * {
-                    const int t = k0 + i;
-                    if (t >= kv_end) return nullptr;
-                    return k_cache +
-                           ((size_t)bt[t >> bs_shift] * blk_stride + head_row0 + (t & bmask)) * hd;
+                    return reinterpret_cast<const bf16 *>(kv_row(k_cache, i));
                 };
                 auto v_src = [&](int i) -> const bf16 * {
-                    const int t = k0 + i;
-                    if (t >= kv_end) return nullptr;
-                    return v_cache +
-                           ((size_t)bt[t >> bs_shift] * blk_stride + head_row0 + (t & bmask)) * hd;
+                    return reinterpret_cast<const bf16 *>(kv_row(v_cache, i));
                 };
-                pf_load_tile<LDS, PF_BN>(dk, k_cache, hd, v16b, k_src);
-                pf_load_tile<LDS, PF_BN>(dv, v_cache, hd, v16b, v_src);
+                pf_load_tile<LDS, PF_BN>(dk, reinterpret_cast<const bf16 *>(k_cache), hd, v16b,
+                                         k_src);
+                pf_load_tile<LDS, PF_BN>(dv, reinterpret_cast<const bf16 *>(v_cache), hd, v16b,
+                                         v_src);
             }
         };
         pf_load_tile<LDS, PF_BM>(sQ, qkv, hd, v16b, q_src);
@@ -595,7 +653,7 @@ static __global__ void __launch_bounds__(PF_THREADS)
         for (int r = 0; r < 2; r++) {
             if ((r == 0 ? pA : pB) < 0) continue; // row outside the segment
             const int grow = R0 + warp * 16 + (lane >> 2) + 8 * r;
-            const float inv = 1.f / l[r];
+            const float inv = v_mul / l[r]; // v_mul: an FP8 cache's v_scale
             bf16 *orow = out + (size_t)grow * n_heads * hd + (size_t)h * hd;
 #pragma unroll
             for (int j = 0; j < NT_O; j++) {
@@ -631,29 +689,31 @@ static void decode_splits(int n_seqs, int n_kv_heads, int n_sub, int max_kv_len,
     *chunk = ch;
 }
 
-template <int LANES, int VEC, int NCH, int U>
+template <int LANES, int VEC, int NCH, int U, typename KT>
 static void launch_decode_hd(int gb, dim3 grid, bf16 *out, float *ws, const bf16 *qkv,
-                             const bf16 *kc, const bf16 *vc, const int32_t *pos,
+                             const KT *kc, const KT *vc, const int32_t *pos,
                              const int32_t *seq_start, const int32_t *bt, int max_blocks,
                              int n_seqs, int n_heads, int n_kv_heads, int hd, int bs_shift,
-                             int n_sub, int n_splits, int chunk, float sl2, cudaStream_t st) {
+                             int n_sub, int n_splits, int chunk, float sl2, float v_mul,
+                             cudaStream_t st) {
 #define DEC_ARGS                                                                             \
     out, ws, qkv, kc, vc, pos, seq_start, bt, max_blocks, n_seqs, n_heads, n_kv_heads, hd,   \
-        bs_shift, n_sub, n_splits, chunk, sl2
+        bs_shift, n_sub, n_splits, chunk, sl2, v_mul
     switch (gb) {
-    case 1: attn_decode_kernel<LANES, VEC, NCH, 1, U><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
-    case 2: attn_decode_kernel<LANES, VEC, NCH, 2, U><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
-    case 4: attn_decode_kernel<LANES, VEC, NCH, 4, U><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
-    default: attn_decode_kernel<LANES, VEC, NCH, 8, U><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
+    case 1: attn_decode_kernel<LANES, VEC, NCH, 1, U, KT><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
+    case 2: attn_decode_kernel<LANES, VEC, NCH, 2, U, KT><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
+    case 4: attn_decode_kernel<LANES, VEC, NCH, 4, U, KT><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
+    default: attn_decode_kernel<LANES, VEC, NCH, 8, U, KT><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
     }
 #undef DEC_ARGS
     CUDA_CHECK_LAUNCH();
 }
 
-static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const bf16 *kc, const bf16 *vc,
+template <typename KT>
+static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, const KT *vc,
                           const int32_t *pos, const int32_t *seq_start, const int32_t *bt,
                           int max_blocks, int n_seqs, int max_kv_len, int n_heads,
-                          int n_kv_heads, int hd, int bs_shift, float sl2, bool v16,
+                          int n_kv_heads, int hd, int bs_shift, float sl2, float v_mul, bool v16,
                           cudaStream_t st) {
     const int group = n_heads / n_kv_heads;
     // query heads per CTA: the group rounded up to 1, 2, 4 or 8 (groups above 8 take several CTAs)
@@ -667,16 +727,16 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const bf16 *kc,
     if (hd == 128 && v16)
         launch_decode_hd<16, 8, 1, 4>(gbp, grid, out, ws, qkv, kc, vc, pos, seq_start, bt,
                                       max_blocks, n_seqs, n_heads, n_kv_heads, hd, bs_shift,
-                                      n_sub, n_splits, chunk, sl2, st);
+                                      n_sub, n_splits, chunk, sl2, v_mul, st);
     else if (hd == 64 && v16)
         launch_decode_hd<8, 8, 1, 4>(gbp, grid, out, ws, qkv, kc, vc, pos, seq_start, bt,
                                      max_blocks, n_seqs, n_heads, n_kv_heads, hd, bs_shift,
-                                     n_sub, n_splits, chunk, sl2, st);
+                                     n_sub, n_splits, chunk, sl2, v_mul, st);
     else
         launch_decode_hd<32, 2, ATT_MAX_HD / 64, 2>(gbp, grid, out, ws, qkv, kc, vc, pos,
                                                     seq_start, bt, max_blocks, n_seqs, n_heads,
                                                     n_kv_heads, hd, bs_shift, n_sub, n_splits,
-                                                    chunk, sl2, st);
+                                                    chunk, sl2, v_mul, st);
     if (n_splits > 1) {
         attn_decode_reduce_kernel<<<dim3(n_heads, n_seqs), DEC_REDUCE_THREADS, 0, st>>>(
             out, ws, pos, seq_start, n_seqs, n_heads, hd, n_splits, chunk);
@@ -684,40 +744,41 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const bf16 *kc,
     }
 }
 
-template <int HDP>
-static void launch_prefill_hdp(bf16 *out, const bf16 *qkv, const bf16 *kc, const bf16 *vc,
+template <int HDP, typename KT>
+static void launch_prefill_hdp(bf16 *out, const bf16 *qkv, const KT *kc, const KT *vc,
                                const int32_t *pos, const int32_t *seq_of,
                                const int32_t *seq_start, const int32_t *bt, int max_blocks,
                                int n_tokens, int n_seqs, int n_heads, int n_kv_heads, int hd,
-                               int bs_shift, float sl2, bool v16, cudaStream_t st) {
+                               int bs_shift, float sl2, float v_mul, bool v16, cudaStream_t st) {
     const size_t smem = (size_t)(PF_BM + 4 * PF_BN) * (HDP + 8) * sizeof(bf16);
     static bool attr_set = false; // once per instantiation (not a stream operation)
     if (!attr_set) {
-        CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel<HDP>,
+        CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel<HDP, KT>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         attr_set = true;
     }
     dim3 grid(n_heads, ceil_div(n_tokens, PF_BM));
-    attn_prefill_kernel<HDP><<<grid, PF_THREADS, smem, st>>>(
+    attn_prefill_kernel<HDP, KT><<<grid, PF_THREADS, smem, st>>>(
         out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,
-        n_kv_heads, hd, bs_shift, sl2, v16 ? 1 : 0);
+        n_kv_heads, hd, bs_shift, sl2, v16 ? 1 : 0, v_mul);
     CUDA_CHECK_LAUNCH();
 }
 
-static void launch_prefill(bf16 *out, const bf16 *qkv, const bf16 *kc, const bf16 *vc,
+template <typename KT>
+static void launch_prefill(bf16 *out, const bf16 *qkv, const KT *kc, const KT *vc,
                            const int32_t *pos, const int32_t *seq_of, const int32_t *seq_start,
                            const int32_t *bt, int max_blocks, int n_tokens, int n_seqs,
                            int n_heads, int n_kv_heads, int hd, int bs_shift, float sl2,
-                           bool v16, cudaStream_t st) {
+                           float v_mul, bool v16, cudaStream_t st) {
 #define PF_ARGS                                                                              \
     out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,     \
-        n_kv_heads, hd, bs_shift, sl2, v16, st
-    if (hd <= 32) launch_prefill_hdp<32>(PF_ARGS);
-    else if (hd <= 64) launch_prefill_hdp<64>(PF_ARGS);
-    else if (hd <= 96) launch_prefill_hdp<96>(PF_ARGS);
-    else if (hd <= 128) launch_prefill_hdp<128>(PF_ARGS);
-    else if (hd <= 192) launch_prefill_hdp<192>(PF_ARGS);
-    else launch_prefill_hdp<256>(PF_ARGS);
+        n_kv_heads, hd, bs_shift, sl2, v_mul, v16, st
+    if (hd <= 32) launch_prefill_hdp<32, KT>(PF_ARGS);
+    else if (hd <= 64) launch_prefill_hdp<64, KT>(PF_ARGS);
+    else if (hd <= 96) launch_prefill_hdp<96, KT>(PF_ARGS);
+    else if (hd <= 128) launch_prefill_hdp<128, KT>(PF_ARGS);
+    else if (hd <= 192) launch_prefill_hdp<192, KT>(PF_ARGS);
+    else launch_prefill_hdp<256, KT>(PF_ARGS);
 #undef PF_ARGS
 }
 
@@ -765,10 +826,131 @@ extern "C" void cuda_paged_attention(sl_bf16 *out, const sl_bf16 *qkv, const sl_
     // Some sequence has >= 2 rows unless every row is its own sequence; some
     // has exactly one unless a single sequence holds all the rows.
     if (n_tokens > n_seqs)
-        launch_prefill(o, q, kc, vc, pos, seq_of, seq_start, block_tables, max_blocks, n_tokens,
-                       n_seqs, n_heads, n_kv_heads, head_dim, bs_shift, sl2, v16, stream);
+        launch_prefill<bf16>(o, q, kc, vc, pos, seq_of, seq_start, block_tables, max_blocks,
+                             n_tokens, n_seqs, n_heads, n_kv_heads, head_dim, bs_shift, sl2,
+                             1.0f, v16, stream);
     if (!(n_seqs == 1 && n_tokens > 1))
-        launch_decode(o, reinterpret_cast<float *>(workspace), q, kc, vc, pos, seq_start,
-                      block_tables, max_blocks, n_seqs, max_kv_len, n_heads, n_kv_heads,
-                      head_dim, bs_shift, sl2, v16, stream);
+        launch_decode<bf16>(o, reinterpret_cast<float *>(workspace), q, kc, vc, pos, seq_start,
+                            block_tables, max_blocks, n_seqs, max_kv_len, n_heads, n_kv_heads,
+                            head_dim, bs_shift, sl2, 1.0f, v16, stream);
+}
+
+// ----------------------------------------------------------------------------
+// fp32 activations: a plain kernel that follows cpu_paged_attention's steps
+// (scores, max, sum of expf, then out += (e / sum) * v in position order), so
+// --dtype f32 on the GPU reproduces the CPU backend. One warp per (row,
+// head); lanes split the dot products (warp-shuffle sums). A correctness
+// mode, not tuned. TK: float cache, or e4m3 codes (value = code * scale).
+
+#define REF_WARPS 4
+
+template <typename TK>
+static __device__ __forceinline__ float ref_dot(const float *q, const TK *k, int hd, float ks) {
+    float a = 0.0f;
+    for (int d = threadIdx.x & 31; d < hd; d += 32) a = fmaf(q[d], KvT<TK>::get(k[d]) * ks, a);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+    return a;
+}
+
+template <typename TK>
+static __global__ void __launch_bounds__(32 * REF_WARPS)
+    attn_ref_kernel(float *__restrict__ out, const float *__restrict__ qkv,
+                    const TK *__restrict__ k_cache, const TK *__restrict__ v_cache,
+                    const int32_t *__restrict__ pos, const int32_t *__restrict__ seq_of,
+                    const int32_t *__restrict__ block_tables, int max_blocks, int n, int n_heads,
+                    int n_kv_heads, int hd, int block_size, float scale, float ks, float vs) {
+    const int item = blockIdx.x * REF_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (item >= n * n_heads) return; // whole warps exit together
+    const int i = item / n_heads, h = item % n_heads;
+    const int stride = (n_heads + 2 * n_kv_heads) * hd;
+    const float *q = qkv + (size_t)i * stride + (size_t)h * hd;
+    const int32_t *bt = block_tables + (size_t)seq_of[i] * max_blocks;
+    const int kvh = h / (n_heads / n_kv_heads), ctx = pos[i] + 1;
+    auto row = [&](const TK *base, int t) {
+        return base + (((size_t)bt[t / block_size] * n_kv_heads + kvh) * block_size +
+                       t % block_size) * hd;
+    };
+    float mx = -INFINITY;
+    for (int t = 0; t < ctx; t++) mx = fmaxf(mx, ref_dot(q, row(k_cache, t), hd, ks) * scale);
+    float sum = 0.0f;
+    for (int t = 0; t < ctx; t++) sum += expf(ref_dot(q, row(k_cache, t), hd, ks) * scale - mx);
+    float acc[ATT_MAX_HD / 32];
+#pragma unroll
+    for (int e = 0; e < ATT_MAX_HD / 32; e++) acc[e] = 0.0f;
+    for (int t = 0; t < ctx; t++) {
+        const float p = expf(ref_dot(q, row(k_cache, t), hd, ks) * scale - mx) / sum;
+        const TK *v = row(v_cache, t);
+#pragma unroll
+        for (int e = 0; e < ATT_MAX_HD / 32; e++) {
+            const int d = lane + 32 * e;
+            if (d < hd) acc[e] += p * (KvT<TK>::get(v[d]) * vs);
+        }
+    }
+    float *o = out + (size_t)i * n_heads * hd + (size_t)h * hd;
+#pragma unroll
+    for (int e = 0; e < ATT_MAX_HD / 32; e++) {
+        const int d = lane + 32 * e;
+        if (d < hd) o[d] = acc[e];
+    }
+}
+
+extern "C" void cuda_paged_attention_ex(void *out, const void *qkv, const void *k_cache,
+                                        const void *v_cache, const int32_t *pos,
+                                        const int32_t *seq_of, const int32_t *seq_start,
+                                        const int32_t *kv_len, const int32_t *block_tables,
+                                        int max_blocks, int n_tokens, int n_seqs,
+                                        int max_kv_len, int n_heads, int n_kv_heads,
+                                        int head_dim, int block_size, float scale, int act_f32,
+                                        int kv_fp8, float k_scale, float v_scale,
+                                        void *workspace, cudaStream_t stream) {
+    if (n_tokens <= 0 || n_seqs <= 0) return;
+    if (!act_f32 && !kv_fp8) {
+        cuda_paged_attention((sl_bf16 *)out, (const sl_bf16 *)qkv, (const sl_bf16 *)k_cache,
+                             (const sl_bf16 *)v_cache, pos, seq_of, seq_start, kv_len,
+                             block_tables, max_blocks, n_tokens, n_seqs, max_kv_len, n_heads,
+                             n_kv_heads, head_dim, block_size, scale, workspace, stream);
+        return;
+    }
+    SL_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0);
+    SL_CHECK(head_dim >= 2 && head_dim % 2 == 0 && head_dim <= ATT_MAX_HD);
+    SL_CHECK(block_size > 0 && (block_size & (block_size - 1)) == 0);
+    if (act_f32) {
+        const long items = (long)n_tokens * n_heads;
+        const unsigned grid = (unsigned)((items + REF_WARPS - 1) / REF_WARPS);
+        // an fp32 cache's values are used as stored (scale 1), as on the CPU
+        const float ks = kv_fp8 ? k_scale : 1.0f, vs = kv_fp8 ? v_scale : 1.0f;
+        if (kv_fp8)
+            attn_ref_kernel<uint8_t><<<grid, 32 * REF_WARPS, 0, stream>>>(
+                (float *)out, (const float *)qkv, (const uint8_t *)k_cache,
+                (const uint8_t *)v_cache, pos, seq_of, block_tables, max_blocks, n_tokens,
+                n_heads, n_kv_heads, head_dim, block_size, scale, ks, vs);
+        else
+            attn_ref_kernel<float><<<grid, 32 * REF_WARPS, 0, stream>>>(
+                (float *)out, (const float *)qkv, (const float *)k_cache,
+                (const float *)v_cache, pos, seq_of, block_tables, max_blocks, n_tokens,
+                n_heads, n_kv_heads, head_dim, block_size, scale, ks, vs);
+        CUDA_CHECK_LAUNCH();
+        return;
+    }
+    // bf16 activations, FP8 cache: the tensor-core kernels decoding as they load
+    SL_CHECK(n_seqs <= 65535 && n_tokens <= 65535 * PF_BM);
+    int bs_shift = 0;
+    while ((1 << bs_shift) < block_size) bs_shift++;
+    const float sl2 = scale * ATT_LOG2E * k_scale;
+    // 8-byte code loads need head_dim % 8 == 0 and aligned bases
+    const bool v16 = head_dim % 8 == 0 &&
+                     (((uintptr_t)qkv | (uintptr_t)k_cache | (uintptr_t)v_cache) & 15) == 0;
+    bf16 *o = reinterpret_cast<bf16 *>(out);
+    const bf16 *q = reinterpret_cast<const bf16 *>(qkv);
+    const uint8_t *kc = reinterpret_cast<const uint8_t *>(k_cache);
+    const uint8_t *vc = reinterpret_cast<const uint8_t *>(v_cache);
+    if (n_tokens > n_seqs)
+        launch_prefill<uint8_t>(o, q, kc, vc, pos, seq_of, seq_start, block_tables, max_blocks,
+                                n_tokens, n_seqs, n_heads, n_kv_heads, head_dim, bs_shift, sl2,
+                                v_scale, v16, stream);
+    if (!(n_seqs == 1 && n_tokens > 1))
+        launch_decode<uint8_t>(o, reinterpret_cast<float *>(workspace), q, kc, vc, pos,
+                               seq_start, block_tables, max_blocks, n_seqs, max_kv_len, n_heads,
+                               n_kv_heads, head_dim, bs_shift, sl2, v_scale, v16, stream);
 }

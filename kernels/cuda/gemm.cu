@@ -24,6 +24,7 @@
 extern "C" {
 #include "gemm.h"
 }
+#include "ops_cuda.h"
 
 // The cuBLAS member of the check family (see cuda_common.h).
 #define CUBLAS_CHECK(stmt)                                                       \
@@ -43,7 +44,7 @@ typedef struct {
     int n, out, in;
     int ytype;    // GemmOut
     int has_bias;
-    int fmt;      // WeightFormat
+    int fmt;      // WeightFormat (implies the input type)
     int align;
 } GemmKey;
 
@@ -53,6 +54,8 @@ typedef struct {
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, d;
     cublasLtMatmulAlgo_t algo;
+    int fp8;      // scale pointers are set per call
+    int fallback; // FP8 without outer-vector scaling: fp32 out, scales applied after
 } GemmPlan;
 
 struct cuda_gemm {
@@ -62,6 +65,9 @@ struct cuda_gemm {
     size_t ws_bytes;
     GemmPlan *plans;       // open addressing, linear probing; cap is a power of 2
     int cap, count;
+    float *fb;             // FP8 fallback's fp32 products, made with the first fallback plan
+    size_t fb_cap;         // floats allocated
+    size_t fb_want;        // floats to allocate then (cuda_gemm_reserve_fp8)
 };
 
 static uint64_t key_hash(const GemmKey *k) {
@@ -115,16 +121,37 @@ static const char *fmt_name(int fmt) {
     }
 }
 
-// Builds the descriptors for k and asks the heuristic for the best algorithm
-// that fits the workspace and the alignment.
-static void plan_build(cuda_gemm *g, GemmPlan *p, const GemmKey *k) {
+// Creates p's descriptors for k (fast_accum: FP8's faster, less exact
+// accumulation, tried first); returns the heuristic's verdict in *found.
+// fallback: FP8 with unit scales into fp32 (no bias), scaled afterwards.
+static void plan_try(cuda_gemm *g, GemmPlan *p, const GemmKey *k, int fast_accum, int fallback,
+                     int *found, cublasLtMatmulHeuristicResult_t *res) {
     cudaDataType_t wt = CUDA_R_16BF, xt = CUDA_R_16BF;
-    cudaDataType_t yt = k->ytype == GEMM_OUT_F32 ? CUDA_R_32F : CUDA_R_16BF;
+    if (k->fmt == WFMT_F32) wt = xt = CUDA_R_32F;
+    if (k->fmt == WFMT_FP8_E4M3) wt = xt = CUDA_R_8F_E4M3;
+    cudaDataType_t yt = k->ytype == GEMM_OUT_F32 || fallback ? CUDA_R_32F : CUDA_R_16BF;
+    int has_bias = k->has_bias && !fallback;
+    // CUBLAS_COMPUTE_32F with fp32 inputs is true fp32: TF32 only ever comes
+    // from CUBLAS_COMPUTE_32F_FAST_TF32, which sluice never asks for.
     CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-    if (k->has_bias) {
+    p->fp8 = k->fmt == WFMT_FP8_E4M3;
+    p->fallback = fallback;
+    if (p->fp8 && !fallback) {
+        // per-output-channel weight scales (A's outer dimension) and per-token
+        // activation scales (B's outer dimension)
+        int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
+                                                    &mode, sizeof mode));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
+                                                    &mode, sizeof mode));
+        int8_t fa = (int8_t)fast_accum;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fa,
+                                                    sizeof fa));
+    }
+    if (has_bias) {
         cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
                                                     sizeof epi));
@@ -151,15 +178,45 @@ static void plan_build(cuda_gemm *g, GemmPlan *p, const GemmKey *k) {
     for (int i = 0; i < 4; i++)
         CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, aligns[i], &al, sizeof al));
 
+    *found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g->lt, p->op, p->a, p->b, p->d, p->d, pref,
+                                                       1, res, found);
+    CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+    if (st != CUBLAS_STATUS_SUCCESS) *found = 0; // e.g. NOT_SUPPORTED: try the next variant
+}
+
+static void plan_release(GemmPlan *p);
+static void fb_alloc(cuda_gemm *g);
+
+// Builds the descriptors for k and asks the heuristic for the best algorithm
+// that fits the workspace and the alignment. FP8 tries fast accumulation
+// first (what FP8 inference engines use on Hopper; SLUICE_FP8_FAST_ACCUM=0
+// turns it off), then the exact one.
+static void plan_build(cuda_gemm *g, GemmPlan *p, const GemmKey *k) {
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
-    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(g->lt, p->op, p->a, p->b, p->d, p->d, pref, 1,
-                                                &res, &found));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+    const char *fa_env = getenv("SLUICE_FP8_FAST_ACCUM");
+    int fast_first = k->fmt == WFMT_FP8_E4M3 && !(fa_env && fa_env[0] == '0');
+    int tried = 0;
+    for (int attempt = fast_first ? 0 : 1; attempt < 2 && found < 1; attempt++, tried++) {
+        if (tried) plan_release(p);
+        plan_try(g, p, k, attempt == 0, 0, &found, &res);
+    }
+    if (found < 1 && k->fmt == WFMT_FP8_E4M3) {
+        // no outer-vector scaling here: unit-scale FP8 GEMM into fp32, then
+        // cuda_fp8_scale_rows applies both scales and the bias (one more pass)
+        plan_release(p);
+        plan_try(g, p, k, 0, 1, &found, &res);
+        if (found >= 1) fb_alloc(g);
+        if (found >= 1)
+            LOGW("cuBLASLt has no outer-vector-scaled FP8 GEMM for (%d, %d, %d): using the "
+                 "fp32 + rescale fallback", k->n, k->out, k->in);
+    }
     if (found < 1) {
         char msg[256];
         snprintf(msg, sizeof msg,
-                 "no cuBLASLt algorithm for y (%d, %d) %s = x (%d, %d) @ W^T (%s)%s, alignment %d",
+                 "no cuBLASLt algorithm for y (%d, %d) %s = x (%d, %d) @ W^T (%s)%s, alignment %d"
+                 " (FP8 needs in/out multiples of 16 and cuBLAS 12.9+ outer-vector scaling)",
                  k->n, k->out, k->ytype == GEMM_OUT_F32 ? "f32" : "bf16", k->n, k->in,
                  fmt_name(k->fmt), k->has_bias ? " + bias" : "", k->align);
         SL_FATAL("cuBLAS", msg, "cublasLtMatmulAlgoGetHeuristic");
@@ -189,8 +246,22 @@ extern "C" cuda_gemm *cuda_gemm_create(cudaStream_t stream, size_t workspace_byt
     return g;
 }
 
+// Allocates the fallback scratch (fb_want floats) if it is smaller.
+static void fb_alloc(cuda_gemm *g) {
+    if (g->fb_want <= g->fb_cap) return;
+    if (g->fb) CUDA_CHECK(cudaFree(g->fb));
+    CUDA_CHECK(cudaMalloc(&g->fb, g->fb_want * sizeof(float)));
+    g->fb_cap = g->fb_want;
+}
+
+extern "C" void cuda_gemm_reserve_fp8(cuda_gemm *g, size_t floats) {
+    if (floats > g->fb_want) g->fb_want = floats;
+    if (g->fb) fb_alloc(g); // already in use: keep it big enough
+}
+
 extern "C" void cuda_gemm_destroy(cuda_gemm *g) {
     if (!g) return;
+    if (g->fb) CUDA_CHECK(cudaFree(g->fb));
     for (int i = 0; i < g->cap; i++)
         if (g->plans[i].used) plan_release(&g->plans[i]);
     free(g->plans);
@@ -203,15 +274,23 @@ extern "C" int cuda_gemm_cache_size(const cuda_gemm *g) { return g->count; }
 
 extern "C" void cuda_gemm_linear(cuda_gemm *g, void *y, GemmOut ytype, const sl_bf16 *x,
                                  const LinearWeight *w, int n) {
+    cuda_gemm_linear_ex(g, y, ytype, x, GEMM_IN_BF16, NULL, w, n);
+}
+
+extern "C" void cuda_gemm_linear_ex(cuda_gemm *g, void *y, GemmOut ytype, const void *x,
+                                    GemmIn xtype, const float *x_scales, const LinearWeight *w,
+                                    int n) {
     if (n <= 0) return;
-    if (w->fmt != WFMT_BF16) {
-        // FP8: the same plan with CUDA_R_8F_E4M3 for A, x quantised to e4m3
-        // per row, CUBLASLT_MATMUL_DESC_{A,B}_SCALE_POINTER set per call.
-        // INT4: a dequantising GEMM kernel. Neither exists yet.
-        char msg[160];
-        snprintf(msg, sizeof msg, "weight format %s (%d) is not supported by the CUDA GEMM yet "
-                 "(only bf16)", fmt_name(w->fmt), (int)w->fmt);
-        SL_FATAL("sluice", msg, "cuda_gemm_linear");
+    int ok = (w->fmt == WFMT_BF16 && xtype == GEMM_IN_BF16) ||
+             (w->fmt == WFMT_F32 && xtype == GEMM_IN_F32 && ytype == GEMM_OUT_F32) ||
+             (w->fmt == WFMT_FP8_E4M3 && xtype == GEMM_IN_FP8 && x_scales && w->scale);
+    if (!ok) {
+        // INT4: a dequantising GEMM kernel, not here yet.
+        char msg[200];
+        snprintf(msg, sizeof msg, "weight format %s (%d) with input type %d and output %s is "
+                 "not supported by the CUDA GEMM", fmt_name(w->fmt), (int)w->fmt, (int)xtype,
+                 ytype == GEMM_OUT_F32 ? "f32" : "bf16");
+        SL_FATAL("sluice", msg, "cuda_gemm_linear_ex");
     }
     const void *bias = NULL;
     if (w->bias)
@@ -238,6 +317,28 @@ extern "C" void cuda_gemm_linear(cuda_gemm *g, void *y, GemmOut ytype, const sl_
     if (bias)
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                                     sizeof bias));
+    if (p->fallback) {
+        if ((size_t)n * w->out_dim > g->fb_cap) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "FP8 fallback GEMM needs %zu floats of scratch, %zu "
+                     "reserved (cuda_gemm_reserve_fp8)", (size_t)n * w->out_dim, g->fb_cap);
+            SL_FATAL("sluice", msg, "cuda_gemm_linear_ex");
+        }
+        const float one = 1.0f, zero = 0.0f;
+        CUBLAS_CHECK(cublasLtMatmul(g->lt, p->op, &one, w->data, p->a, x, p->b, &zero, g->fb,
+                                    p->d, g->fb, p->d, &p->algo, g->workspace, g->ws_bytes,
+                                    g->stream));
+        cuda_fp8_scale_rows(y, ytype == GEMM_OUT_F32, g->fb, x_scales, (const float *)w->scale,
+                            (const float *)w->bias, n, w->out_dim, g->stream);
+        return;
+    }
+    if (p->fp8) {
+        const void *as = w->scale, *bs = x_scales;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                                                    &as, sizeof as));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                                    &bs, sizeof bs));
+    }
     const float alpha = 1.0f, beta = 0.0f;
     CUBLAS_CHECK(cublasLtMatmul(g->lt, p->op, &alpha, w->data, p->a, x, p->b, &beta, y, p->d, y,
                                 p->d, &p->algo, g->workspace, g->ws_bytes, g->stream));

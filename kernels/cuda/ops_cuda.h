@@ -80,6 +80,56 @@ void cuda_fill_normal_bf16(sl_bf16 *dst, size_t n, uint64_t seed, float mean, fl
 void cuda_fill_normal_f32(float *dst, size_t n, uint64_t seed, float mean, float std,
                           cudaStream_t stream);
 
+// ----------------------------------------------------------------------------
+// FP8 E4M3 and the activation type as a parameter (act_f32: 1 fp32, 0 bf16).
+// An FP8 output is two arrays: q (n, dim) e4m3 codes and scales (n) fp32, one
+// per row; with static_scale > 0 every row gets that scale, else its own
+// absmax / 448 (src/fp8.h has the rounding rules; kernels/cpu/fp8_cpu.c the
+// twins).
+
+// q, scales = quantise(x (n, dim)), x fp32 (x_f32) or bf16 (fp8.cu).
+void cuda_quantize_fp8_rows(uint8_t *q, float *scales, const void *x, int x_f32, int n, int dim,
+                            float static_scale, cudaStream_t stream);
+
+// y (n, out) = acc (n, out) fp32 * x_scales[i] * w_scales[o] (+ bias[o]),
+// y bf16 or fp32 (y_f32): the epilogue of the FP8 GEMM's fallback.
+void cuda_fp8_scale_rows(void *y, int y_f32, const float *acc, const float *x_scales,
+                         const float *w_scales, const float *bias, int n, int out,
+                         cudaStream_t stream);
+
+// RMSNorm (with add: x += r in place first, rounded to the activation type)
+// writing either the activation type (q_out NULL: into out) or FP8 (into
+// q_out, scales; out unused): the fused quantisation of the next linear's
+// input. out/q_out must not alias x or r.
+void cuda_rmsnorm_ex(void *out, uint8_t *q_out, float *scales, void *x, const void *r,
+                     const float *w, int n, int dim, float eps, int act_f32, float static_scale,
+                     cudaStream_t stream);
+
+// SwiGLU in the activation type, writing the activation type (q_out NULL) or
+// FP8 codes + per-row scales. out/q_out must not alias gu.
+void cuda_swiglu_ex(void *out, uint8_t *q_out, float *scales, const void *gu, int n, int hidden,
+                    int act_f32, float static_scale, cudaStream_t stream);
+
+// cuda_rope_kv_write with the activation type and the cache type as
+// parameters: kv_fp8 stores e4m3(k / k_scale), e4m3(v / v_scale).
+void cuda_rope_kv_write_ex(void *qkv, void *k_cache, void *v_cache, const int32_t *pos,
+                           const int32_t *slots, const float *inv_freq, int n, int n_heads,
+                           int n_kv_heads, int head_dim, int block_size, int act_f32, int kv_fp8,
+                           float k_scale, float v_scale, cudaStream_t stream);
+
+// cuda_paged_attention with the activation type and the cache type as
+// parameters. bf16 activations use the tensor-core prefill and split-K decode
+// kernels (an FP8 cache is decoded to bf16 as it is loaded, k_scale folded
+// into the softmax scale and v_scale into the output); fp32 activations a
+// plain fp32 kernel that follows cpu_paged_attention step by step.
+void cuda_paged_attention_ex(void *out, const void *qkv, const void *k_cache,
+                             const void *v_cache, const int32_t *pos, const int32_t *seq_of,
+                             const int32_t *seq_start, const int32_t *kv_len,
+                             const int32_t *block_tables, int max_blocks, int n_tokens,
+                             int n_seqs, int max_kv_len, int n_heads, int n_kv_heads,
+                             int head_dim, int block_size, float scale, int act_f32, int kv_fp8,
+                             float k_scale, float v_scale, void *workspace, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -23,6 +23,7 @@
 extern "C" {
 #include "common.h" // C linkage for sl_fatal, which CUDA_CHECK calls
 }
+#include "fp8_dev.cuh"
 #include "ops_cuda.h"
 
 #define RMS_VPT 4          // 16-byte vectors per thread on the fast path
@@ -175,6 +176,56 @@ static __global__ void rmsnorm_scalar_kernel(bf16 *out, bf16 *x, const bf16 *r,
     }
 }
 
+// Generic path (cuda_rmsnorm_ex): activation type TI (float or bf16), output
+// in TI or, with FP8, e4m3 codes + one scale per row (the quantisation of the
+// next linear's input, fused). Pass 1 sums squares (ADD: forms and stores the
+// rounded x + r); with a dynamic FP8 scale pass 2 finds the absmax of the
+// normalised row; the last pass writes. Passes 2-3 re-read the row from
+// L1/L2 (a thread reads back only what it wrote itself). Rows past n still
+// reach every barrier.
+template <typename TI, bool FP8, bool ADD>
+static __global__ void rmsnorm_gen_kernel(TI *__restrict__ out, uint8_t *__restrict__ q_out,
+                                          float *__restrict__ scales, TI *__restrict__ x,
+                                          const TI *__restrict__ r, const float *__restrict__ w,
+                                          int n, int dim, float eps, float static_scale) {
+    __shared__ float red_max[RMS_MAX_THREADS / 32];
+    int i = blockIdx.x * blockDim.y + threadIdx.y;
+    bool row_ok = i < n;
+    size_t base = (size_t)i * dim;
+    float ss = 0.0f;
+    if (row_ok) {
+        for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+            float v = ActT<TI>::load(x[base + j]);
+            if (ADD) {
+                TI s = ActT<TI>::store(v + ActT<TI>::load(r[base + j]));
+                x[base + j] = s;
+                v = ActT<TI>::load(s);
+            }
+            ss += v * v;
+        }
+    }
+    float inv = inv_rms(row_sum(ss), dim, eps);
+    if (!FP8) {
+        if (!row_ok) return;
+        for (int j = threadIdx.x; j < dim; j += blockDim.x)
+            out[base + j] = ActT<TI>::store(w[j] * (ActT<TI>::load(x[base + j]) * inv));
+        return;
+    }
+    float s = static_scale;
+    if (!(s > 0.0f)) {
+        float mx = 0.0f;
+        if (row_ok)
+            for (int j = threadIdx.x; j < dim; j += blockDim.x)
+                mx = fmaxf(mx, fabsf(w[j] * (ActT<TI>::load(x[base + j]) * inv)));
+        s = fp8_dyn_scale(block_row_max(mx, red_max));
+    }
+    if (!row_ok) return;
+    const float qinv = 1.0f / s;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x)
+        q_out[base + j] = f32_to_e4m3(w[j] * (ActT<TI>::load(x[base + j]) * inv) * qinv);
+    if (threadIdx.x == 0) scales[i] = s;
+}
+
 // ----------------------------------------------------------------------------
 // launcher
 
@@ -228,4 +279,42 @@ extern "C" void cuda_rmsnorm(sl_bf16 *out, const sl_bf16 *x, const float *w, int
 extern "C" void cuda_add_rmsnorm(sl_bf16 *out, sl_bf16 *x, const sl_bf16 *r, const float *w,
                                  int n, int dim, float eps, cudaStream_t stream) {
     rmsnorm_launch<true>(out, x, r, w, n, dim, eps, stream);
+}
+
+// The generic entry point: activation type and FP8 output as parameters. bf16
+// in and out takes the tuned kernels above.
+template <typename TI, bool FP8, bool ADD>
+static void rmsnorm_gen_launch(void *out, uint8_t *q_out, float *scales, void *x, const void *r,
+                               const float *w, int n, int dim, float eps, float static_scale,
+                               cudaStream_t stream) {
+    dim3 block = rms_block_shape(dim, 4);
+    unsigned grid = (unsigned)((n + block.y - 1) / block.y);
+    rmsnorm_gen_kernel<TI, FP8, ADD><<<grid, block, 0, stream>>>(
+        static_cast<TI *>(out), q_out, scales, static_cast<TI *>(x),
+        static_cast<const TI *>(r), w, n, dim, eps, static_scale);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void cuda_rmsnorm_ex(void *out, uint8_t *q_out, float *scales, void *x, const void *r,
+                                const float *w, int n, int dim, float eps, int act_f32,
+                                float static_scale, cudaStream_t stream) {
+    if (n <= 0 || dim <= 0) return;
+    bool fp8 = q_out != NULL, add = r != NULL;
+    if (!act_f32 && !fp8) {
+        if (add)
+            cuda_add_rmsnorm((sl_bf16 *)out, (sl_bf16 *)x, (const sl_bf16 *)r, w, n, dim, eps,
+                             stream);
+        else
+            cuda_rmsnorm((sl_bf16 *)out, (const sl_bf16 *)x, w, n, dim, eps, stream);
+        return;
+    }
+#define RMS_GEN(T, F, A) \
+    rmsnorm_gen_launch<T, F, A>(out, q_out, scales, x, r, w, n, dim, eps, static_scale, stream)
+    if (act_f32) {
+        if (fp8) { if (add) RMS_GEN(float, true, true); else RMS_GEN(float, true, false); }
+        else { if (add) RMS_GEN(float, false, true); else RMS_GEN(float, false, false); }
+    } else {
+        if (add) RMS_GEN(bf16, true, true); else RMS_GEN(bf16, true, false);
+    }
+#undef RMS_GEN
 }

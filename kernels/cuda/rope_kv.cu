@@ -28,6 +28,7 @@
 extern "C" {
 #include "common.h" // C linkage for sl_fatal, which CUDA_CHECK calls
 }
+#include "fp8_dev.cuh"
 #include "ops_cuda.h"
 
 #define ROPE_BLOCK 128
@@ -210,5 +211,86 @@ extern "C" void cuda_rope_kv_write(sl_bf16 *qkv, sl_bf16 *k_cache, sl_bf16 *v_ca
         rope_kv_scalar_kernel<<<n, ROPE_BLOCK, smem, stream>>>(q, kc, vc, pos, slots, inv_freq,
                                                                n_heads, n_kv_heads, head_dim,
                                                                block_size);
+    CUDA_CHECK_LAUNCH();
+}
+
+// ----------------------------------------------------------------------------
+// generic: activation type TA (float or bf16) and cache type TK (TA, or
+// uint8_t for e4m3 codes of value / scale). The scalar kernel's work items;
+// a k value goes to the cache as rounded to TA (what stays in qkv), then
+// encoded.
+
+template <typename TA, typename TK>
+static __global__ void rope_kv_gen_kernel(TA *__restrict__ qkv, TK *__restrict__ k_cache,
+                                          TK *__restrict__ v_cache,
+                                          const int32_t *__restrict__ pos,
+                                          const int32_t *__restrict__ slots,
+                                          const float *__restrict__ inv_freq, int n_heads,
+                                          int n_kv_heads, int head_dim, int block_size,
+                                          float k_inv, float v_inv) {
+    extern __shared__ float cs[];
+    int i = blockIdx.x, half = head_dim / 2;
+    rope_table(cs, pos[i], inv_freq, half);
+
+    int n_rot = n_heads + n_kv_heads;
+    size_t stride = (size_t)(n_heads + 2 * n_kv_heads) * head_dim;
+    TA *row = qkv + (size_t)i * stride;
+    int slot = slots[i];
+    size_t cbase = slot >= 0 ? ((size_t)(slot / block_size) * n_kv_heads * block_size +
+                                (size_t)(slot % block_size)) * head_dim
+                             : 0;
+    size_t head_step = (size_t)block_size * head_dim;
+    int n_rot_items = n_rot * half;
+    int n_items = n_rot_items + (slot >= 0 ? n_kv_heads * head_dim : 0);
+
+    for (int it = threadIdx.x; it < n_items; it += blockDim.x) {
+        if (it < n_rot_items) {
+            int h = it / half, j = it % half;
+            TA *hp = row + (size_t)h * head_dim;
+            float x1 = ActT<TA>::load(hp[j]), x2 = ActT<TA>::load(hp[j + half]);
+            float c = cs[j], sn = cs[half + j];
+            TA o1 = ActT<TA>::store(x1 * c - x2 * sn);
+            TA o2 = ActT<TA>::store(x2 * c + x1 * sn);
+            hp[j] = o1;
+            hp[j + half] = o2;
+            if (h >= n_heads && slot >= 0) {
+                TK *dst = k_cache + cbase + (size_t)(h - n_heads) * head_step;
+                dst[j] = KvT<TK>::put(ActT<TA>::load(o1), k_inv);
+                dst[j + half] = KvT<TK>::put(ActT<TA>::load(o2), k_inv);
+                if ((head_dim & 1) && j == 0)
+                    dst[head_dim - 1] = KvT<TK>::put(ActT<TA>::load(hp[head_dim - 1]), k_inv);
+            }
+        } else {
+            int v_it = it - n_rot_items;
+            int h = v_it / head_dim, d = v_it % head_dim;
+            v_cache[cbase + (size_t)h * head_step + d] =
+                KvT<TK>::put(ActT<TA>::load(row[(size_t)(n_rot + h) * head_dim + d]), v_inv);
+        }
+    }
+}
+
+extern "C" void cuda_rope_kv_write_ex(void *qkv, void *k_cache, void *v_cache,
+                                      const int32_t *pos, const int32_t *slots,
+                                      const float *inv_freq, int n, int n_heads, int n_kv_heads,
+                                      int head_dim, int block_size, int act_f32, int kv_fp8,
+                                      float k_scale, float v_scale, cudaStream_t stream) {
+    if (n <= 0 || head_dim <= 0) return;
+    if (!act_f32 && !kv_fp8) {
+        cuda_rope_kv_write((sl_bf16 *)qkv, (sl_bf16 *)k_cache, (sl_bf16 *)v_cache, pos, slots,
+                           inv_freq, n, n_heads, n_kv_heads, head_dim, block_size, stream);
+        return;
+    }
+    size_t smem = sizeof(float) * (size_t)(head_dim / 2) * 2;
+    float k_inv = 1.0f / k_scale, v_inv = 1.0f / v_scale;
+#define ROPE_GEN(TA, TK)                                                                   \
+    rope_kv_gen_kernel<TA, TK><<<n, ROPE_BLOCK, smem, stream>>>(                           \
+        static_cast<TA *>(qkv), static_cast<TK *>(k_cache), static_cast<TK *>(v_cache), pos, \
+        slots, inv_freq, n_heads, n_kv_heads, head_dim, block_size, k_inv, v_inv)
+    if (act_f32) {
+        if (kv_fp8) ROPE_GEN(float, uint8_t); else ROPE_GEN(float, float);
+    } else {
+        ROPE_GEN(bf16, uint8_t);
+    }
+#undef ROPE_GEN
     CUDA_CHECK_LAUNCH();
 }

@@ -13,6 +13,7 @@
 extern "C" {
 #include "common.h" // C linkage for sl_fatal, which CUDA_CHECK calls
 }
+#include "fp8_dev.cuh"
 #include "ops_cuda.h"
 
 #define SWIGLU_BLOCK 256
@@ -81,5 +82,64 @@ extern "C" void cuda_swiglu(sl_bf16 *out, const sl_bf16 *gu, int n, int hidden,
     else
         swiglu_scalar_kernel<<<grid, SWIGLU_BLOCK, 0, stream>>>(
             reinterpret_cast<bf16 *>(out), reinterpret_cast<const bf16 *>(gu), n, hidden);
+    CUDA_CHECK_LAUNCH();
+}
+
+// ----------------------------------------------------------------------------
+// generic: activation type TI, output TI or FP8 codes + a scale per row (the
+// quantisation of the down projection's input, fused). One block per row
+// (rows strided over the grid); a dynamic scale takes a first pass for the
+// row's absmax of silu(g) * u, computed in fp32 exactly as the output is.
+
+template <typename TI, bool FP8>
+static __global__ void __launch_bounds__(SWIGLU_BLOCK)
+    swiglu_gen_kernel(TI *__restrict__ out, uint8_t *__restrict__ q_out,
+                      float *__restrict__ scales, const TI *__restrict__ gu, int n, int hidden,
+                      float static_scale) {
+    __shared__ float red[SWIGLU_BLOCK / 32];
+    for (int i = blockIdx.x; i < n; i += gridDim.x) {
+        const TI *g_row = gu + (size_t)i * 2 * hidden;
+        if (!FP8) {
+            for (int c = threadIdx.x; c < hidden; c += blockDim.x)
+                out[(size_t)i * hidden + c] = ActT<TI>::store(
+                    silu_mul(ActT<TI>::load(g_row[c]), ActT<TI>::load(g_row[hidden + c])));
+            continue;
+        }
+        float s = static_scale;
+        if (!(s > 0.0f)) {
+            float mx = 0.0f;
+            for (int c = threadIdx.x; c < hidden; c += blockDim.x)
+                mx = fmaxf(mx, fabsf(silu_mul(ActT<TI>::load(g_row[c]),
+                                              ActT<TI>::load(g_row[hidden + c]))));
+            s = fp8_dyn_scale(block_row_max(mx, red));
+        }
+        const float inv = 1.0f / s;
+        for (int c = threadIdx.x; c < hidden; c += blockDim.x)
+            q_out[(size_t)i * hidden + c] = f32_to_e4m3(
+                silu_mul(ActT<TI>::load(g_row[c]), ActT<TI>::load(g_row[hidden + c])) * inv);
+        if (threadIdx.x == 0) scales[i] = s;
+        __syncthreads(); // red is reused by the next row
+    }
+}
+
+extern "C" void cuda_swiglu_ex(void *out, uint8_t *q_out, float *scales, const void *gu, int n,
+                               int hidden, int act_f32, float static_scale,
+                               cudaStream_t stream) {
+    if (n <= 0 || hidden <= 0) return;
+    if (!act_f32 && !q_out) {
+        cuda_swiglu((sl_bf16 *)out, (const sl_bf16 *)gu, n, hidden, stream);
+        return;
+    }
+    unsigned grid = (unsigned)(n < SWIGLU_MAX_GRID_Y ? n : SWIGLU_MAX_GRID_Y);
+#define SW_GEN(T, F)                                                                   \
+    swiglu_gen_kernel<T, F><<<grid, SWIGLU_BLOCK, 0, stream>>>(                        \
+        static_cast<T *>(out), q_out, scales, static_cast<const T *>(gu), n, hidden,   \
+        static_scale)
+    if (act_f32) {
+        if (q_out) SW_GEN(float, true); else SW_GEN(float, false);
+    } else {
+        SW_GEN(bf16, true);
+    }
+#undef SW_GEN
     CUDA_CHECK_LAUNCH();
 }
