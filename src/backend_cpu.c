@@ -70,6 +70,23 @@ static void cpu_add_rmsnorm_op(Backend *be, void *out, void *x, const void *r, c
     cpu_add_rmsnorm(out, x, r, w, n, dim, eps);
 }
 
+static void cpu_layernorm_op(Backend *be, void *out, const void *x, const void *w,
+                             const void *b, int n, int dim, float eps) {
+    cpu_layernorm(out, x, w, b, n, dim, eps);
+}
+
+static void cpu_add_layernorm_op(Backend *be, void *out, void *x, const void *r, const void *w,
+                                 const void *b, int n, int dim, float eps) {
+    cpu_add_layernorm(out, x, r, w, b, n, dim, eps);
+}
+
+static void cpu_add_op(Backend *be, void *x, const void *r, size_t n) { cpu_add(x, r, n); }
+
+static void cpu_gelu_op(Backend *be, void *out, const void *in, int n, int hidden, int gated,
+                        int tanh_approx) {
+    cpu_gelu(out, in, n, hidden, gated, tanh_approx);
+}
+
 static void cpu_linear_op(Backend *be, void *y, const void *x, const LinearWeight *w, int n) {
     SL_CHECK(w->fmt == WFMT_F32);
     cpu_linear(y, x, w->data, w->bias, n, w->in_dim, w->out_dim);
@@ -77,15 +94,17 @@ static void cpu_linear_op(Backend *be, void *y, const void *x, const LinearWeigh
 
 static void cpu_rope_kv_write_op(Backend *be, void *qkv, void *k_cache, void *v_cache,
                                  const Batch *b, const void *inv_freq, const AttnShape *s) {
-    cpu_rope_kv_write(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
-                      s->n_heads, s->n_kv_heads, s->head_dim, s->block_size);
+    int rd = s->rotary_dim > 0 ? s->rotary_dim : s->head_dim;
+    cpu_rope_kv_write_ex(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
+                         s->n_heads, s->n_kv_heads, s->head_dim, s->block_size, rd,
+                         s->rope_interleaved);
 }
 
 static void cpu_attention_op(Backend *be, void *out, const void *qkv, const void *k_cache,
                              const void *v_cache, const Batch *b, const AttnShape *s) {
-    cpu_paged_attention(out, qkv, k_cache, v_cache, b->pos, b->seq_of, b->block_tables,
-                        b->max_blocks, b->n_tokens, s->n_heads, s->n_kv_heads, s->head_dim,
-                        s->block_size, s->scale);
+    cpu_paged_attention_ex(out, qkv, k_cache, v_cache, b->pos, b->seq_of, b->block_tables,
+                           b->max_blocks, b->n_tokens, s->n_heads, s->n_kv_heads, s->head_dim,
+                           s->block_size, s->scale, s->window);
 }
 
 static void cpu_swiglu_op(Backend *be, void *out, const void *gu, int n, int hidden) {
@@ -136,6 +155,10 @@ Backend *backend_cpu_create(int threads) {
     be->embed = cpu_embed_op;
     be->rmsnorm = cpu_rmsnorm_op;
     be->add_rmsnorm = cpu_add_rmsnorm_op;
+    be->layernorm = cpu_layernorm_op;
+    be->add_layernorm = cpu_add_layernorm_op;
+    be->add = cpu_add_op;
+    be->gelu = cpu_gelu_op;
     be->linear = cpu_linear_op;
     be->rope_kv_write = cpu_rope_kv_write_op;
     be->attention = cpu_attention_op;

@@ -355,12 +355,14 @@ static void test_bad_json(void) {
 static void test_unsupported(void) {
     ModelConfig c;
     sl_err e = {{0}};
-    char *t = mutate(k_small, NULL, "architectures", "[\"GPT2LMHeadModel\"]");
+    char *t = mutate(k_small, NULL, "architectures", "[\"T5ForConditionalGeneration\"]");
     int rc = config_parse(&c, t, NULL, "m/config.json", &e);
+    // the message lists every family of the zoo (arch.c)
     check_err(rc, &e,
-              "m/config.json: unsupported architecture 'GPT2LMHeadModel' (supported: "
-              "LlamaForCausalLM)",
+              "m/config.json: unsupported architecture 'T5ForConditionalGeneration' (supported: "
+              "LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM",
               NULL);
+    CU_ASSERT(strstr(e.msg, "GPTNeoXForCausalLM") != NULL);
     free(t);
 
     expect_bad(NULL, "rope_scaling", "{\"rope_type\": \"yarn\", \"factor\": 4}",

@@ -5,6 +5,8 @@
 // - tests/golden/llama-*: small random Llamas with awkward shapes (GQA ratios
 //   1, 2, 4 and MQA, head_dim 18, untied heads, llama3 and linear rope
 //   scaling, f32/f16/bf16, sharded), made by tests/golden/make_golden.py.
+// - tests/golden/zoo-*: one small random checkpoint per family of the model
+//   zoo (Qwen2, Mistral, Phi-3, Gemma, GPT-NeoX), made by make_zoo.py.
 // - chunked prefill computes the same bits as a whole-prompt prefill.
 #include <jansson.h>
 #include <math.h>
@@ -235,6 +237,14 @@ static void test_fixture_gqa2(void) { check_fixture(fixtures[1]); }
 static void test_fixture_gqa4_llama3(void) { check_fixture(fixtures[2]); }
 static void test_fixture_mqa(void) { check_fixture(fixtures[3]); }
 
+// the model zoo (tests/golden/make_zoo.py): one fixture per family
+static void test_zoo_qwen2(void) { check_fixture("zoo-qwen2"); }
+static void test_zoo_mistral(void) { check_fixture("zoo-mistral-window"); }
+static void test_zoo_phi3(void) { check_fixture("zoo-phi3"); }
+static void test_zoo_gemma(void) { check_fixture("zoo-gemma"); }
+static void test_zoo_neox(void) { check_fixture("zoo-gpt-neox"); }
+static void test_zoo_neox_seq(void) { check_fixture("zoo-gpt-neox-seq"); }
+
 // ----------------------------------------------------------------------------
 // chunked prefill == whole prefill, bit for bit (rows never depend on their batch)
 
@@ -280,6 +290,12 @@ int main(void) {
         {"fixture_gqa2_bf16_tied", test_fixture_gqa2},
         {"fixture_gqa4_llama3rope_f16", test_fixture_gqa4_llama3},
         {"fixture_mqa_hd18_bf16_sharded", test_fixture_mqa},
+        {"zoo_qwen2_qkv_bias", test_zoo_qwen2},
+        {"zoo_mistral_sliding_window", test_zoo_mistral},
+        {"zoo_phi3_fused", test_zoo_phi3},
+        {"zoo_gemma_geglu_tied", test_zoo_gemma},
+        {"zoo_gpt_neox_parallel_partial_rotary", test_zoo_neox},
+        {"zoo_gpt_neox_sequential_v4_config", test_zoo_neox_seq},
         {NULL, NULL}};
     static const tu_test misc[] = {
         {"chunked_prefill_exact", test_chunked_prefill_exact},

@@ -127,7 +127,7 @@ static void check_layouts(const char *dir, const char *golden_file, int n_new, c
         snprintf(out, sizeof out, "%s/mpi-np%d-tp%d-%d", tu_tmpdir(), nps[l], tps[l], n_new);
         snprintf(args, sizeof args,
                  "--model %s --input %s --output %s --max-new-tokens %d --ignore-eos --logprobs "
-                 "--backend cpu --tp %d --progress 0",
+                 "--backend cpu --tp %d --progress 0 --overwrite",
                  tu_path(dir), in, out, n_new, tps[l]);
         rc = run(nps[l], args);
         if (rc) fprintf(stderr, "  -np %d --tp %d failed:\n%s\n", nps[l], tps[l], g_out);
@@ -151,6 +151,16 @@ static void test_demo_tp2_dp2(void) {
 static void test_gqa_tp4_and_dp2xtp2(void) {
     int nps[] = {4, 4}, tps[] = {4, 2};
     check_layouts("tests/golden/llama-gqa4-llama3rope-f16", "golden.json", 16, nps, tps, 2);
+}
+
+// The model zoo split over 2 ranks: Qwen2's biased q/k/v rows, Mistral's
+// window with kv heads split, GPT-NeoX's per-head fused query_key_value and
+// its parallel residual (one all-reduce of attention + MLP).
+static void test_zoo_tp2(void) {
+    static const char *dirs[] = {"tests/golden/zoo-qwen2", "tests/golden/zoo-mistral-window",
+                                 "tests/golden/zoo-gpt-neox"};
+    int nps[] = {2}, tps[] = {2};
+    for (int i = 0; i < 3; i++) check_layouts(dirs[i], "golden.json", 16, nps, tps, 1);
 }
 
 static void test_bad_tp(void) {
@@ -179,6 +189,7 @@ static void test_bad_tp(void) {
 int main(void) {
     static const tu_test t[] = {{"demo_tp2_and_dp2_equal_one_rank", test_demo_tp2_dp2},
                                 {"gqa_tp4_and_dp2xtp2_equal_one_rank", test_gqa_tp4_and_dp2xtp2},
+                                {"zoo_qwen2_mistral_neox_tp2_equal_one_rank", test_zoo_tp2},
                                 {"bad_tp_fails_fast", test_bad_tp},
                                 {NULL, NULL}};
     tu_suite("mpi_cpu", t);
