@@ -328,6 +328,28 @@ static void cuda_add_rmsnorm_op(Backend *be, void *out, void *x, const void *r, 
     cuda_add_rmsnorm(out, x, r, w, n, dim, eps, impl_of(be)->stream);
 }
 
+static void cuda_layernorm_op(Backend *be, void *out, const void *x, const void *w,
+                              const void *b, int n, int dim, float eps) {
+    if (n <= 0) return;
+    cuda_layernorm(out, x, w, b, n, dim, eps, impl_of(be)->stream);
+}
+
+static void cuda_add_layernorm_op(Backend *be, void *out, void *x, const void *r, const void *w,
+                                  const void *b, int n, int dim, float eps) {
+    if (n <= 0) return;
+    cuda_add_layernorm(out, x, r, w, b, n, dim, eps, impl_of(be)->stream);
+}
+
+static void cuda_add_op(Backend *be, void *x, const void *r, size_t n) {
+    cuda_add(x, r, n, impl_of(be)->stream);
+}
+
+static void cuda_gelu_op(Backend *be, void *out, const void *in, int n, int hidden, int gated,
+                         int tanh_approx) {
+    if (n <= 0) return;
+    cuda_gelu(out, in, n, hidden, gated, tanh_approx, impl_of(be)->stream);
+}
+
 static void cuda_linear_op(Backend *be, void *y, const void *x, const LinearWeight *w, int n) {
     cuda_gemm_linear(impl_of(be)->gemm, y, GEMM_OUT_BF16, x, w, n);
 }
@@ -335,19 +357,26 @@ static void cuda_linear_op(Backend *be, void *y, const void *x, const LinearWeig
 static void cuda_rope_kv_write_op(Backend *be, void *qkv, void *k_cache, void *v_cache,
                                   const Batch *b, const void *inv_freq, const AttnShape *s) {
     if (b->n_tokens <= 0) return;
-    cuda_rope_kv_write(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
-                       s->n_heads, s->n_kv_heads, s->head_dim, s->block_size,
-                       impl_of(be)->stream);
+    int rd = s->rotary_dim > 0 ? s->rotary_dim : s->head_dim;
+    if (rd != s->head_dim || s->rope_interleaved) // partial / GPT-J rotary
+        cuda_rope_kv_write_ex(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
+                              s->n_heads, s->n_kv_heads, s->head_dim, s->block_size, rd,
+                              s->rope_interleaved, impl_of(be)->stream);
+    else
+        cuda_rope_kv_write(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
+                           s->n_heads, s->n_kv_heads, s->head_dim, s->block_size,
+                           impl_of(be)->stream);
 }
 
 static void cuda_attention_op(Backend *be, void *out, const void *qkv, const void *k_cache,
                               const void *v_cache, const Batch *b, const AttnShape *s) {
     CudaImpl *c = impl_of(be);
     if (b->n_tokens <= 0) return;
-    cuda_paged_attention(out, qkv, k_cache, v_cache, b->pos, b->seq_of, b->seq_start, b->kv_len,
-                         b->block_tables, b->max_blocks, b->n_tokens, b->n_seqs, c->max_kv_len,
-                         s->n_heads, s->n_kv_heads, s->head_dim, s->block_size, s->scale,
-                         c->attn_ws, c->stream);
+    cuda_paged_attention_window(out, qkv, k_cache, v_cache, b->pos, b->seq_of, b->seq_start,
+                                b->kv_len, b->block_tables, b->max_blocks, b->n_tokens,
+                                b->n_seqs, c->max_kv_len, s->n_heads, s->n_kv_heads,
+                                s->head_dim, s->block_size, s->scale, s->window, c->attn_ws,
+                                c->stream);
 }
 
 static void cuda_swiglu_op(Backend *be, void *out, const void *gu, int n, int hidden) {
@@ -491,6 +520,10 @@ Backend *backend_cuda_create(int device, sl_err *err) {
     be->embed = cuda_embed_op;
     be->rmsnorm = cuda_rmsnorm_op;
     be->add_rmsnorm = cuda_add_rmsnorm_op;
+    be->layernorm = cuda_layernorm_op;
+    be->add_layernorm = cuda_add_layernorm_op;
+    be->add = cuda_add_op;
+    be->gelu = cuda_gelu_op;
     be->linear = cuda_linear_op;
     be->rope_kv_write = cuda_rope_kv_write_op;
     be->attention = cuda_attention_op;

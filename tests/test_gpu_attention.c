@@ -1,5 +1,6 @@
 // test_gpu_attention.c: cuda_paged_attention (prefill + decode kernels)
-// against cpu_paged_attention.
+// against cpu_paged_attention, and its sliding-window form
+// (cuda_paged_attention_window vs cpu_paged_attention_ex).
 //
 // Method (llm.c style): a paged KV cache filled from a fixed seed and rounded
 // to bf16, with block tables that are a random permutation of the pool (so no
@@ -107,6 +108,9 @@ typedef struct {
     int rows, start;
 } Seq;
 
+// Sliding window of the calls (0: none); set by test_sliding_window only.
+static int g_window = 0;
+
 // max_kv_mode: 0 the true largest kv_len, 1 the table's capacity (what a
 // CUDA graph would pass), 2 an underestimate (1).
 static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mode,
@@ -162,7 +166,8 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
     // reference
     size_t out_n = (size_t)n * nh * hd;
     float *ref = sl_malloc(out_n * sizeof(float)), *got = sl_malloc(out_n * sizeof(float));
-    cpu_paged_attention(ref, qkv, kc, vc, pos, seq_of, bt, max_blocks, n, nh, nkv, hd, bs, scale);
+    cpu_paged_attention_ex(ref, qkv, kc, vc, pos, seq_of, bt, max_blocks, n, nh, nkv, hd, bs,
+                           scale, g_window);
 
     // GPU
     sl_bf16 *d_kc = dev_bf16(kc, cache_n), *d_vc = dev_bf16(vc, cache_n);
@@ -177,8 +182,14 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
     CUDA_CHECK(cudaMemset(d_out, 0xFF, out_n * sizeof(sl_bf16)));
     CUDA_CHECK(cudaMemset(d_ws, 0xFF, ws_bytes ? ws_bytes : 1));
     int max_kv_arg = max_kv_mode == 0 ? max_kv : max_kv_mode == 1 ? max_seq_len : 1;
-    cuda_paged_attention(d_out, d_qkv, d_kc, d_vc, d_pos, d_seq_of, d_seq_start, d_kv_len, d_bt,
-                         max_blocks, n, n_seqs, max_kv_arg, nh, nkv, hd, bs, scale, d_ws, 0);
+    if (g_window)
+        cuda_paged_attention_window(d_out, d_qkv, d_kc, d_vc, d_pos, d_seq_of, d_seq_start,
+                                    d_kv_len, d_bt, max_blocks, n, n_seqs, max_kv_arg, nh, nkv,
+                                    hd, bs, scale, g_window, d_ws, 0);
+    else
+        cuda_paged_attention(d_out, d_qkv, d_kc, d_vc, d_pos, d_seq_of, d_seq_start, d_kv_len,
+                             d_bt, max_blocks, n, n_seqs, max_kv_arg, nh, nkv, hd, bs, scale,
+                             d_ws, 0);
     CUDA_CHECK(cudaDeviceSynchronize());
     sl_bf16 *h_out = sl_malloc(out_n * sizeof(sl_bf16));
     CUDA_CHECK(cudaMemcpy(h_out, d_out, out_n * sizeof(sl_bf16), cudaMemcpyDeviceToHost));
@@ -208,6 +219,7 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
             double f = fabs(g2[k][i] - r2[k][i]) / (atol[k] + RTOL * fabs(r2[k][i]));
             if (!(f <= worst[k])) worst[k] = f; // NaN sticks
         }
+    if (g_window) printf("  window %d:", g_window);
     printf("  %-22s mode %d: %d rows, %d seqs, ws %zu B; worst err/tol decode %.2f prefill %.2f\n",
            sh->name, max_kv_mode, n, n_seqs, ws_bytes, worst[0], worst[1]);
     CU_ASSERT_EQUAL(bad_d, 0);
@@ -305,6 +317,25 @@ static void test_prefill_only(void) {
     run_case(&SHAPES[2], chunk, 1, 0, 10);
     Seq two[2] = {{65, 0}, {64, 7}}; // two prefill sequences sharing a tile
     run_case(&SHAPES[6], two, 2, 0, 11);
+}
+
+// Sliding windows (Mistral, Phi-3): 1 (only the row itself), windows that
+// end mid-block and mid-tile, one wider than a decode split (splits wholly
+// outside the window leave empty partials), and one wider than every context
+// (same as none).
+static void test_sliding_window(void) {
+    if (!tu_gpu_ready()) return;
+    static const int windows[] = {1, 5, 37, 300, 1000, 8192};
+    for (int w = 0; w < 6; w++) {
+        g_window = windows[w];
+        run_case(&SHAPES[w % N_SHAPES], MIXED, N_MIXED, 0, 300 + w);
+        run_case(&SHAPES[(w + 3) % N_SHAPES], MIXED, N_MIXED, 1, 400 + w);
+        Seq few[3] = {{1, 2999}, {1, 4094}, {1, 4095}}; // decode split-K only
+        run_case(&SHAPES[0], few, 3, 0, 500 + w);
+        Seq chunk[1] = {{130, 50}}; // prefill only
+        run_case(&SHAPES[1], chunk, 1, 0, 600 + w);
+    }
+    g_window = 0;
 }
 
 static void test_workspace_bytes(void) {
@@ -467,6 +498,7 @@ int main(void) {
         {"max_kv_len upper bound / underestimate", test_max_kv_len_bounds},
         {"decode only (direct and split-K)", test_decode_only},
         {"prefill only", test_prefill_only},
+        {"sliding window (prefill, decode, split-K)", test_sliding_window},
         {"benchmark", test_bench},
         {NULL, NULL},
     };

@@ -148,7 +148,7 @@ static __global__ void __launch_bounds__(DEC_THREADS)
                        const int32_t *__restrict__ seq_start,
                        const int32_t *__restrict__ block_tables, int max_blocks, int n_seqs,
                        int n_heads, int n_kv_heads, int hd, int bs_shift, int n_sub,
-                       int n_splits, int chunk, float scale_log2) {
+                       int n_splits, int chunk, float scale_log2, int window) {
     constexpr int TPW = 32 / LANES;      // lane-groups (rows in flight) per warp
     constexpr int NTG = DEC_WARPS * TPW; // lane-groups per CTA
     constexpr int EPL = NCH * VEC;       // elements per lane
@@ -164,6 +164,8 @@ static __global__ void __launch_bounds__(DEC_THREADS)
     const int t_begin = split * chunk;
     if (t_begin >= ctx) return; // past this sequence's end
     const int t_end = split == n_splits - 1 ? ctx : min(ctx, t_begin + chunk);
+    // sliding window: positions before t_lo are masked (window 0: none)
+    const int t_lo = window > 0 && ctx > window ? ctx - window : 0;
 
     const int group = n_heads / n_kv_heads;
     const int kvh = blockIdx.y / n_sub, sub = blockIdx.y % n_sub;
@@ -175,6 +177,19 @@ static __global__ void __launch_bounds__(DEC_THREADS)
     const size_t blk_stride = (size_t)n_kv_heads << bs_shift; // rows per cache block
     const size_t head_row0 = (size_t)kvh << bs_shift;
     const int32_t *bt = block_tables + (size_t)s * max_blocks;
+
+    if (t_end <= t_lo) {
+        // A split wholly outside the window (only when n_splits > 1: the last
+        // split ends at ctx > t_lo) leaves an empty partial for the reduce.
+        const size_t n_entries = (size_t)n_seqs * n_heads * n_splits;
+        for (int idx = threadIdx.x; idx < gvalid * hd; idx += DEC_THREADS) {
+            const int g = idx / hd, d = idx - g * hd;
+            const size_t e = ((size_t)s * n_heads + h0 + g) * n_splits + split;
+            ws[2 * n_entries + e * hd + d] = 0.f;
+            if (d == 0) ws[2 * e] = -INFINITY, ws[2 * e + 1] = 0.f;
+        }
+        return;
+    }
 
     // this lane's slice of q for each head, pre-scaled by scale*log2(e)
     float q[GB][EPL];
@@ -205,13 +220,15 @@ static __global__ void __launch_bounds__(DEC_THREADS)
 
     // Iterations are uniform across the warp (shuffles inside): a lane-group
     // whose position is past t_end loads nothing and scores -inf.
-    for (int base = t_begin; base < t_end; base += U * NTG) {
+    int first = t_begin; // skip whole iterations below the window
+    if (t_lo > t_begin) first = t_begin + (t_lo - t_begin) / (U * NTG) * (U * NTG);
+    for (int base = first; base < t_end; base += U * NTG) {
         uint32_t kw[U][NCH][VEC / 2], vw[U][NCH][VEC / 2];
         bool valid[U];
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int t = base + u * NTG + tgid;
-            valid[u] = t < t_end;
+            valid[u] = t < t_end && t >= t_lo;
 #pragma unroll
             for (int c = 0; c < NCH; c++)
 #pragma unroll
@@ -392,7 +409,7 @@ static __global__ void __launch_bounds__(PF_THREADS)
                         const int32_t *__restrict__ seq_start,
                         const int32_t *__restrict__ block_tables, int max_blocks, int n_tokens,
                         int n_seqs, int n_heads, int n_kv_heads, int hd, int bs_shift,
-                        float scale_log2, int v16) {
+                        float scale_log2, int v16, int window) {
     constexpr int LDS = HDP + 8;     // +16 bytes: ldmatrix rows hit distinct banks
     constexpr int KSTEPS = HDP / 16; // k-steps of Q.K^T over head_dim
     constexpr int NT_S = PF_BN / 8;  // n8 tiles of S (key positions)
@@ -527,14 +544,15 @@ static __global__ void __launch_bounds__(PF_THREADS)
                         mma_16816(sc[2 * np + 1], qf[ks], b[2], b[3]);
                     }
                 // causal mask by absolute position (rows outside the segment: pos -1)
-                if (k0 + PF_BN - 1 > pmin) {
+                // and, with a sliding window, keys at or before pos - window
+                if (k0 + PF_BN - 1 > pmin || (window > 0 && k0 <= wmax - window)) {
 #pragma unroll
                     for (int j = 0; j < NT_S; j++)
 #pragma unroll
                         for (int e = 0; e < 2; e++) {
                             const int t = k0 + j * 8 + (lane & 3) * 2 + e;
-                            if (t > pA) sc[j][e] = -INFINITY;
-                            if (t > pB) sc[j][2 + e] = -INFINITY;
+                            if (t > pA || (window > 0 && t <= pA - window)) sc[j][e] = -INFINITY;
+                            if (t > pB || (window > 0 && t <= pB - window)) sc[j][2 + e] = -INFINITY;
                         }
                 }
                 // online softmax for the thread's two rows (A: e 0-1, B: e 2-3)
@@ -636,10 +654,11 @@ static void launch_decode_hd(int gb, dim3 grid, bf16 *out, float *ws, const bf16
                              const bf16 *kc, const bf16 *vc, const int32_t *pos,
                              const int32_t *seq_start, const int32_t *bt, int max_blocks,
                              int n_seqs, int n_heads, int n_kv_heads, int hd, int bs_shift,
-                             int n_sub, int n_splits, int chunk, float sl2, cudaStream_t st) {
+                             int n_sub, int n_splits, int chunk, float sl2, int window,
+                             cudaStream_t st) {
 #define DEC_ARGS                                                                             \
     out, ws, qkv, kc, vc, pos, seq_start, bt, max_blocks, n_seqs, n_heads, n_kv_heads, hd,   \
-        bs_shift, n_sub, n_splits, chunk, sl2
+        bs_shift, n_sub, n_splits, chunk, sl2, window
     switch (gb) {
     case 1: attn_decode_kernel<LANES, VEC, NCH, 1, U><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
     case 2: attn_decode_kernel<LANES, VEC, NCH, 2, U><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
@@ -654,7 +673,7 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const bf16 *kc,
                           const int32_t *pos, const int32_t *seq_start, const int32_t *bt,
                           int max_blocks, int n_seqs, int max_kv_len, int n_heads,
                           int n_kv_heads, int hd, int bs_shift, float sl2, bool v16,
-                          cudaStream_t st) {
+                          int window, cudaStream_t st) {
     const int group = n_heads / n_kv_heads;
     // query heads per CTA: the group rounded up to 1, 2, 4 or 8 (groups above 8 take several CTAs)
     const int gbp = group > 4 ? 8 : group > 2 ? 4 : group;
@@ -667,16 +686,16 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const bf16 *kc,
     if (hd == 128 && v16)
         launch_decode_hd<16, 8, 1, 4>(gbp, grid, out, ws, qkv, kc, vc, pos, seq_start, bt,
                                       max_blocks, n_seqs, n_heads, n_kv_heads, hd, bs_shift,
-                                      n_sub, n_splits, chunk, sl2, st);
+                                      n_sub, n_splits, chunk, sl2, window, st);
     else if (hd == 64 && v16)
         launch_decode_hd<8, 8, 1, 4>(gbp, grid, out, ws, qkv, kc, vc, pos, seq_start, bt,
                                      max_blocks, n_seqs, n_heads, n_kv_heads, hd, bs_shift,
-                                     n_sub, n_splits, chunk, sl2, st);
+                                     n_sub, n_splits, chunk, sl2, window, st);
     else
         launch_decode_hd<32, 2, ATT_MAX_HD / 64, 2>(gbp, grid, out, ws, qkv, kc, vc, pos,
                                                     seq_start, bt, max_blocks, n_seqs, n_heads,
                                                     n_kv_heads, hd, bs_shift, n_sub, n_splits,
-                                                    chunk, sl2, st);
+                                                    chunk, sl2, window, st);
     if (n_splits > 1) {
         attn_decode_reduce_kernel<<<dim3(n_heads, n_seqs), DEC_REDUCE_THREADS, 0, st>>>(
             out, ws, pos, seq_start, n_seqs, n_heads, hd, n_splits, chunk);
@@ -689,7 +708,8 @@ static void launch_prefill_hdp(bf16 *out, const bf16 *qkv, const bf16 *kc, const
                                const int32_t *pos, const int32_t *seq_of,
                                const int32_t *seq_start, const int32_t *bt, int max_blocks,
                                int n_tokens, int n_seqs, int n_heads, int n_kv_heads, int hd,
-                               int bs_shift, float sl2, bool v16, cudaStream_t st) {
+                               int bs_shift, float sl2, bool v16, int window,
+                               cudaStream_t st) {
     const size_t smem = (size_t)(PF_BM + 4 * PF_BN) * (HDP + 8) * sizeof(bf16);
     static bool attr_set = false; // once per instantiation (not a stream operation)
     if (!attr_set) {
@@ -700,7 +720,7 @@ static void launch_prefill_hdp(bf16 *out, const bf16 *qkv, const bf16 *kc, const
     dim3 grid(n_heads, ceil_div(n_tokens, PF_BM));
     attn_prefill_kernel<HDP><<<grid, PF_THREADS, smem, st>>>(
         out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,
-        n_kv_heads, hd, bs_shift, sl2, v16 ? 1 : 0);
+        n_kv_heads, hd, bs_shift, sl2, v16 ? 1 : 0, window);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -708,10 +728,10 @@ static void launch_prefill(bf16 *out, const bf16 *qkv, const bf16 *kc, const bf1
                            const int32_t *pos, const int32_t *seq_of, const int32_t *seq_start,
                            const int32_t *bt, int max_blocks, int n_tokens, int n_seqs,
                            int n_heads, int n_kv_heads, int hd, int bs_shift, float sl2,
-                           bool v16, cudaStream_t st) {
+                           bool v16, int window, cudaStream_t st) {
 #define PF_ARGS                                                                              \
     out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,     \
-        n_kv_heads, hd, bs_shift, sl2, v16, st
+        n_kv_heads, hd, bs_shift, sl2, v16, window, st
     if (hd <= 32) launch_prefill_hdp<32>(PF_ARGS);
     else if (hd <= 64) launch_prefill_hdp<64>(PF_ARGS);
     else if (hd <= 96) launch_prefill_hdp<96>(PF_ARGS);
@@ -746,6 +766,17 @@ extern "C" void cuda_paged_attention(sl_bf16 *out, const sl_bf16 *qkv, const sl_
                                      int max_blocks, int n_tokens, int n_seqs, int max_kv_len,
                                      int n_heads, int n_kv_heads, int head_dim, int block_size,
                                      float scale, void *workspace, cudaStream_t stream) {
+    cuda_paged_attention_window(out, qkv, k_cache, v_cache, pos, seq_of, seq_start, kv_len,
+                                block_tables, max_blocks, n_tokens, n_seqs, max_kv_len, n_heads,
+                                n_kv_heads, head_dim, block_size, scale, 0, workspace, stream);
+}
+
+extern "C" void cuda_paged_attention_window(
+    sl_bf16 *out, const sl_bf16 *qkv, const sl_bf16 *k_cache, const sl_bf16 *v_cache,
+    const int32_t *pos, const int32_t *seq_of, const int32_t *seq_start, const int32_t *kv_len,
+    const int32_t *block_tables, int max_blocks, int n_tokens, int n_seqs, int max_kv_len,
+    int n_heads, int n_kv_heads, int head_dim, int block_size, float scale, int window,
+    void *workspace, cudaStream_t stream) {
     (void)kv_len; // each row's context is pos[i] + 1, as in cpu_paged_attention
     if (n_tokens <= 0 || n_seqs <= 0) return;
     SL_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0);
@@ -766,9 +797,9 @@ extern "C" void cuda_paged_attention(sl_bf16 *out, const sl_bf16 *qkv, const sl_
     // has exactly one unless a single sequence holds all the rows.
     if (n_tokens > n_seqs)
         launch_prefill(o, q, kc, vc, pos, seq_of, seq_start, block_tables, max_blocks, n_tokens,
-                       n_seqs, n_heads, n_kv_heads, head_dim, bs_shift, sl2, v16, stream);
+                       n_seqs, n_heads, n_kv_heads, head_dim, bs_shift, sl2, v16, window, stream);
     if (!(n_seqs == 1 && n_tokens > 1))
         launch_decode(o, reinterpret_cast<float *>(workspace), q, kc, vc, pos, seq_start,
                       block_tables, max_blocks, n_seqs, max_kv_len, n_heads, n_kv_heads,
-                      head_dim, bs_shift, sl2, v16, stream);
+                      head_dim, bs_shift, sl2, v16, window, stream);
 }
