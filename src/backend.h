@@ -44,6 +44,7 @@ typedef struct {
     int block_size;                    // tokens per KV block
     float scale;                       // softmax scale, 1/sqrt(head_dim)
     int rotary_dim;       // leading dims of each head that rotate (0: head_dim)
+    int no_rotary;        // nothing rotates (learned positions); k, v are only cached
     int rope_interleaved; // GPT-J pairs (2i, 2i+1) instead of rotate_half's halves
     int window;           // sliding window: attend to the last `window` positions; 0 = all
 } AttnShape;

@@ -94,7 +94,7 @@ static void cpu_linear_op(Backend *be, void *y, const void *x, const LinearWeigh
 
 static void cpu_rope_kv_write_op(Backend *be, void *qkv, void *k_cache, void *v_cache,
                                  const Batch *b, const void *inv_freq, const AttnShape *s) {
-    int rd = s->rotary_dim > 0 ? s->rotary_dim : s->head_dim;
+    int rd = s->no_rotary ? 0 : s->rotary_dim > 0 ? s->rotary_dim : s->head_dim;
     cpu_rope_kv_write_ex(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
                          s->n_heads, s->n_kv_heads, s->head_dim, s->block_size, rd,
                          s->rope_interleaved);

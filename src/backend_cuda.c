@@ -357,8 +357,8 @@ static void cuda_linear_op(Backend *be, void *y, const void *x, const LinearWeig
 static void cuda_rope_kv_write_op(Backend *be, void *qkv, void *k_cache, void *v_cache,
                                   const Batch *b, const void *inv_freq, const AttnShape *s) {
     if (b->n_tokens <= 0) return;
-    int rd = s->rotary_dim > 0 ? s->rotary_dim : s->head_dim;
-    if (rd != s->head_dim || s->rope_interleaved) // partial / GPT-J rotary
+    int rd = s->no_rotary ? 0 : s->rotary_dim > 0 ? s->rotary_dim : s->head_dim;
+    if (rd != s->head_dim || s->rope_interleaved) // partial / GPT-J / no rotary
         cuda_rope_kv_write_ex(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
                               s->n_heads, s->n_kv_heads, s->head_dim, s->block_size, rd,
                               s->rope_interleaved, impl_of(be)->stream);

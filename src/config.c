@@ -237,14 +237,41 @@ int config_parse(ModelConfig *c, const char *json, const char *gen_json, const c
         goto fail;
     }
     const char *arch = json_string_value(json_array_get(archs, 0));
-    const ArchFamily *fam = arch_find(arch);
+    // the family's row: the first whose match_key (if any) agrees with the config
+    const ArchFamily *fam = NULL;
+    for (int k = 0; !fam; k++) {
+        const ArchFamily *f = arch_find(arch, k);
+        if (!f) break;
+        int v = f->match_default;
+        if (f->match_key && cfg_bool(root, f->match_key, &v, path, err)) goto fail;
+        if (!f->match_key || v == f->match_value) fam = f;
+    }
     if (!fam) {
         sl_errf(err, "%s: unsupported architecture '%s' (supported: %s)", path, arch,
                 arch_supported());
         goto fail;
     }
     c->family = fam;
-    c->arch = (ArchKind)(fam - arch_find("LlamaForCausalLM"));
+    c->arch = (ArchKind)fam->kind;
+    if (fam->refuse_key) {
+        int on = 0;
+        if (cfg_bool(root, fam->refuse_key, &on, path, err)) goto fail;
+        if (on) {
+            sl_errf(err, "%s: %s with '%s' true is not supported", path, arch, fam->refuse_key);
+            goto fail;
+        }
+    }
+    // the family's own spellings of Llama's keys (n_embd -> hidden_size, ...)
+    for (int i = 0; i < 8 && fam->aliases[i][0]; i++) {
+        json_t *v = cfg_get(root, fam->aliases[i][0]);
+        if (v && !cfg_get(root, fam->aliases[i][1])) json_object_set(root, fam->aliases[i][1], v);
+    }
+    if (fam->inter_mult && !cfg_get(root, "intermediate_size")) {
+        json_t *h = cfg_get(root, "hidden_size");
+        if (json_is_integer(h))
+            json_object_set_new(root, "intermediate_size",
+                                json_integer(json_integer_value(h) * fam->inter_mult));
+    }
     snprintf(c->architecture, sizeof c->architecture, "%s", arch);
     if (cfg_str(root, "", "model_type", c->model_type, sizeof c->model_type, path, err))
         goto fail;
@@ -260,6 +287,7 @@ int config_parse(ModelConfig *c, const char *json, const char *gen_json, const c
     // shapes with defaults
     c->n_kv_heads = c->n_heads;
     if (cfg_int(root, "", "num_key_value_heads", 0, 1, &c->n_kv_heads, path, err)) goto fail;
+    if (fam->one_kv_head) c->n_kv_heads = 1; // multi-query layout (Falcon-7B)
     if (c->n_heads % c->n_kv_heads != 0) {
         sl_errf(err,
                 "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
@@ -298,6 +326,13 @@ int config_parse(ModelConfig *c, const char *json, const char *gen_json, const c
     c->qkv_bias = fam->qkv_bias;
     c->o_bias = fam->o_bias;
     if (cfg_bool(root, "tie_word_embeddings", &c->tie_embeddings, path, err)) goto fail;
+    if (fam->bias_key) {
+        int on = 0;
+        if (cfg_bool(root, fam->bias_key, &on, path, err)) goto fail;
+        c->attn_bias = c->qkv_bias = c->o_bias = c->mlp_bias = on;
+    }
+    c->head_bias = fam->head_bias;
+    c->no_rotary = fam->no_rotary;
     if (fam->bias_from_config) {
         c->attn_bias = fam->qkv_bias;
         if (cfg_bool(root, "attention_bias", &c->attn_bias, path, err) ||
@@ -313,8 +348,7 @@ int config_parse(ModelConfig *c, const char *json, const char *gen_json, const c
     c->gated = fam->gated;
     c->parallel_residual = fam->parallel_residual;
     c->shared_norm = fam->shared_norm;
-    if (fam->parallel_key &&
-        cfg_bool(root, "use_parallel_residual", &c->parallel_residual, path, err))
+    if (fam->parallel_key && cfg_bool(root, fam->parallel_key, &c->parallel_residual, path, err))
         goto fail;
     c->rope_interleaved = fam->rope_interleaved;
 
@@ -413,12 +447,20 @@ int config_parse(ModelConfig *c, const char *json, const char *gen_json, const c
             goto fail;
         }
         c->rotary_dim = (int)((float)c->head_dim * frac); // as HF: int(head_dim * factor)
+        // GPT-J gives it in dims
+        if (cfg_int(root, "", "rotary_dim", 0, 1, &c->rotary_dim, path, err)) goto fail;
+        if (c->rotary_dim > c->head_dim) {
+            sl_errf(err, "%s: rotary_dim %d exceeds the head dimension %d", path, c->rotary_dim,
+                    c->head_dim);
+            goto fail;
+        }
     }
-    if (c->rotary_dim == c->head_dim && c->head_dim % 2) { // rotary rotates pairs
+    if (c->no_rotary) {
+        c->rotary_dim = 0; // learned positions: nothing rotates
+    } else if (c->rotary_dim == c->head_dim && c->head_dim % 2) { // rotary rotates pairs
         sl_errf(err, "%s: head_dim %d is odd; rotary embeddings need it even", path, c->head_dim);
         goto fail;
-    }
-    if (c->rotary_dim % 2 || c->rotary_dim <= 0) {
+    } else if (c->rotary_dim % 2 || c->rotary_dim <= 0) {
         sl_errf(err, "%s: rotary dimension %d (head_dim %d) is not a positive even number", path,
                 c->rotary_dim, c->head_dim);
         goto fail;

@@ -19,7 +19,7 @@ typedef enum {
     ROPE_LLAMA3,  // llama3 frequency-dependent scaling
 } RopeType;
 
-// Index of the family in arch.c's table (same order).
+// The family (ArchFamily.kind in arch.c).
 typedef enum {
     ARCH_LLAMA = 0, // LlamaForCausalLM
     ARCH_QWEN2,     // Qwen2ForCausalLM
@@ -27,6 +27,9 @@ typedef enum {
     ARCH_PHI3,      // Phi3ForCausalLM
     ARCH_GEMMA,     // GemmaForCausalLM
     ARCH_GPT_NEOX,  // GPTNeoXForCausalLM
+    ARCH_GPTJ,      // GPTJForCausalLM
+    ARCH_GPT2,      // GPT2LMHeadModel
+    ARCH_FALCON,    // FalconForCausalLM (7B multi-query and 40B/180B layouts)
 } ArchKind;
 
 typedef struct {
@@ -61,6 +64,8 @@ typedef struct {
     int rotary_dim;     // dims of each head that rotate (head_dim unless partial)
     int rope_interleaved; // GPT-J pairs (2i, 2i+1) instead of (i, i + rotary_dim/2)
     int sliding_window; // attend to at most this many latest positions; 0 = all
+    int no_rotary;      // no rotary embedding (learned positions: GPT-2)
+    int head_bias;      // the LM head has a bias (GPT-J)
 
     // rotary embedding
     RopeType rope_type;

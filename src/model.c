@@ -45,10 +45,45 @@ static int load_vec(const st_file *st, const char *name, int64_t n, int64_t firs
 
 // Name of layer l's tensor: "<layer_prefix><l>.<name><suffix>" (the
 // family's prefix, e.g. "model.layers.").
-static const char *lname(const Model *m, char *buf, size_t n, int l, const char *name,
-                         const char *suffix) {
-    snprintf(buf, n, "%s%d.%s%s", m->cfg.family->layer_prefix, l, name, suffix);
+// Tensor names are the family's (arch.c); some checkpoints of a family omit
+// its opt_prefix ("transformer." in GPT-2's), so a name that is not there is
+// tried without it. Returns buf.
+static const char *tname(const Model *m, const st_file *st, char *buf, size_t n,
+                         const char *name, const char *suffix) {
+    const char *pfx = m->cfg.family->opt_prefix;
+    size_t pl = pfx ? strlen(pfx) : 0;
+    snprintf(buf, n, "%s%s", name, suffix);
+    if (!pl || strncmp(name, pfx, pl) != 0) return buf;
+    // a norm's base name ("" suffix) is probed through its weight
+    char probe[256];
+    snprintf(probe, sizeof probe, "%s%s", name, suffix[0] ? suffix : ".weight");
+    if (!st_find(st, probe) && st_find(st, probe + pl)) snprintf(buf, n, "%s%s", name + pl, suffix);
     return buf;
+}
+
+static const char *lname(const Model *m, const st_file *st, char *buf, size_t n, int l,
+                         const char *name, const char *suffix) {
+    char base[200];
+    snprintf(base, sizeof base, "%s%d.%s", m->cfg.family->layer_prefix, l, name);
+    return tname(m, st, buf, n, base, suffix);
+}
+
+// load_slice in the (out, in) coordinates of a linear layer, for families
+// that store it transposed as (in, out) (GPT-2's Conv1D): rows [r0, r0+nr)
+// are output features, columns [c0, c0+nc) input features either way.
+static int load_w(const Model *m, const st_file *st, const char *name, int64_t R, int64_t C,
+                  int64_t r0, int64_t nr, int64_t c0, int64_t nc, float *dst, sl_err *err) {
+    if (!m->cfg.family->transposed) return load_slice(st, name, R, C, r0, nr, c0, nc, dst, err);
+    const st_tensor *t;
+    int64_t shape[2] = {C, R};
+    if (st_expect(st, name, 2, shape, &t, err)) return -1;
+    float *row = sl_malloc(sizeof(float) * (nr > 0 ? nr : 1));
+    for (int64_t c = 0; c < nc; c++) {
+        st_to_f32(t, (c0 + c) * R + r0, nr, row);
+        for (int64_t r = 0; r < nr; r++) dst[r * nc + c] = row[r];
+    }
+    free(row);
+    return 0;
 }
 
 // A norm's weight (+ the family's offset, Gemma's 1 + w) and, for LayerNorm,
@@ -76,9 +111,10 @@ static int load_norm(Model *m, const st_file *st, const char *base, void **w, vo
 static int load_rows(Model *m, const st_file *st, int l, const char *name, int64_t R, int64_t C,
                      int64_t r0, int64_t nr, float *dst, float *bias_dst, sl_err *err) {
     char nm[256];
-    if (load_slice(st, lname(m, nm, sizeof nm, l, name, ".weight"), R, C, r0, nr, 0, C, dst, err))
+    if (load_w(m, st, lname(m, st, nm, sizeof nm, l, name, ".weight"), R, C, r0, nr, 0, C, dst,
+               err))
         return -1;
-    if (bias_dst && load_vec(st, lname(m, nm, sizeof nm, l, name, ".bias"), R, r0, nr, bias_dst,
+    if (bias_dst && load_vec(st, lname(m, st, nm, sizeof nm, l, name, ".bias"), R, r0, nr, bias_dst,
                              err))
         return -1;
     return 0;
@@ -86,7 +122,9 @@ static int load_rows(Model *m, const st_file *st, int l, const char *name, int64
 
 // This rank's q, k, v rows in sluice's fused order [q heads | k heads | v heads]
 // from the family's layout: separate tensors, one fused tensor of the same
-// order (Phi-3), or one tensor of per-head [q k v] groups (GPT-NeoX).
+// order (Phi-3, GPT-2, Falcon-7B), one tensor of per-head [q k v] groups
+// (GPT-NeoX), or of per-kv-group [q.. k v] (Falcon-40B/180B). Fused tensors
+// are sliced per head, so any rank's heads come from any layout.
 static int load_qkv(Model *m, const st_file *st, int l, float *tmp, float *tmp_bias,
                     sl_err *err) {
     const ModelConfig *c = &m->cfg;
@@ -101,29 +139,37 @@ static int load_qkv(Model *m, const st_file *st, int l, float *tmp, float *tmp_b
     int64_t q_all = (int64_t)c->n_heads * hd, kv_all = (int64_t)c->n_kv_heads * hd;
     float *bias = c->qkv_bias ? tmp_bias : NULL;
     int64_t row = 0;
-    if (f->qkv_layout == QKV_PER_HEAD) {
-        // (n_heads, 3, head_dim) rows; MHA only (checked in model_new)
-        int64_t total = 3 * q_all;
-        for (int p = 0; p < 3; p++)
-            for (int h = 0; h < nh; h++, row += hd) {
-                int64_t r0 = ((int64_t)(r * nh + h) * 3 + p) * hd;
+    if (f->qkv_layout != QKV_SPLIT) {
+        // one fused tensor: first row of each global q head h / kv head g
+        int64_t NH = c->n_heads, NKV = c->n_kv_heads, G = NH / NKV, total = q_all + 2 * kv_all;
+        for (int p = 0; p < 3; p++) {
+            int heads = p == 0 ? nh : nkv;
+            for (int i = 0; i < heads; i++, row += hd) {
+                int64_t h = p == 0 ? (int64_t)r * nh + i : kv_first + i, r0;
+                switch (f->qkv_layout) {
+                case QKV_PER_HEAD: r0 = (3 * h + p) * hd; break; // [h: q k v]
+                case QKV_GROUPED: // [g: G q heads, k, v]
+                    r0 = (p == 0 ? (h / G) * (G + 2) + h % G : h * (G + 2) + G + (p - 1)) * hd;
+                    break;
+                default: // QKV_FUSED: [q heads | k heads | v heads]
+                    r0 = (p == 0 ? h : NH + (p - 1) * NKV + h) * hd;
+                    break;
+                }
                 if (load_rows(m, st, l, f->qkv, total, dim, r0, hd, tmp + row * dim,
                               bias ? bias + row : NULL, err))
                     return -1;
             }
+        }
         return 0;
     }
-    struct { const char *name; int heads, first; int64_t base, total; } parts[3] = {
-        {f->q, nh, r * nh, 0, q_all},
-        {f->k, nkv, kv_first, q_all, kv_all},
-        {f->v, nkv, kv_first, q_all + kv_all, kv_all},
+    struct { const char *name; int heads, first; int64_t total; } parts[3] = {
+        {f->q, nh, r * nh, q_all},
+        {f->k, nkv, kv_first, kv_all},
+        {f->v, nkv, kv_first, kv_all},
     };
     for (int p = 0; p < 3; p++) {
         int64_t rows = (int64_t)parts[p].heads * hd, r0 = (int64_t)parts[p].first * hd;
-        int fused = f->qkv_layout == QKV_FUSED;
-        if (load_rows(m, st, l, fused ? f->qkv : parts[p].name,
-                      fused ? q_all + 2 * kv_all : parts[p].total, dim,
-                      (fused ? parts[p].base : 0) + r0, rows, tmp + row * dim,
+        if (load_rows(m, st, l, parts[p].name, parts[p].total, dim, r0, rows, tmp + row * dim,
                       bias ? bias + row : NULL, err))
             return -1;
         row += rows;
@@ -143,11 +189,11 @@ static int load_layer(Model *m, const st_file *st, int l, float *tmp, float *tmp
     char nm[256];
 
     // norms (a parallel layout with one shared norm has no second one)
-    if (load_norm(m, st, lname(m, nm, sizeof nm, l, f->attn_norm, ""), &L->attn_norm,
+    if (load_norm(m, st, lname(m, st, nm, sizeof nm, l, f->attn_norm, ""), &L->attn_norm,
                   &L->attn_norm_b, tmp, err))
         return -1;
     if (!(c->parallel_residual && c->shared_norm) &&
-        load_norm(m, st, lname(m, nm, sizeof nm, l, f->ffn_norm, ""), &L->ffn_norm,
+        load_norm(m, st, lname(m, st, nm, sizeof nm, l, f->ffn_norm, ""), &L->ffn_norm,
                   &L->ffn_norm_b, tmp, err))
         return -1;
 
@@ -159,11 +205,11 @@ static int load_layer(Model *m, const st_file *st, int l, float *tmp, float *tmp
 
     // o: this rank's input columns; its bias is added once (rank 0)
     int64_t q_all = (int64_t)c->n_heads * hd, q_loc = (int64_t)nh * hd;
-    if (load_slice(st, lname(m, nm, sizeof nm, l, f->o, ".weight"), dim, q_all, 0, dim,
+    if (load_w(m, st, lname(m, st, nm, sizeof nm, l, f->o, ".weight"), dim, q_all, 0, dim,
                    (int64_t)r * q_loc, q_loc, tmp, err))
         return -1;
     int o_bias = c->o_bias && r == 0;
-    if (o_bias && load_vec(st, lname(m, nm, sizeof nm, l, f->o, ".bias"), dim, 0, dim, tmp_bias,
+    if (o_bias && load_vec(st, lname(m, st, nm, sizeof nm, l, f->o, ".bias"), dim, 0, dim, tmp_bias,
                            err))
         return -1;
     if (be->load_linear(be, &L->wo, tmp, o_bias ? tmp_bias : NULL, dim, (int)q_loc, err))
@@ -184,11 +230,11 @@ static int load_layer(Model *m, const st_file *st, int l, float *tmp, float *tmp
     if (be->load_linear(be, &L->wgu, tmp, mb, n_parts * hid, dim, err)) return -1;
 
     // down: this rank's input columns
-    if (load_slice(st, lname(m, nm, sizeof nm, l, f->down, ".weight"), dim, c->hidden_dim, 0,
+    if (load_w(m, st, lname(m, st, nm, sizeof nm, l, f->down, ".weight"), dim, c->hidden_dim, 0,
                    dim, (int64_t)r * hid, hid, tmp, err))
         return -1;
     int d_bias = c->mlp_bias && r == 0;
-    if (d_bias && load_vec(st, lname(m, nm, sizeof nm, l, f->down, ".bias"), dim, 0, dim,
+    if (d_bias && load_vec(st, lname(m, st, nm, sizeof nm, l, f->down, ".bias"), dim, 0, dim,
                            tmp_bias, err))
         return -1;
     return be->load_linear(be, &L->wdown, tmp, d_bias ? tmp_bias : NULL, dim, hid, err);
@@ -212,7 +258,8 @@ static Model *model_new(const ModelConfig *cfg, Backend *be, const ModelOptions 
                 tp, cfg->n_heads, cfg->n_kv_heads, cfg->hidden_dim);
         return NULL;
     }
-    if (cfg->head_dim % 2 && (cfg->rotary_dim == 0 || cfg->rotary_dim == cfg->head_dim)) {
+    if (!cfg->no_rotary && cfg->head_dim % 2 &&
+        (cfg->rotary_dim == 0 || cfg->rotary_dim == cfg->head_dim)) {
         sl_errf(err, "config.json: head_dim %d is odd; rotary embeddings need it even",
                 cfg->head_dim);
         return NULL;
@@ -237,7 +284,8 @@ static Model *model_new(const ModelConfig *cfg, Backend *be, const ModelOptions 
     m->attn.n_kv_heads = cfg->n_kv_heads >= tp ? cfg->n_kv_heads / tp : 1;
     m->attn.head_dim = cfg->head_dim;
     m->attn.scale = 1.0f / sqrtf((float)cfg->head_dim);
-    m->attn.rotary_dim = cfg->rotary_dim > 0 ? cfg->rotary_dim : cfg->head_dim;
+    m->attn.rotary_dim = cfg->no_rotary ? 0 : cfg->rotary_dim > 0 ? cfg->rotary_dim : cfg->head_dim;
+    m->attn.no_rotary = cfg->no_rotary;
     m->attn.rope_interleaved = cfg->rope_interleaved;
     m->attn.window = cfg->sliding_window;
     m->hidden_local = cfg->hidden_dim / tp;
@@ -296,8 +344,8 @@ int model_load_from(Model **out, const ModelConfig *cfg, const st_file *st, Back
     // embeddings, final norm, head
     const ArchFamily *f = cfg->family;
     char embed_name[128], head_name[128], norm_name[128];
-    snprintf(embed_name, sizeof embed_name, "%s.weight", f->embed);
-    snprintf(head_name, sizeof head_name, "%s.weight", f->lm_head);
+    tname(m, st, embed_name, sizeof embed_name, f->embed, ".weight");
+    tname(m, st, head_name, sizeof head_name, f->lm_head, ".weight");
     if (load_slice(st, embed_name, cfg->vocab_size, dim, 0, cfg->vocab_size, 0, dim, tmp, err))
         goto fail;
     if (cfg->embed_scale != 0.0f) { // Gemma: the lookup is scaled, a tied head is not
@@ -320,8 +368,27 @@ int model_load_from(Model **out, const ModelConfig *cfg, const st_file *st, Back
         goto fail;
     }
     if (load_slice(st, head, cfg->vocab_size, dim, 0, cfg->vocab_size, 0, dim, tmp, err)) goto fail;
-    if (be->load_linear(be, &m->lm_head, tmp, NULL, cfg->vocab_size, dim, err)) goto fail;
-    snprintf(norm_name, sizeof norm_name, "%s", f->final_norm);
+    float *head_b = NULL;
+    if (cfg->head_bias) { // GPT-J: lm_head.bias (vocab)
+        char hb[128];
+        tname(m, st, hb, sizeof hb, f->lm_head, ".bias");
+        head_b = sl_malloc(sizeof(float) * cfg->vocab_size);
+        if (load_vec(st, hb, cfg->vocab_size, 0, cfg->vocab_size, head_b, err)) {
+            free(head_b);
+            goto fail;
+        }
+    }
+    int hrc = be->load_linear(be, &m->lm_head, tmp, head_b, cfg->vocab_size, dim, err);
+    free(head_b);
+    if (hrc) goto fail;
+    if (f->pos_embed) { // learned positions (GPT-2): (max_position_embeddings, hidden)
+        char pn[128];
+        tname(m, st, pn, sizeof pn, f->pos_embed, ".weight");
+        if (load_slice(st, pn, cfg->max_seq_len, dim, 0, cfg->max_seq_len, 0, dim, tmp, err))
+            goto fail;
+        m->pos_embed = be->upload_table(be, tmp, cfg->max_seq_len, dim);
+    }
+    tname(m, st, norm_name, sizeof norm_name, f->final_norm, "");
     if (load_norm(m, st, norm_name, &m->final_norm, &m->final_norm_b, tmp, err)) goto fail;
 
     for (int l = 0; l < cfg->n_layers; l++)
@@ -372,6 +439,11 @@ int model_init_random(Model **out, const ModelConfig *cfg, Backend *be, const Mo
     m->embed = be->alloc(be, emb * be->act_bytes);
     be->fill_normal(be, m->embed, emb, be->act_bytes == 4, k++, 0.0f, 1.0f);
     random_linear(m, &m->lm_head, cfg->vocab_size, dim, k++);
+    if (cfg->family && cfg->family->pos_embed) {
+        size_t pe = (size_t)cfg->max_seq_len * dim;
+        m->pos_embed = be->alloc(be, pe * be->act_bytes);
+        be->fill_normal(be, m->pos_embed, pe, be->act_bytes == 4, k++, 0.0f, 0.02f);
+    }
     m->final_norm = unit_vector(m, dim, tmp);
     m->final_norm_b = zero_bias(m, dim, tmp);
     for (int l = 0; l < cfg->n_layers; l++) {
@@ -415,7 +487,7 @@ static void free_linear(Backend *be, LinearWeight *w) {
 void model_free(Model *m) {
     if (!m) return;
     Backend *be = m->be;
-    void *bufs[] = {m->embed, m->final_norm, m->final_norm_b, m->inv_freq, m->k_cache,
+    void *bufs[] = {m->embed, m->pos_embed, m->final_norm, m->final_norm_b, m->inv_freq, m->k_cache,
                     m->v_cache, m->x, m->h, m->qkv, m->att, m->o, m->gu, m->act, m->xl,
                     m->hl, m->h2, m->o2};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -518,6 +590,12 @@ static int forward_body(Model *m, const Batch *hb) {
     const Batch *b = be->set_batch(be, hb);
 
     be->embed(be, m->x, m->embed, b, dim);
+    if (m->pos_embed) { // learned positions: x += pos_embed[pos] (a lookup keyed by position)
+        Batch pb = *b;
+        pb.tokens = b->pos;
+        be->embed(be, m->h, m->pos_embed, &pb, dim);
+        be->add(be, m->x, m->h, (size_t)n * dim);
+    }
     for (int l = 0; l < c->n_layers; l++) {
         LayerWeights *L = &m->layers[l];
         void *kc = layer_kv(m, m->k_cache, l), *vc = layer_kv(m, m->v_cache, l);

@@ -44,6 +44,7 @@ typedef struct {
 
     // weights (backend memory)
     void *embed;        // (vocab, dim) activation dtype
+    void *pos_embed;    // (max_seq_len, dim) learned positions (GPT-2), or NULL
     LayerWeights *layers; // (n_layers)
     void *final_norm;   // (dim) fp32
     void *final_norm_b; // (dim) fp32 LayerNorm bias, or NULL

@@ -317,6 +317,10 @@ static void test_zoo_phi3(void) { check_fixture("tests/golden/zoo-phi3"); }
 static void test_zoo_gemma(void) { check_fixture("tests/golden/zoo-gemma"); }
 static void test_zoo_neox(void) { check_fixture("tests/golden/zoo-gpt-neox"); }
 static void test_zoo_neox_seq(void) { check_fixture("tests/golden/zoo-gpt-neox-seq"); }
+static void test_zoo_gptj(void) { check_fixture("tests/golden/zoo-gptj"); }
+static void test_zoo_gpt2(void) { check_fixture("tests/golden/zoo-gpt2"); }
+static void test_zoo_falcon_mq(void) { check_fixture("tests/golden/zoo-falcon-mq"); }
+static void test_zoo_falcon_new(void) { check_fixture("tests/golden/zoo-falcon-new"); }
 
 // ----------------------------------------------------------------------------
 // one ragged, mixed step with scattered KV blocks
@@ -486,6 +490,10 @@ int main(void) {
         {"zoo_gemma", test_zoo_gemma},
         {"zoo_gpt_neox", test_zoo_neox},
         {"zoo_gpt_neox_seq", test_zoo_neox_seq},
+        {"zoo_gptj", test_zoo_gptj},
+        {"zoo_gpt2", test_zoo_gpt2},
+        {"zoo_falcon_mq", test_zoo_falcon_mq},
+        {"zoo_falcon_new", test_zoo_falcon_new},
         {NULL, NULL}};
     static const tu_test batched[] = {
         {"batched_mixed_step_tiny", test_batched_tiny},

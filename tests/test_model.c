@@ -6,7 +6,8 @@
 //   1, 2, 4 and MQA, head_dim 18, untied heads, llama3 and linear rope
 //   scaling, f32/f16/bf16, sharded), made by tests/golden/make_golden.py.
 // - tests/golden/zoo-*: one small random checkpoint per family of the model
-//   zoo (Qwen2, Mistral, Phi-3, Gemma, GPT-NeoX), made by make_zoo.py.
+//   zoo (Qwen2, Mistral, Phi-3, Gemma, GPT-NeoX, GPT-J, GPT-2, Falcon 7B and
+//   40B layouts), made by make_zoo.py.
 // - chunked prefill computes the same bits as a whole-prompt prefill.
 #include <jansson.h>
 #include <math.h>
@@ -244,6 +245,10 @@ static void test_zoo_phi3(void) { check_fixture("zoo-phi3"); }
 static void test_zoo_gemma(void) { check_fixture("zoo-gemma"); }
 static void test_zoo_neox(void) { check_fixture("zoo-gpt-neox"); }
 static void test_zoo_neox_seq(void) { check_fixture("zoo-gpt-neox-seq"); }
+static void test_zoo_gptj(void) { check_fixture("zoo-gptj"); }
+static void test_zoo_gpt2(void) { check_fixture("zoo-gpt2"); }
+static void test_zoo_falcon_mq(void) { check_fixture("zoo-falcon-mq"); }
+static void test_zoo_falcon_new(void) { check_fixture("zoo-falcon-new"); }
 
 // ----------------------------------------------------------------------------
 // chunked prefill == whole prefill, bit for bit (rows never depend on their batch)
@@ -296,6 +301,10 @@ int main(void) {
         {"zoo_gemma_geglu_tied", test_zoo_gemma},
         {"zoo_gpt_neox_parallel_partial_rotary", test_zoo_neox},
         {"zoo_gpt_neox_sequential_v4_config", test_zoo_neox_seq},
+        {"zoo_gptj_parallel_interleaved_rotary", test_zoo_gptj},
+        {"zoo_gpt2_learned_pos_conv1d", test_zoo_gpt2},
+        {"zoo_falcon_7b_layout_multi_query", test_zoo_falcon_mq},
+        {"zoo_falcon_40b_layout_grouped_kv", test_zoo_falcon_new},
         {NULL, NULL}};
     static const tu_test misc[] = {
         {"chunked_prefill_exact", test_chunked_prefill_exact},

@@ -155,12 +155,15 @@ static void test_gqa_tp4_and_dp2xtp2(void) {
 
 // The model zoo split over 2 ranks: Qwen2's biased q/k/v rows, Mistral's
 // window with kv heads split, GPT-NeoX's per-head fused query_key_value and
-// its parallel residual (one all-reduce of attention + MLP).
+// its parallel residual (one all-reduce of attention + MLP), GPT-2's
+// transposed fused c_attn sliced per head, Falcon-40B's per-group fused
+// query_key_value with biases.
 static void test_zoo_tp2(void) {
     static const char *dirs[] = {"tests/golden/zoo-qwen2", "tests/golden/zoo-mistral-window",
-                                 "tests/golden/zoo-gpt-neox"};
+                                 "tests/golden/zoo-gpt-neox", "tests/golden/zoo-gpt2",
+                                 "tests/golden/zoo-falcon-new"};
     int nps[] = {2}, tps[] = {2};
-    for (int i = 0; i < 3; i++) check_layouts(dirs[i], "golden.json", 16, nps, tps, 1);
+    for (int i = 0; i < 5; i++) check_layouts(dirs[i], "golden.json", 16, nps, tps, 1);
 }
 
 static void test_bad_tp(void) {
@@ -189,7 +192,7 @@ static void test_bad_tp(void) {
 int main(void) {
     static const tu_test t[] = {{"demo_tp2_and_dp2_equal_one_rank", test_demo_tp2_dp2},
                                 {"gqa_tp4_and_dp2xtp2_equal_one_rank", test_gqa_tp4_and_dp2xtp2},
-                                {"zoo_qwen2_mistral_neox_tp2_equal_one_rank", test_zoo_tp2},
+                                {"zoo_tp2_equal_one_rank_and_hf", test_zoo_tp2},
                                 {"bad_tp_fails_fast", test_bad_tp},
                                 {NULL, NULL}};
     tu_suite("mpi_cpu", t);

@@ -65,7 +65,8 @@ extern "C" void cuda_rope_kv_write_ex(sl_bf16 *qkv, sl_bf16 *k_cache, sl_bf16 *v
                                       int head_dim, int block_size, int rotary_dim,
                                       int interleaved, cudaStream_t stream) {
     if (n <= 0) return;
-    SL_CHECK(rotary_dim >= 2 && rotary_dim % 2 == 0 && rotary_dim <= head_dim);
+    // rotary_dim 0: nothing rotates (learned positions), k and v are only cached
+    SL_CHECK(rotary_dim >= 0 && rotary_dim % 2 == 0 && rotary_dim <= head_dim);
     rope_partial_kernel<<<(unsigned)n, ROPEP_BLOCK, 0, stream>>>(
         reinterpret_cast<bf16 *>(qkv), reinterpret_cast<bf16 *>(k_cache),
         reinterpret_cast<bf16 *>(v_cache), pos, slots, inv_freq, n_heads, n_kv_heads, head_dim,

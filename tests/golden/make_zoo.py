@@ -101,6 +101,43 @@ FIXTURES = [
                      bos_token_id=0, eos_token_id=0),
          legacy_rotary=True,
          prompt_lens=[14, 1, 3, 8, 29]),
+    dict(name="zoo-gptj", model_type="gptj", seed=5707, dtype="bfloat16",
+         why="parallel attention + MLP from one LayerNorm, interleaved rotary on 6 of 16 "
+             "head dims, n_inner null (4 x hidden), biased MLP and LM head",
+         config=dict(vocab_size=257, n_embd=64, n_layer=2, n_head=4, rotary_dim=6,
+                     n_inner=None, n_positions=256, layer_norm_epsilon=1e-5,
+                     activation_function="gelu_new", tie_word_embeddings=False,
+                     bos_token_id=0, eos_token_id=0),
+         prompt_lens=[16, 1, 2, 9, 31]),
+    dict(name="zoo-gpt2", model_type="gpt2", seed=5808, dtype="bfloat16",
+         why="learned positions, Conv1D (in, out) weights with fused c_attn, biases, "
+             "tied head, head_dim 12",
+         config=dict(vocab_size=283, n_embd=72, n_layer=2, n_head=6, n_inner=None,
+                     n_positions=128, layer_norm_epsilon=1e-5,
+                     activation_function="gelu_new", bos_token_id=0, eos_token_id=0),
+         prompt_lens=[15, 1, 3, 8, 34]),
+    dict(name="zoo-falcon-mq", model_type="falcon", seed=5909, dtype="bfloat16",
+         why="Falcon-7B layout: multi-query fused query_key_value, parallel attention + MLP "
+             "from one LayerNorm, no biases, untied head",
+         config=dict(vocab_size=271, hidden_size=80, num_hidden_layers=2,
+                     num_attention_heads=5, multi_query=True, parallel_attn=True,
+                     new_decoder_architecture=False, bias=False, alibi=False,
+                     layer_norm_epsilon=1e-5, tie_word_embeddings=False,
+                     max_position_embeddings=256,
+                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                     bos_token_id=1, eos_token_id=2),
+         prompt_lens=[17, 1, 2, 10, 30]),
+    dict(name="zoo-falcon-new", model_type="falcon", seed=6010, dtype="bfloat16",
+         why="Falcon-40B/180B layout: grouped kv (6 heads, 2 kv), per-group fused "
+             "query_key_value, ln_attn + ln_mlp, ffn_hidden_size 136, biases on, tied",
+         config=dict(vocab_size=263, hidden_size=72, num_hidden_layers=2,
+                     num_attention_heads=6, num_kv_heads=2, new_decoder_architecture=True,
+                     multi_query=True, parallel_attn=True, bias=True, alibi=False,
+                     ffn_hidden_size=136, layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+                     max_position_embeddings=256,
+                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                     bos_token_id=1, eos_token_id=2),
+         prompt_lens=[18, 1, 3, 7, 33]),
 ]
 
 
@@ -130,10 +167,15 @@ def draw_weights(fx, model):
                 x = 0.1 * x if gemma else 1.0 + 0.1 * x
         elif p.ndim == 1:
             x = 0.1 * x
-        elif "embed" in name and "out" not in name:
+        elif ("embed" in name and "out" not in name) or name.endswith("wte.weight") \
+                or "word_embeddings" in name:
             pass
+        elif name.endswith("wpe.weight"):
+            x = 0.5 * x
         elif "lm_head" in name or "embed_out" in name:
             x = x / math.sqrt(p.shape[1])
+        elif any(k in name for k in (".c_attn.", ".c_proj.", ".c_fc.")):  # Conv1D: (in, out)
+            x = x * (0.9 / math.sqrt(p.shape[0]))
         else:
             x = x * (0.9 / math.sqrt(p.shape[1]))
         out[name] = x.to(TORCH_DTYPES[fx["dtype"]])
@@ -178,7 +220,8 @@ def build_fixture(fx, root, device):
     for n, t in weights.items():
         assert torch.equal(sd[n].cpu(), t.float()), f"{fx['name']}: {n} not reloaded exactly"
     if fx["config"].get("tie_word_embeddings"):
-        assert torch.equal(sd["lm_head.weight"].cpu(), sd["model.embed_tokens.weight"].cpu())
+        assert torch.equal(model.get_output_embeddings().weight.cpu(),
+                           model.get_input_embeddings().weight.cpu()), "head not tied"
 
     rng = np.random.default_rng(fx["seed"])
     vfx = {"name": fx["name"], "vocab": gc["vocab_size"]}
