@@ -91,6 +91,31 @@ static const ArchFamily families[] = {
      .final_norm = "transformer.ln_f", .lm_head = "lm_head", .layer_prefix = "transformer.h.",
      .opt_prefix = "transformer.", .attn_norm = "ln_1", .ffn_norm = "ln_2",
      .qkv = "attn.c_attn", .o = "attn.c_proj", .up = "mlp.c_fc", .down = "mlp.c_proj"},
+    // MPT: ALiBi (MPT's slopes, attn_config.alibi_bias_max), fused Wqkv,
+    // no linear biases, plain GELU MLP of 4 x d_model, tied head.
+    {.arch = "MptForCausalLM", .kind = 9, .name = "mpt",
+     .aliases = {{"d_model", "hidden_size"}, {"n_layers", "num_hidden_layers"},
+                 {"n_heads", "num_attention_heads"}, {"max_seq_len", "max_position_embeddings"}},
+     .inter_mult = 4, .eps_keys = {"layer_norm_epsilon"}, .norm = NORM_LAYER,
+     .norm_bias_optional = 1, .act_default = "gelu", .acts_ok = "gelu", .tie_default = 1,
+     .no_rotary = 1, .alibi = 2, .qkv_layout = QKV_FUSED, .embed = "transformer.wte",
+     .final_norm = "transformer.norm_f", .lm_head = "lm_head",
+     .layer_prefix = "transformer.blocks.", .attn_norm = "norm_1", .ffn_norm = "norm_2",
+     .qkv = "attn.Wqkv", .o = "attn.out_proj", .up = "ffn.up_proj", .down = "ffn.down_proj"},
+    // BLOOM: ALiBi (BLOOM's slopes), LayerNorm after the embedding, per-head
+    // fused query_key_value, tanh GELU, biases everywhere, tied head.
+    {.arch = "BloomForCausalLM", .kind = 10, .name = "bloom",
+     .aliases = {{"n_layer", "num_hidden_layers"}, {"n_head", "num_attention_heads"},
+                 {"seq_length", "max_position_embeddings"}},
+     .inter_mult = 4, .refuse_key = "apply_residual_connection_post_layernorm",
+     .eps_keys = {"layer_norm_epsilon"}, .norm = NORM_LAYER, .act_default = "gelu_pytorch_tanh",
+     .acts_ok = "gelu_pytorch_tanh", .tie_default = 1, .no_rotary = 1, .alibi = 1,
+     .qkv_bias = 1, .o_bias = 1, .mlp_bias = 1, .qkv_layout = QKV_PER_HEAD,
+     .embed = "transformer.word_embeddings", .embed_norm = "transformer.word_embeddings_layernorm",
+     .final_norm = "transformer.ln_f", .lm_head = "lm_head", .layer_prefix = "transformer.h.",
+     .opt_prefix = "transformer.", .attn_norm = "input_layernorm",
+     .ffn_norm = "post_attention_layernorm", .qkv = "self_attention.query_key_value",
+     .o = "self_attention.dense", .up = "mlp.dense_h_to_4h", .down = "mlp.dense_4h_to_h"},
     // Falcon, three layouts of query_key_value chosen by the config:
     // new_decoder_architecture (40B/180B): grouped kv, ln_attn + ln_mlp, parallel;
     // multi_query (7B): one kv head, parallel from one norm (or sequential);

@@ -79,6 +79,8 @@ typedef struct {
     int one_kv_head;          // multi-query whatever num_key_value_heads says (Falcon-7B)
     int transposed;           // linear weights stored (in, out), Conv1D (GPT-2)
     int head_bias;            // the LM head has a bias (GPT-J)
+    int alibi;                // ALiBi position biases: 1 BLOOM's slopes, 2 MPT's (attn_config)
+    int norm_bias_optional;   // a LayerNorm bias may be absent (MPT's no_bias checkpoints)
     int rope_interleaved;     // rotate (x0,x1),(x2,x3).. pairs instead of halves (GPT-J)
     int windowed;             // reads sliding_window (Mistral, Qwen2, Phi-3)
 
@@ -89,6 +91,7 @@ typedef struct {
     const char *embed, *final_norm, *lm_head, *layer_prefix;
     const char *lm_head_alt;  // the head's other name in some checkpoints, or NULL
     const char *pos_embed;    // learned position table (max_pos, hidden) (GPT-2), or NULL
+    const char *embed_norm;   // LayerNorm right after the embedding (BLOOM), or NULL
     const char *opt_prefix;   // a prefix some checkpoints omit ("transformer." in GPT-2's)
     const char *attn_norm, *ffn_norm;
     const char *q, *k, *v, *qkv, *o;

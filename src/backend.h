@@ -47,6 +47,7 @@ typedef struct {
     int no_rotary;        // nothing rotates (learned positions); k, v are only cached
     int rope_interleaved; // GPT-J pairs (2i, 2i+1) instead of rotate_half's halves
     int window;           // sliding window: attend to the last `window` positions; 0 = all
+    const void *alibi;    // (n_heads) fp32 ALiBi slopes of this rank's heads, or NULL
 } AttnShape;
 
 typedef struct Backend Backend;

@@ -104,7 +104,7 @@ static void cpu_attention_op(Backend *be, void *out, const void *qkv, const void
                              const void *v_cache, const Batch *b, const AttnShape *s) {
     cpu_paged_attention_ex(out, qkv, k_cache, v_cache, b->pos, b->seq_of, b->block_tables,
                            b->max_blocks, b->n_tokens, s->n_heads, s->n_kv_heads, s->head_dim,
-                           s->block_size, s->scale, s->window);
+                           s->block_size, s->scale, s->window, s->alibi);
 }
 
 static void cpu_swiglu_op(Backend *be, void *out, const void *gu, int n, int hidden) {

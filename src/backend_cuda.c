@@ -375,8 +375,8 @@ static void cuda_attention_op(Backend *be, void *out, const void *qkv, const voi
     cuda_paged_attention_window(out, qkv, k_cache, v_cache, b->pos, b->seq_of, b->seq_start,
                                 b->kv_len, b->block_tables, b->max_blocks, b->n_tokens,
                                 b->n_seqs, c->max_kv_len, s->n_heads, s->n_kv_heads,
-                                s->head_dim, s->block_size, s->scale, s->window, c->attn_ws,
-                                c->stream);
+                                s->head_dim, s->block_size, s->scale, s->window, s->alibi,
+                                c->attn_ws, c->stream);
 }
 
 static void cuda_swiglu_op(Backend *be, void *out, const void *gu, int n, int hidden) {

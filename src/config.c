@@ -333,6 +333,38 @@ int config_parse(ModelConfig *c, const char *json, const char *gen_json, const c
     }
     c->head_bias = fam->head_bias;
     c->no_rotary = fam->no_rotary;
+    c->alibi = fam->alibi;
+    if (fam->alibi == 2) {
+        // MPT: attn_config {alibi, alibi_bias_max, clip_qkv, qk_ln, softmax_scale, ...}
+        json_t *ac = cfg_get(root, "attn_config");
+        int on = 1, qk_ln = 0, prefix_lm = 0;
+        char type[32] = "multihead_attention";
+        c->alibi_bias_max = 8.0f;
+        if (ac && !json_is_object(ac)) {
+            sl_errf(err, "%s: field 'attn_config' must be an object, got %s", path,
+                    cfg_type_name(ac));
+            goto fail;
+        }
+        if (ac) {
+            if (cfg_bool(ac, "alibi", &on, path, err) || cfg_bool(ac, "qk_ln", &qk_ln, path, err) ||
+                cfg_bool(ac, "prefix_lm", &prefix_lm, path, err) ||
+                cfg_num(ac, "attn_config.", "alibi_bias_max", 0, &c->alibi_bias_max, path, err) ||
+                cfg_num(ac, "attn_config.", "softmax_scale", 0, &c->attn_scale, path, err) ||
+                cfg_str(ac, "attn_config.", "attn_type", type, sizeof type, path, err))
+                goto fail;
+            if (cfg_get(ac, "clip_qkv")) {
+                sl_errf(err, "%s: attn_config.clip_qkv is not supported", path);
+                goto fail;
+            }
+        }
+        if (!on || qk_ln || prefix_lm || strcmp(type, "multihead_attention") != 0) {
+            sl_errf(err, "%s: MPT with attn_config alibi %s, qk_ln %s, prefix_lm %s, attn_type "
+                    "'%s' is not supported (supported: alibi true, qk_ln false, prefix_lm "
+                    "false, multihead_attention)", path, on ? "true" : "false",
+                    qk_ln ? "true" : "false", prefix_lm ? "true" : "false", type);
+            goto fail;
+        }
+    }
     if (fam->bias_from_config) {
         c->attn_bias = fam->qkv_bias;
         if (cfg_bool(root, "attention_bias", &c->attn_bias, path, err) ||

@@ -30,6 +30,8 @@ typedef enum {
     ARCH_GPTJ,      // GPTJForCausalLM
     ARCH_GPT2,      // GPT2LMHeadModel
     ARCH_FALCON,    // FalconForCausalLM (7B multi-query and 40B/180B layouts)
+    ARCH_MPT,       // MptForCausalLM
+    ARCH_BLOOM,     // BloomForCausalLM
 } ArchKind;
 
 typedef struct {
@@ -66,6 +68,9 @@ typedef struct {
     int sliding_window; // attend to at most this many latest positions; 0 = all
     int no_rotary;      // no rotary embedding (learned positions: GPT-2)
     int head_bias;      // the LM head has a bias (GPT-J)
+    int alibi;          // ALiBi biases: 0 none, 1 BLOOM's slopes, 2 MPT's
+    float alibi_bias_max; // MPT attn_config.alibi_bias_max (8)
+    float attn_scale;   // softmax scale; 0: 1/sqrt(head_dim) (MPT attn_config.softmax_scale)
 
     // rotary embedding
     RopeType rope_type;

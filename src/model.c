@@ -100,6 +100,7 @@ static int load_norm(Model *m, const st_file *st, const char *base, void **w, vo
     *w = m->be->upload_f32(m->be, tmp, dim);
     if (c->norm == NORM_LAYER) {
         snprintf(nm, sizeof nm, "%s.bias", base);
+        if (c->family->norm_bias_optional && !st_find(st, nm)) return 0; // MPT's no_bias
         if (load_vec(st, nm, dim, 0, dim, tmp, err)) return -1;
         *b = m->be->upload_f32(m->be, tmp, dim);
     }
@@ -286,6 +287,7 @@ static Model *model_new(const ModelConfig *cfg, Backend *be, const ModelOptions 
     m->attn.scale = 1.0f / sqrtf((float)cfg->head_dim);
     m->attn.rotary_dim = cfg->no_rotary ? 0 : cfg->rotary_dim > 0 ? cfg->rotary_dim : cfg->head_dim;
     m->attn.no_rotary = cfg->no_rotary;
+    if (cfg->attn_scale > 0) m->attn.scale = cfg->attn_scale; // MPT softmax_scale
     m->attn.rope_interleaved = cfg->rope_interleaved;
     m->attn.window = cfg->sliding_window;
     m->hidden_local = cfg->hidden_dim / tp;
@@ -306,6 +308,14 @@ static void model_finish_init(Model *m, float *tmp) {
                       cfg->rope_low_freq_factor, cfg->rope_high_freq_factor,
                       cfg->rope_orig_max_pos);
     m->inv_freq = be->upload_f32(be, tmp, rd / 2);
+    if (cfg->alibi) { // this rank's heads' slopes
+        float *all = sl_malloc(sizeof(float) * cfg->n_heads);
+        cpu_alibi_slopes(all, cfg->n_heads, cfg->alibi, cfg->alibi_bias_max);
+        m->alibi = be->upload_f32(be, all + (size_t)m->opt.tp_rank * m->attn.n_heads,
+                                  m->attn.n_heads);
+        m->attn.alibi = m->alibi;
+        free(all);
+    }
     size_t T = m->opt.max_tokens, S = m->opt.max_seqs, ab = be->act_bytes;
     m->x = be->alloc(be, T * dim * ab);
     m->h = be->alloc(be, T * dim * ab);
@@ -381,6 +391,11 @@ int model_load_from(Model **out, const ModelConfig *cfg, const st_file *st, Back
     int hrc = be->load_linear(be, &m->lm_head, tmp, head_b, cfg->vocab_size, dim, err);
     free(head_b);
     if (hrc) goto fail;
+    if (f->embed_norm) { // BLOOM's LayerNorm on the embeddings
+        char en[128];
+        tname(m, st, en, sizeof en, f->embed_norm, "");
+        if (load_norm(m, st, en, &m->embed_norm, &m->embed_norm_b, tmp, err)) goto fail;
+    }
     if (f->pos_embed) { // learned positions (GPT-2): (max_position_embeddings, hidden)
         char pn[128];
         tname(m, st, pn, sizeof pn, f->pos_embed, ".weight");
@@ -446,6 +461,10 @@ int model_init_random(Model **out, const ModelConfig *cfg, Backend *be, const Mo
     }
     m->final_norm = unit_vector(m, dim, tmp);
     m->final_norm_b = zero_bias(m, dim, tmp);
+    if (cfg->family && cfg->family->embed_norm) {
+        m->embed_norm = unit_vector(m, dim, tmp);
+        m->embed_norm_b = zero_bias(m, dim, tmp);
+    }
     for (int l = 0; l < cfg->n_layers; l++) {
         LayerWeights *L = &m->layers[l];
         L->attn_norm = unit_vector(m, dim, tmp);
@@ -487,7 +506,8 @@ static void free_linear(Backend *be, LinearWeight *w) {
 void model_free(Model *m) {
     if (!m) return;
     Backend *be = m->be;
-    void *bufs[] = {m->embed, m->pos_embed, m->final_norm, m->final_norm_b, m->inv_freq, m->k_cache,
+    void *bufs[] = {m->embed, m->pos_embed, m->embed_norm, m->embed_norm_b, m->alibi,
+                    m->final_norm, m->final_norm_b, m->inv_freq, m->k_cache,
                     m->v_cache, m->x, m->h, m->qkv, m->att, m->o, m->gu, m->act, m->xl,
                     m->hl, m->h2, m->o2};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -596,6 +616,7 @@ static int forward_body(Model *m, const Batch *hb) {
         be->embed(be, m->h, m->pos_embed, &pb, dim);
         be->add(be, m->x, m->h, (size_t)n * dim);
     }
+    if (m->embed_norm) norm(m, m->x, m->x, NULL, m->embed_norm, m->embed_norm_b, n); // in place
     for (int l = 0; l < c->n_layers; l++) {
         LayerWeights *L = &m->layers[l];
         void *kc = layer_kv(m, m->k_cache, l), *vc = layer_kv(m, m->v_cache, l);

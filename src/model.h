@@ -45,6 +45,8 @@ typedef struct {
     // weights (backend memory)
     void *embed;        // (vocab, dim) activation dtype
     void *pos_embed;    // (max_seq_len, dim) learned positions (GPT-2), or NULL
+    void *embed_norm, *embed_norm_b; // (dim) fp32 LayerNorm after the embedding (BLOOM), or NULL
+    void *alibi;        // (n_heads / tp) fp32 ALiBi slopes of this rank's heads, or NULL
     LayerWeights *layers; // (n_layers)
     void *final_norm;   // (dim) fp32
     void *final_norm_b; // (dim) fp32 LayerNorm bias, or NULL

@@ -321,6 +321,8 @@ static void test_zoo_gptj(void) { check_fixture("tests/golden/zoo-gptj"); }
 static void test_zoo_gpt2(void) { check_fixture("tests/golden/zoo-gpt2"); }
 static void test_zoo_falcon_mq(void) { check_fixture("tests/golden/zoo-falcon-mq"); }
 static void test_zoo_falcon_new(void) { check_fixture("tests/golden/zoo-falcon-new"); }
+static void test_zoo_mpt(void) { check_fixture("tests/golden/zoo-mpt"); }
+static void test_zoo_bloom(void) { check_fixture("tests/golden/zoo-bloom"); }
 
 // ----------------------------------------------------------------------------
 // one ragged, mixed step with scattered KV blocks
@@ -494,6 +496,8 @@ int main(void) {
         {"zoo_gpt2", test_zoo_gpt2},
         {"zoo_falcon_mq", test_zoo_falcon_mq},
         {"zoo_falcon_new", test_zoo_falcon_new},
+        {"zoo_mpt", test_zoo_mpt},
+        {"zoo_bloom", test_zoo_bloom},
         {NULL, NULL}};
     static const tu_test batched[] = {
         {"batched_mixed_step_tiny", test_batched_tiny},

@@ -7,7 +7,7 @@
 //   scaling, f32/f16/bf16, sharded), made by tests/golden/make_golden.py.
 // - tests/golden/zoo-*: one small random checkpoint per family of the model
 //   zoo (Qwen2, Mistral, Phi-3, Gemma, GPT-NeoX, GPT-J, GPT-2, Falcon 7B and
-//   40B layouts), made by make_zoo.py.
+//   40B layouts, MPT, BLOOM), made by make_zoo.py.
 // - chunked prefill computes the same bits as a whole-prompt prefill.
 #include <jansson.h>
 #include <math.h>
@@ -249,6 +249,8 @@ static void test_zoo_gptj(void) { check_fixture("zoo-gptj"); }
 static void test_zoo_gpt2(void) { check_fixture("zoo-gpt2"); }
 static void test_zoo_falcon_mq(void) { check_fixture("zoo-falcon-mq"); }
 static void test_zoo_falcon_new(void) { check_fixture("zoo-falcon-new"); }
+static void test_zoo_mpt(void) { check_fixture("zoo-mpt"); }
+static void test_zoo_bloom(void) { check_fixture("zoo-bloom"); }
 
 // ----------------------------------------------------------------------------
 // chunked prefill == whole prefill, bit for bit (rows never depend on their batch)
@@ -305,6 +307,8 @@ int main(void) {
         {"zoo_gpt2_learned_pos_conv1d", test_zoo_gpt2},
         {"zoo_falcon_7b_layout_multi_query", test_zoo_falcon_mq},
         {"zoo_falcon_40b_layout_grouped_kv", test_zoo_falcon_new},
+        {"zoo_mpt_alibi", test_zoo_mpt},
+        {"zoo_bloom_alibi_embed_norm", test_zoo_bloom},
         {NULL, NULL}};
     static const tu_test misc[] = {
         {"chunked_prefill_exact", test_chunked_prefill_exact},

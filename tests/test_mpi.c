@@ -157,13 +157,13 @@ static void test_gqa_tp4_and_dp2xtp2(void) {
 // window with kv heads split, GPT-NeoX's per-head fused query_key_value and
 // its parallel residual (one all-reduce of attention + MLP), GPT-2's
 // transposed fused c_attn sliced per head, Falcon-40B's per-group fused
-// query_key_value with biases.
+// query_key_value with biases, BLOOM's ALiBi slopes split by head.
 static void test_zoo_tp2(void) {
     static const char *dirs[] = {"tests/golden/zoo-qwen2", "tests/golden/zoo-mistral-window",
                                  "tests/golden/zoo-gpt-neox", "tests/golden/zoo-gpt2",
-                                 "tests/golden/zoo-falcon-new"};
+                                 "tests/golden/zoo-falcon-new", "tests/golden/zoo-bloom"};
     int nps[] = {2}, tps[] = {2};
-    for (int i = 0; i < 5; i++) check_layouts(dirs[i], "golden.json", 16, nps, tps, 1);
+    for (int i = 0; i < 6; i++) check_layouts(dirs[i], "golden.json", 16, nps, tps, 1);
 }
 
 static void test_bad_tp(void) {

@@ -231,14 +231,14 @@ void cpu_paged_attention(float *out, const float *qkv, const float *k_cache,
                          const int32_t *block_tables, int max_blocks, int n, int n_heads,
                          int n_kv_heads, int head_dim, int block_size, float scale) {
     cpu_paged_attention_ex(out, qkv, k_cache, v_cache, pos, seq_of, block_tables, max_blocks, n,
-                           n_heads, n_kv_heads, head_dim, block_size, scale, 0);
+                           n_heads, n_kv_heads, head_dim, block_size, scale, 0, NULL);
 }
 
 void cpu_paged_attention_ex(float *out, const float *qkv, const float *k_cache,
                             const float *v_cache, const int32_t *pos, const int32_t *seq_of,
                             const int32_t *block_tables, int max_blocks, int n, int n_heads,
                             int n_kv_heads, int head_dim, int block_size, float scale,
-                            int window) {
+                            int window, const float *alibi) {
     int stride = (n_heads + 2 * n_kv_heads) * head_dim;
     int group = n_heads / n_kv_heads;
     int max_ctx = 0;
@@ -260,6 +260,7 @@ void cpu_paged_attention_ex(float *out, const float *qkv, const float *k_cache,
                     const float *k =
                         k_cache + (((size_t)blk * n_kv_heads + kvh) * block_size + off) * head_dim;
                     scores[t] = dot_f32(q, k, head_dim) * scale;
+                    if (alibi) scores[t] += alibi[h] * (float)(t - pos[i]);
                     if (scores[t] > mx) mx = scores[t];
                 }
                 float sum = 0;
@@ -279,6 +280,31 @@ void cpu_paged_attention_ex(float *out, const float *qkv, const float *k_cache,
             }
         }
         free(scores);
+    }
+}
+
+void cpu_alibi_slopes(float *slopes, int n_heads, int mode, float bias_max) {
+    if (mode == 2) { // MPT
+        int p2 = 1;
+        while (p2 < n_heads) p2 *= 2;
+        float *all = malloc(sizeof(float) * p2);
+        for (int k = 0; k < p2; k++) all[k] = 1.0f / powf(2.0f, (float)(k + 1) * (bias_max / p2));
+        // not a power of two: odd-indexed slopes first, then even-indexed
+        for (int h = 0; h < n_heads; h++)
+            slopes[h] = p2 == n_heads ? all[h]
+                        : h < p2 / 2  ? all[2 * h + 1]
+                                      : all[2 * (h - p2 / 2)];
+        free(all);
+        return;
+    }
+    // BLOOM
+    int cp2 = 1;
+    while (cp2 * 2 <= n_heads) cp2 *= 2;
+    float base = powf(2.0f, -powf(2.0f, -(log2f((float)cp2) - 3.0f)));
+    for (int h = 0; h < cp2 && h < n_heads; h++) slopes[h] = powf(base, (float)(h + 1));
+    if (cp2 < n_heads) {
+        float extra = powf(2.0f, -powf(2.0f, -(log2f((float)(2 * cp2)) - 3.0f)));
+        for (int k = 0; cp2 + k < n_heads; k++) slopes[cp2 + k] = powf(extra, (float)(2 * k + 1));
     }
 }
 

@@ -83,12 +83,19 @@ void cpu_paged_attention(float *out, const float *qkv, const float *k_cache,
 
 // cpu_paged_attention with a sliding window: row i attends to positions
 // (pos[i] - window, pos[i]] only (window 0: all of [0, pos[i]]), as HF's
-// sliding-window mask (Mistral, Phi-3, Qwen2).
+// sliding-window mask (Mistral, Phi-3, Qwen2); and ALiBi when alibi (n_heads
+// slopes) is set: score(t) += alibi[h] * (t - pos[i]) (BLOOM, MPT; the same
+// softmax as HF's slope * t, shifted per row).
 void cpu_paged_attention_ex(float *out, const float *qkv, const float *k_cache,
                             const float *v_cache, const int32_t *pos, const int32_t *seq_of,
                             const int32_t *block_tables, int max_blocks, int n, int n_heads,
                             int n_kv_heads, int head_dim, int block_size, float scale,
-                            int window);
+                            int window, const float *alibi);
+
+// ALiBi slopes of n_heads heads: mode 1 BLOOM's (geometric from 2^(-8/n) over
+// the nearest power of two, odd powers of the next one for the rest), mode 2
+// MPT's (1 / 2^(k * bias_max / n_pow2), interleaved when n is not a power of two).
+void cpu_alibi_slopes(float *slopes, int n_heads, int mode, float bias_max);
 
 // gu (n, 2*hidden) = [gate | up]; out (n, hidden) = silu(gate) * up
 void cpu_swiglu(float *out, const float *gu, int n, int hidden);

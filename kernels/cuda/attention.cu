@@ -148,7 +148,8 @@ static __global__ void __launch_bounds__(DEC_THREADS)
                        const int32_t *__restrict__ seq_start,
                        const int32_t *__restrict__ block_tables, int max_blocks, int n_seqs,
                        int n_heads, int n_kv_heads, int hd, int bs_shift, int n_sub,
-                       int n_splits, int chunk, float scale_log2, int window) {
+                       int n_splits, int chunk, float scale_log2, int window,
+                       const float *__restrict__ alibi) {
     constexpr int TPW = 32 / LANES;      // lane-groups (rows in flight) per warp
     constexpr int NTG = DEC_WARPS * TPW; // lane-groups per CTA
     constexpr int EPL = NCH * VEC;       // elements per lane
@@ -210,6 +211,11 @@ static __global__ void __launch_bounds__(DEC_THREADS)
             }
         }
 
+    // ALiBi: score += slope * (t - pos), in the exp2 domain
+    float slope[GB];
+#pragma unroll
+    for (int g = 0; g < GB; g++) slope[g] = alibi && g < gvalid ? alibi[h0 + g] * ATT_LOG2E : 0.f;
+
     float m[GB], l[GB], acc[GB][EPL];
 #pragma unroll
     for (int g = 0; g < GB; g++) {
@@ -263,7 +269,8 @@ static __global__ void __launch_bounds__(DEC_THREADS)
 #pragma unroll
                 for (int off = LANES / 2; off > 0; off >>= 1)
                     dot += __shfl_xor_sync(0xffffffffu, dot, off);
-                sc[u][g] = valid[u] ? dot : -INFINITY;
+                sc[u][g] = valid[u] ? fmaf(slope[g], (float)(base + u * NTG + tgid - (ctx - 1)), dot)
+                                    : -INFINITY;
             }
         // online softmax update (exp2 domain)
 #pragma unroll
@@ -409,7 +416,8 @@ static __global__ void __launch_bounds__(PF_THREADS)
                         const int32_t *__restrict__ seq_start,
                         const int32_t *__restrict__ block_tables, int max_blocks, int n_tokens,
                         int n_seqs, int n_heads, int n_kv_heads, int hd, int bs_shift,
-                        float scale_log2, int v16, int window) {
+                        float scale_log2, int v16, int window,
+                        const float *__restrict__ alibi) {
     constexpr int LDS = HDP + 8;     // +16 bytes: ldmatrix rows hit distinct banks
     constexpr int KSTEPS = HDP / 16; // k-steps of Q.K^T over head_dim
     constexpr int NT_S = PF_BN / 8;  // n8 tiles of S (key positions)
@@ -544,6 +552,18 @@ static __global__ void __launch_bounds__(PF_THREADS)
                         mma_16816(sc[2 * np + 1], qf[ks], b[2], b[3]);
                     }
                 // causal mask by absolute position (rows outside the segment: pos -1)
+                // ALiBi: + slope * (t - pos), in units of the unscaled scores
+                if (alibi) {
+                    const float sa = alibi[h] * ATT_LOG2E / scale_log2;
+#pragma unroll
+                    for (int j = 0; j < NT_S; j++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const int t = k0 + j * 8 + (lane & 3) * 2 + e;
+                            sc[j][e] = fmaf(sa, (float)(t - pA), sc[j][e]);
+                            sc[j][2 + e] = fmaf(sa, (float)(t - pB), sc[j][2 + e]);
+                        }
+                }
                 // and, with a sliding window, keys at or before pos - window
                 if (k0 + PF_BN - 1 > pmin || (window > 0 && k0 <= wmax - window)) {
 #pragma unroll
@@ -655,10 +675,10 @@ static void launch_decode_hd(int gb, dim3 grid, bf16 *out, float *ws, const bf16
                              const int32_t *seq_start, const int32_t *bt, int max_blocks,
                              int n_seqs, int n_heads, int n_kv_heads, int hd, int bs_shift,
                              int n_sub, int n_splits, int chunk, float sl2, int window,
-                             cudaStream_t st) {
+                             const float *alibi, cudaStream_t st) {
 #define DEC_ARGS                                                                             \
     out, ws, qkv, kc, vc, pos, seq_start, bt, max_blocks, n_seqs, n_heads, n_kv_heads, hd,   \
-        bs_shift, n_sub, n_splits, chunk, sl2, window
+        bs_shift, n_sub, n_splits, chunk, sl2, window, alibi
     switch (gb) {
     case 1: attn_decode_kernel<LANES, VEC, NCH, 1, U><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
     case 2: attn_decode_kernel<LANES, VEC, NCH, 2, U><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
@@ -673,7 +693,7 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const bf16 *kc,
                           const int32_t *pos, const int32_t *seq_start, const int32_t *bt,
                           int max_blocks, int n_seqs, int max_kv_len, int n_heads,
                           int n_kv_heads, int hd, int bs_shift, float sl2, bool v16,
-                          int window, cudaStream_t st) {
+                          int window, const float *alibi, cudaStream_t st) {
     const int group = n_heads / n_kv_heads;
     // query heads per CTA: the group rounded up to 1, 2, 4 or 8 (groups above 8 take several CTAs)
     const int gbp = group > 4 ? 8 : group > 2 ? 4 : group;
@@ -686,16 +706,16 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const bf16 *kc,
     if (hd == 128 && v16)
         launch_decode_hd<16, 8, 1, 4>(gbp, grid, out, ws, qkv, kc, vc, pos, seq_start, bt,
                                       max_blocks, n_seqs, n_heads, n_kv_heads, hd, bs_shift,
-                                      n_sub, n_splits, chunk, sl2, window, st);
+                                      n_sub, n_splits, chunk, sl2, window, alibi, st);
     else if (hd == 64 && v16)
         launch_decode_hd<8, 8, 1, 4>(gbp, grid, out, ws, qkv, kc, vc, pos, seq_start, bt,
                                      max_blocks, n_seqs, n_heads, n_kv_heads, hd, bs_shift,
-                                     n_sub, n_splits, chunk, sl2, window, st);
+                                     n_sub, n_splits, chunk, sl2, window, alibi, st);
     else
         launch_decode_hd<32, 2, ATT_MAX_HD / 64, 2>(gbp, grid, out, ws, qkv, kc, vc, pos,
                                                     seq_start, bt, max_blocks, n_seqs, n_heads,
                                                     n_kv_heads, hd, bs_shift, n_sub, n_splits,
-                                                    chunk, sl2, window, st);
+                                                    chunk, sl2, window, alibi, st);
     if (n_splits > 1) {
         attn_decode_reduce_kernel<<<dim3(n_heads, n_seqs), DEC_REDUCE_THREADS, 0, st>>>(
             out, ws, pos, seq_start, n_seqs, n_heads, hd, n_splits, chunk);
@@ -709,7 +729,7 @@ static void launch_prefill_hdp(bf16 *out, const bf16 *qkv, const bf16 *kc, const
                                const int32_t *seq_start, const int32_t *bt, int max_blocks,
                                int n_tokens, int n_seqs, int n_heads, int n_kv_heads, int hd,
                                int bs_shift, float sl2, bool v16, int window,
-                               cudaStream_t st) {
+                               const float *alibi, cudaStream_t st) {
     const size_t smem = (size_t)(PF_BM + 4 * PF_BN) * (HDP + 8) * sizeof(bf16);
     static bool attr_set = false; // once per instantiation (not a stream operation)
     if (!attr_set) {
@@ -720,7 +740,7 @@ static void launch_prefill_hdp(bf16 *out, const bf16 *qkv, const bf16 *kc, const
     dim3 grid(n_heads, ceil_div(n_tokens, PF_BM));
     attn_prefill_kernel<HDP><<<grid, PF_THREADS, smem, st>>>(
         out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,
-        n_kv_heads, hd, bs_shift, sl2, v16 ? 1 : 0, window);
+        n_kv_heads, hd, bs_shift, sl2, v16 ? 1 : 0, window, alibi);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -728,10 +748,10 @@ static void launch_prefill(bf16 *out, const bf16 *qkv, const bf16 *kc, const bf1
                            const int32_t *pos, const int32_t *seq_of, const int32_t *seq_start,
                            const int32_t *bt, int max_blocks, int n_tokens, int n_seqs,
                            int n_heads, int n_kv_heads, int hd, int bs_shift, float sl2,
-                           bool v16, int window, cudaStream_t st) {
+                           bool v16, int window, const float *alibi, cudaStream_t st) {
 #define PF_ARGS                                                                              \
     out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,     \
-        n_kv_heads, hd, bs_shift, sl2, v16, window, st
+        n_kv_heads, hd, bs_shift, sl2, v16, window, alibi, st
     if (hd <= 32) launch_prefill_hdp<32>(PF_ARGS);
     else if (hd <= 64) launch_prefill_hdp<64>(PF_ARGS);
     else if (hd <= 96) launch_prefill_hdp<96>(PF_ARGS);
@@ -768,7 +788,8 @@ extern "C" void cuda_paged_attention(sl_bf16 *out, const sl_bf16 *qkv, const sl_
                                      float scale, void *workspace, cudaStream_t stream) {
     cuda_paged_attention_window(out, qkv, k_cache, v_cache, pos, seq_of, seq_start, kv_len,
                                 block_tables, max_blocks, n_tokens, n_seqs, max_kv_len, n_heads,
-                                n_kv_heads, head_dim, block_size, scale, 0, workspace, stream);
+                                n_kv_heads, head_dim, block_size, scale, 0, NULL, workspace,
+                                stream);
 }
 
 extern "C" void cuda_paged_attention_window(
@@ -776,7 +797,7 @@ extern "C" void cuda_paged_attention_window(
     const int32_t *pos, const int32_t *seq_of, const int32_t *seq_start, const int32_t *kv_len,
     const int32_t *block_tables, int max_blocks, int n_tokens, int n_seqs, int max_kv_len,
     int n_heads, int n_kv_heads, int head_dim, int block_size, float scale, int window,
-    void *workspace, cudaStream_t stream) {
+    const float *alibi, void *workspace, cudaStream_t stream) {
     (void)kv_len; // each row's context is pos[i] + 1, as in cpu_paged_attention
     if (n_tokens <= 0 || n_seqs <= 0) return;
     SL_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0);
@@ -797,9 +818,10 @@ extern "C" void cuda_paged_attention_window(
     // has exactly one unless a single sequence holds all the rows.
     if (n_tokens > n_seqs)
         launch_prefill(o, q, kc, vc, pos, seq_of, seq_start, block_tables, max_blocks, n_tokens,
-                       n_seqs, n_heads, n_kv_heads, head_dim, bs_shift, sl2, v16, window, stream);
+                       n_seqs, n_heads, n_kv_heads, head_dim, bs_shift, sl2, v16, window, alibi,
+                       stream);
     if (!(n_seqs == 1 && n_tokens > 1))
         launch_decode(o, reinterpret_cast<float *>(workspace), q, kc, vc, pos, seq_start,
                       block_tables, max_blocks, n_seqs, max_kv_len, n_heads, n_kv_heads,
-                      head_dim, bs_shift, sl2, v16, window, stream);
+                      head_dim, bs_shift, sl2, v16, window, alibi, stream);
 }

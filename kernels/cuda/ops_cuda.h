@@ -93,14 +93,16 @@ void cuda_paged_attention(sl_bf16 *out, const sl_bf16 *qkv, const sl_bf16 *k_cac
                           int max_kv_len, int n_heads, int n_kv_heads, int head_dim,
                           int block_size, float scale, void *workspace, cudaStream_t stream);
 // The same with a sliding window: row i attends to (pos[i] - window, pos[i]]
-// (window 0: no window). Twin: cpu_paged_attention_ex.
+// (window 0: no window), and ALiBi biases alibi[h] * (t - pos[i]) when alibi
+// (n_heads fp32 slopes, device) is set. Twin: cpu_paged_attention_ex.
 void cuda_paged_attention_window(sl_bf16 *out, const sl_bf16 *qkv, const sl_bf16 *k_cache,
                                  const sl_bf16 *v_cache, const int32_t *pos,
                                  const int32_t *seq_of, const int32_t *seq_start,
                                  const int32_t *kv_len, const int32_t *block_tables,
                                  int max_blocks, int n_tokens, int n_seqs, int max_kv_len,
                                  int n_heads, int n_kv_heads, int head_dim, int block_size,
-                                 float scale, int window, void *workspace, cudaStream_t stream);
+                                 float scale, int window, const float *alibi, void *workspace,
+                                 cudaStream_t stream);
 
 // out[r] = the index of the largest of logits (n, vocab) row r (fp32); ties
 // to the lowest index, NaN counts as -inf (greedy decoding on the device).

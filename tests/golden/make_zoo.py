@@ -25,6 +25,7 @@ Needs torch, transformers>=5, safetensors, numpy.
 
 import argparse
 import math
+import re
 import os
 import sys
 
@@ -138,6 +139,20 @@ FIXTURES = [
                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
                      bos_token_id=1, eos_token_id=2),
          prompt_lens=[18, 1, 3, 7, 33]),
+    dict(name="zoo-mpt", model_type="mpt", seed=6111, dtype="bfloat16",
+         why="ALiBi with MPT's slopes over 6 heads (not a power of two: interleaved), "
+             "alibi_bias_max 8, fused Wqkv, no linear biases, exact GELU, tied head",
+         config=dict(vocab_size=269, d_model=72, n_layers=2, n_heads=6, max_seq_len=256,
+                     layer_norm_epsilon=1e-5, no_bias=True,
+                     attn_config={"alibi": True, "alibi_bias_max": 8},
+                     bos_token_id=0, eos_token_id=0),
+         prompt_lens=[16, 1, 3, 9, 37]),
+    dict(name="zoo-bloom", model_type="bloom", seed=6212, dtype="bfloat16",
+         why="ALiBi with BLOOM's slopes over 6 heads (4 + 2 extra), LayerNorm after the "
+             "embedding, per-head fused query_key_value, biases, tied head",
+         config=dict(vocab_size=277, hidden_size=72, n_layer=2, n_head=6,
+                     layer_norm_epsilon=1e-5, bos_token_id=1, eos_token_id=2),
+         prompt_lens=[15, 1, 2, 11, 35]),
 ]
 
 
@@ -149,7 +164,7 @@ def draw_weights(fx, model):
     1/sqrt(fan_in). With tied embeddings the final norm is signed N(0,1) so
     greedy does not just echo the last token (see make_golden.py)."""
     gen = torch.Generator().manual_seed(fx["seed"])
-    tied = fx["config"].get("tie_word_embeddings", False)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
     gemma = fx["model_type"] == "gemma"
     out = {}
     # named_parameters lists a tied tensor once (under the embedding's name)
@@ -158,8 +173,11 @@ def draw_weights(fx, model):
             continue
         x = torch.randn(tuple(p.shape), generator=gen, dtype=torch.float32)
         leaf = name.rsplit(".", 1)[0]
-        is_norm = "norm" in leaf or leaf.endswith("ln") or "layernorm" in leaf
-        final_norm = is_norm and ".layers." not in name
+        last = leaf.rsplit(".", 1)[-1]
+        is_norm = "norm" in last or last.startswith("ln")  # norm_1, ln_f, ln_attn, ...
+        # the final norm: not inside a layer, not BLOOM's embedding norm
+        final_norm = (is_norm and not re.search(r"\.(layers|h|blocks)\.\d+\.", name)
+                      and "embeddings_layernorm" not in name)
         if p.ndim == 1 and is_norm and name.endswith("weight"):
             if tied and final_norm:
                 x = x - 1.0 if gemma else x
@@ -219,7 +237,7 @@ def build_fixture(fx, root, device):
     sd = model.state_dict()
     for n, t in weights.items():
         assert torch.equal(sd[n].cpu(), t.float()), f"{fx['name']}: {n} not reloaded exactly"
-    if fx["config"].get("tie_word_embeddings"):
+    if model.config.tie_word_embeddings:
         assert torch.equal(model.get_output_embeddings().weight.cpu(),
                            model.get_input_embeddings().weight.cpu()), "head not tied"
 
