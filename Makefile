@@ -161,7 +161,7 @@ FUZZ_SAN := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined 
             -fno-omit-frame-pointer
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g $(FUZZ_SAN) -fopenmp -Wall -Wextra \
                -Wno-unused-parameter -Wno-sign-compare -MMD -MP $(INCLUDES) $(DEP_CFLAGS)
-FUZZ_LIB_SRCS := src/common.c src/config.c src/tokenizer.c src/tok_bpe.c \
+FUZZ_LIB_SRCS := src/common.c src/config.c src/arch.c src/tokenizer.c src/tok_bpe.c \
                  src/prompts_text.c io/safetensors.c io/h5io.c
 FUZZ_TARGETS := safetensors config tokenizer jsonl h5prompts
 FUZZ_OBJS := $(FUZZ_LIB_SRCS:%.c=$(BUILD)/fuzz/obj/%.o)

@@ -61,6 +61,11 @@ typedef struct {
     // scales (this layer's): stored code = e4m3(k / k_scale).
     int kv_fp8;
     float k_scale, v_scale;
+    int rotary_dim;       // leading dims of each head that rotate (0: head_dim)
+    int no_rotary;        // nothing rotates (learned positions); k, v are only cached
+    int rope_interleaved; // GPT-J pairs (2i, 2i+1) instead of rotate_half's halves
+    int window;           // sliding window: attend to the last `window` positions; 0 = all
+    const void *alibi;    // (n_heads) fp32 ALiBi slopes of this rank's heads, or NULL
 } AttnShape;
 
 typedef struct Backend Backend;
@@ -131,9 +136,21 @@ struct Backend {
                     float eps);
     void (*add_rmsnorm)(Backend *be, void *out, void *x, const void *r, const void *w, int n,
                         int dim, float eps);
+    // LayerNorm families (GPT-NeoX, ...): out = layernorm(x) * w + b, b may be NULL;
+    // the add_ form first adds r into the residual x, as add_rmsnorm.
+    void (*layernorm)(Backend *be, void *out, const void *x, const void *w, const void *b,
+                      int n, int dim, float eps);
+    void (*add_layernorm)(Backend *be, void *out, void *x, const void *r, const void *w,
+                          const void *b, int n, int dim, float eps);
+    // x (n) += r (n) activations (parallel residual: the MLP output joins the
+    // attention output before the one all-reduce)
+    void (*add)(Backend *be, void *x, const void *r, size_t n);
     void (*linear)(Backend *be, void *y, const void *x, const LinearWeight *w, int n);
+    // Rotates the first s->rotary_dim dims of each q and k head (all when 0;
+    // interleaved pairs when s->rope_interleaved), then caches k and v.
     void (*rope_kv_write)(Backend *be, void *qkv, void *k_cache, void *v_cache,
                           const Batch *b, const void *inv_freq, const AttnShape *s);
+    // Causal paged attention; only the last s->window positions when set.
     void (*attention)(Backend *be, void *out, const void *qkv, const void *k_cache,
                       const void *v_cache, const Batch *b, const AttnShape *s);
     void (*swiglu)(Backend *be, void *out, const void *gu, int n, int hidden);
@@ -152,6 +169,10 @@ struct Backend {
     void (*swiglu_q)(Backend *be, void *out, const void *gu, int n, int hidden,
                      const LinearWeight *next);
     void (*linear_q)(Backend *be, void *y, const void *xq, const LinearWeight *w, int n);
+    // GELU MLPs: gated (GeGLU, gu (n, 2*hidden) = [gate | up]) or plain
+    // (in (n, hidden)); tanh approximation or the exact erf form.
+    void (*gelu)(Backend *be, void *out, const void *in, int n, int hidden, int gated,
+                 int tanh_approx);
     void (*gather_rows)(Backend *be, void *out, const void *x, const Batch *b, int dim);
     // logits_host (n, out_dim) fp32 on the host = x (n, in_dim) @ W^T
     void (*logits)(Backend *be, float *logits_host, const void *x, const LinearWeight *w,

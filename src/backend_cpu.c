@@ -144,6 +144,23 @@ static void cpu_add_rmsnorm_op(Backend *be, void *out, void *x, const void *r, c
     cpu_add_rmsnorm(out, x, r, w, n, dim, eps);
 }
 
+static void cpu_layernorm_op(Backend *be, void *out, const void *x, const void *w,
+                             const void *b, int n, int dim, float eps) {
+    cpu_layernorm(out, x, w, b, n, dim, eps);
+}
+
+static void cpu_add_layernorm_op(Backend *be, void *out, void *x, const void *r, const void *w,
+                                 const void *b, int n, int dim, float eps) {
+    cpu_add_layernorm(out, x, r, w, b, n, dim, eps);
+}
+
+static void cpu_add_op(Backend *be, void *x, const void *r, size_t n) { cpu_add(x, r, n); }
+
+static void cpu_gelu_op(Backend *be, void *out, const void *in, int n, int hidden, int gated,
+                        int tanh_approx) {
+    cpu_gelu(out, in, n, hidden, gated, tanh_approx);
+}
+
 static void cpu_linear_op(Backend *be, void *y, const void *x, const LinearWeight *w, int n) {
     if (n <= 0) return;
     if (w->fmt == WFMT_INT4) {
@@ -185,8 +202,10 @@ static void cpu_swiglu_q_op(Backend *be, void *out, const void *gu, int n, int h
 
 static void cpu_rope_kv_write_op(Backend *be, void *qkv, void *k_cache, void *v_cache,
                                  const Batch *b, const void *inv_freq, const AttnShape *s) {
-    cpu_rope_kv_write(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
-                      s->n_heads, s->n_kv_heads, s->head_dim, s->block_size);
+    int rd = s->no_rotary ? 0 : s->rotary_dim > 0 ? s->rotary_dim : s->head_dim;
+    cpu_rope_kv_write_ex(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
+                         s->n_heads, s->n_kv_heads, s->head_dim, s->block_size, rd,
+                         s->rope_interleaved);
     if (s->kv_fp8)
         cpu_kv_round_fp8(k_cache, v_cache, b->slots, b->n_tokens, s->n_kv_heads, s->head_dim,
                          s->block_size, s->k_scale, s->v_scale);
@@ -194,9 +213,9 @@ static void cpu_rope_kv_write_op(Backend *be, void *qkv, void *k_cache, void *v_
 
 static void cpu_attention_op(Backend *be, void *out, const void *qkv, const void *k_cache,
                              const void *v_cache, const Batch *b, const AttnShape *s) {
-    cpu_paged_attention(out, qkv, k_cache, v_cache, b->pos, b->seq_of, b->block_tables,
-                        b->max_blocks, b->n_tokens, s->n_heads, s->n_kv_heads, s->head_dim,
-                        s->block_size, s->scale);
+    cpu_paged_attention_ex(out, qkv, k_cache, v_cache, b->pos, b->seq_of, b->block_tables,
+                           b->max_blocks, b->n_tokens, s->n_heads, s->n_kv_heads, s->head_dim,
+                           s->block_size, s->scale, s->window, s->alibi);
 }
 
 static void cpu_swiglu_op(Backend *be, void *out, const void *gu, int n, int hidden) {
@@ -252,6 +271,10 @@ Backend *backend_cpu_create(int threads) {
     be->embed = cpu_embed_op;
     be->rmsnorm = cpu_rmsnorm_op;
     be->add_rmsnorm = cpu_add_rmsnorm_op;
+    be->layernorm = cpu_layernorm_op;
+    be->add_layernorm = cpu_add_layernorm_op;
+    be->add = cpu_add_op;
+    be->gelu = cpu_gelu_op;
     be->linear = cpu_linear_op;
     be->rope_kv_write = cpu_rope_kv_write_op;
     be->attention = cpu_attention_op;

@@ -531,6 +531,42 @@ static void cuda_add_rmsnorm_op(Backend *be, void *out, void *x, const void *r, 
     cuda_rmsnorm_ex(out, NULL, NULL, x, r, w, n, dim, eps, c->act_f32, 0.0f, c->stream);
 }
 
+// The zoo's extra kernels (LayerNorm, GELU, add, partial rotary) exist for
+// bf16 activations and a bf16 KV cache; fp32 mode covers the Llama family.
+static void need_bf16(const CudaImpl *c, int kv_fp8, const char *what) {
+    if (!c->act_f32 && !kv_fp8) return;
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s runs with bf16 activations and KV cache only on the CUDA "
+             "backend (--dtype f32 / --kv-dtype fp8 cover the Llama-style families)", what);
+    SL_FATAL("sluice", msg, what);
+}
+
+static void cuda_layernorm_op(Backend *be, void *out, const void *x, const void *w,
+                              const void *b, int n, int dim, float eps) {
+    if (n <= 0) return;
+    need_bf16(impl_of(be), 0, "LayerNorm");
+    cuda_layernorm(out, x, w, b, n, dim, eps, impl_of(be)->stream);
+}
+
+static void cuda_add_layernorm_op(Backend *be, void *out, void *x, const void *r, const void *w,
+                                  const void *b, int n, int dim, float eps) {
+    if (n <= 0) return;
+    need_bf16(impl_of(be), 0, "LayerNorm");
+    cuda_add_layernorm(out, x, r, w, b, n, dim, eps, impl_of(be)->stream);
+}
+
+static void cuda_add_op(Backend *be, void *x, const void *r, size_t n) {
+    need_bf16(impl_of(be), 0, "the residual add of parallel layers");
+    cuda_add(x, r, n, impl_of(be)->stream);
+}
+
+static void cuda_gelu_op(Backend *be, void *out, const void *in, int n, int hidden, int gated,
+                         int tanh_approx) {
+    if (n <= 0) return;
+    need_bf16(impl_of(be), 0, "GELU");
+    cuda_gelu(out, in, n, hidden, gated, tanh_approx, impl_of(be)->stream);
+}
+
 // INT4: the GEMV for decode-sized steps, the tensor-core W4A16 GEMM for
 // mid-size ones, else dequantise + cuBLASLt. bf16 activations only.
 static void int4_linear(CudaImpl *c, void *y, const void *x, const LinearWeight *w, int n) {
@@ -626,9 +662,17 @@ static void cuda_rope_kv_write_op(Backend *be, void *qkv, void *k_cache, void *v
                                   const Batch *b, const void *inv_freq, const AttnShape *s) {
     if (b->n_tokens <= 0) return;
     CudaImpl *c = impl_of(be);
-    cuda_rope_kv_write_ex(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
-                          s->n_heads, s->n_kv_heads, s->head_dim, s->block_size, c->act_f32,
-                          s->kv_fp8, s->k_scale, s->v_scale, c->stream);
+    int rd = s->no_rotary ? 0 : s->rotary_dim > 0 ? s->rotary_dim : s->head_dim;
+    if (rd != s->head_dim || s->rope_interleaved) { // partial / GPT-J / no rotary
+        need_bf16(c, s->kv_fp8, "partial or interleaved rotary (GPT-J, GPT-NeoX)");
+        cuda_rope_kv_write_partial(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq,
+                                   b->n_tokens, s->n_heads, s->n_kv_heads, s->head_dim,
+                                   s->block_size, rd, s->rope_interleaved, c->stream);
+    } else {
+        cuda_rope_kv_write_ex(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
+                              s->n_heads, s->n_kv_heads, s->head_dim, s->block_size, c->act_f32,
+                              s->kv_fp8, s->k_scale, s->v_scale, c->stream);
+    }
 }
 
 static void cuda_attention_op(Backend *be, void *out, const void *qkv, const void *k_cache,
@@ -639,7 +683,7 @@ static void cuda_attention_op(Backend *be, void *out, const void *qkv, const voi
                             b->kv_len, b->block_tables, b->max_blocks, b->n_tokens, b->n_seqs,
                             c->max_kv_len, s->n_heads, s->n_kv_heads, s->head_dim,
                             s->block_size, s->scale, c->act_f32, s->kv_fp8, s->k_scale,
-                            s->v_scale, c->attn_ws, c->stream);
+                            s->v_scale, s->window, s->alibi, c->attn_ws, c->stream);
 }
 
 static void cuda_swiglu_op(Backend *be, void *out, const void *gu, int n, int hidden) {
@@ -822,6 +866,10 @@ Backend *backend_cuda_create_ex(int device, int act_f32, sl_err *err) {
     be->embed = cuda_embed_op;
     be->rmsnorm = cuda_rmsnorm_op;
     be->add_rmsnorm = cuda_add_rmsnorm_op;
+    be->layernorm = cuda_layernorm_op;
+    be->add_layernorm = cuda_add_layernorm_op;
+    be->add = cuda_add_op;
+    be->gelu = cuda_gelu_op;
     be->linear = cuda_linear_op;
     be->rope_kv_write = cuda_rope_kv_write_op;
     be->attention = cuda_attention_op;

@@ -90,7 +90,7 @@ static char *find_arch(const char *name, const char *argv0) {
 static double matmul_params(const ModelConfig *c) {
     double qkv = (double)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim * c->dim;
     double o = (double)c->n_heads * c->head_dim * c->dim;
-    double mlp = 3.0 * c->dim * c->hidden_dim;
+    double mlp = (c->gated ? 3.0 : 2.0) * c->dim * c->hidden_dim; // gate+up+down or up+down
     return c->n_layers * (qkv + o + mlp) + (double)c->vocab_size * c->dim;
 }
 

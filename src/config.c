@@ -20,12 +20,12 @@
 
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#define CFG_SUPPORTED_ARCHS "LlamaForCausalLM"
 #define CFG_SUPPORTED_ROPE "default, linear, llama3"
 
 // ----------------------------------------------------------------------------
@@ -237,12 +237,40 @@ int config_parse(ModelConfig *c, const char *json, const char *gen_json, const c
         goto fail;
     }
     const char *arch = json_string_value(json_array_get(archs, 0));
-    if (strcmp(arch, "LlamaForCausalLM") == 0) {
-        c->arch = ARCH_LLAMA;
-    } else {
-        sl_errf(err, "%s: unsupported architecture '%s' (supported: " CFG_SUPPORTED_ARCHS ")",
-                path, arch);
+    // the family's row: the first whose match_key (if any) agrees with the config
+    const ArchFamily *fam = NULL;
+    for (int k = 0; !fam; k++) {
+        const ArchFamily *f = arch_find(arch, k);
+        if (!f) break;
+        int v = f->match_default;
+        if (f->match_key && cfg_bool(root, f->match_key, &v, path, err)) goto fail;
+        if (!f->match_key || v == f->match_value) fam = f;
+    }
+    if (!fam) {
+        sl_errf(err, "%s: unsupported architecture '%s' (supported: %s)", path, arch,
+                arch_supported());
         goto fail;
+    }
+    c->family = fam;
+    c->arch = (ArchKind)fam->kind;
+    if (fam->refuse_key) {
+        int on = 0;
+        if (cfg_bool(root, fam->refuse_key, &on, path, err)) goto fail;
+        if (on) {
+            sl_errf(err, "%s: %s with '%s' true is not supported", path, arch, fam->refuse_key);
+            goto fail;
+        }
+    }
+    // the family's own spellings of Llama's keys (n_embd -> hidden_size, ...)
+    for (int i = 0; i < 8 && fam->aliases[i][0]; i++) {
+        json_t *v = cfg_get(root, fam->aliases[i][0]);
+        if (v && !cfg_get(root, fam->aliases[i][1])) json_object_set(root, fam->aliases[i][1], v);
+    }
+    if (fam->inter_mult && !cfg_get(root, "intermediate_size")) {
+        json_t *h = cfg_get(root, "hidden_size");
+        if (json_is_integer(h))
+            json_object_set_new(root, "intermediate_size",
+                                json_integer(json_integer_value(h) * fam->inter_mult));
     }
     snprintf(c->architecture, sizeof c->architecture, "%s", arch);
     if (cfg_str(root, "", "model_type", c->model_type, sizeof c->model_type, path, err))
@@ -259,6 +287,7 @@ int config_parse(ModelConfig *c, const char *json, const char *gen_json, const c
     // shapes with defaults
     c->n_kv_heads = c->n_heads;
     if (cfg_int(root, "", "num_key_value_heads", 0, 1, &c->n_kv_heads, path, err)) goto fail;
+    if (fam->one_kv_head) c->n_kv_heads = 1; // multi-query layout (Falcon-7B)
     if (c->n_heads % c->n_kv_heads != 0) {
         sl_errf(err,
                 "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
@@ -277,30 +306,135 @@ int config_parse(ModelConfig *c, const char *json, const char *gen_json, const c
         }
         c->head_dim = c->dim / c->n_heads;
     }
-    if (c->head_dim % 2) { // rotary embeddings rotate pairs of dimensions
-        sl_errf(err, "%s: head_dim %d is odd; rotary embeddings need it even", path, c->head_dim);
-        goto fail;
-    }
     c->max_seq_len = 2048;
     c->norm_eps = 1e-6f;
-    if (cfg_int(root, "", "max_position_embeddings", 0, 1, &c->max_seq_len, path, err) ||
-        cfg_num(root, "", "rms_norm_eps", 0, &c->norm_eps, path, err) ||
-        cfg_bool(root, "tie_word_embeddings", &c->tie_embeddings, path, err) ||
-        cfg_bool(root, "attention_bias", &c->attn_bias, path, err) ||
-        cfg_bool(root, "mlp_bias", &c->mlp_bias, path, err))
+    if (cfg_int(root, "", "max_position_embeddings", 0, 1, &c->max_seq_len, path, err))
         goto fail;
-    if (!(c->norm_eps > 0)) {
-        sl_errf(err, "%s: rms_norm_eps (%g) must be positive", path, c->norm_eps);
-        goto fail;
+    // the family's epsilon key (rms_norm_eps, layer_norm_eps, ...)
+    for (int i = 0; i < 3 && fam->eps_keys[i]; i++) {
+        if (!cfg_get(root, fam->eps_keys[i])) continue;
+        if (cfg_num(root, "", fam->eps_keys[i], 0, &c->norm_eps, path, err)) goto fail;
+        if (!(c->norm_eps > 0)) {
+            sl_errf(err, "%s: %s (%g) must be positive", path, fam->eps_keys[i], c->norm_eps);
+            goto fail;
+        }
+        break;
+    }
+    c->tie_embeddings = fam->tie_default;
+    c->attn_bias = fam->qkv_bias;
+    c->mlp_bias = fam->mlp_bias;
+    c->qkv_bias = fam->qkv_bias;
+    c->o_bias = fam->o_bias;
+    if (cfg_bool(root, "tie_word_embeddings", &c->tie_embeddings, path, err)) goto fail;
+    if (fam->bias_key) {
+        int on = 0;
+        if (cfg_bool(root, fam->bias_key, &on, path, err)) goto fail;
+        c->attn_bias = c->qkv_bias = c->o_bias = c->mlp_bias = on;
+    }
+    c->head_bias = fam->head_bias;
+    c->no_rotary = fam->no_rotary;
+    c->alibi = fam->alibi;
+    if (fam->alibi == 2) {
+        // MPT: attn_config {alibi, alibi_bias_max, clip_qkv, qk_ln, softmax_scale, ...}
+        json_t *ac = cfg_get(root, "attn_config");
+        int on = 1, qk_ln = 0, prefix_lm = 0;
+        char type[32] = "multihead_attention";
+        c->alibi_bias_max = 8.0f;
+        if (ac && !json_is_object(ac)) {
+            sl_errf(err, "%s: field 'attn_config' must be an object, got %s", path,
+                    cfg_type_name(ac));
+            goto fail;
+        }
+        if (ac) {
+            if (cfg_bool(ac, "alibi", &on, path, err) || cfg_bool(ac, "qk_ln", &qk_ln, path, err) ||
+                cfg_bool(ac, "prefix_lm", &prefix_lm, path, err) ||
+                cfg_num(ac, "attn_config.", "alibi_bias_max", 0, &c->alibi_bias_max, path, err) ||
+                cfg_num(ac, "attn_config.", "softmax_scale", 0, &c->attn_scale, path, err) ||
+                cfg_str(ac, "attn_config.", "attn_type", type, sizeof type, path, err))
+                goto fail;
+            if (cfg_get(ac, "clip_qkv")) {
+                sl_errf(err, "%s: attn_config.clip_qkv is not supported", path);
+                goto fail;
+            }
+        }
+        if (!on || qk_ln || prefix_lm || strcmp(type, "multihead_attention") != 0) {
+            sl_errf(err, "%s: MPT with attn_config alibi %s, qk_ln %s, prefix_lm %s, attn_type "
+                    "'%s' is not supported (supported: alibi true, qk_ln false, prefix_lm "
+                    "false, multihead_attention)", path, on ? "true" : "false",
+                    qk_ln ? "true" : "false", prefix_lm ? "true" : "false", type);
+            goto fail;
+        }
+    }
+    if (fam->bias_from_config) {
+        c->attn_bias = fam->qkv_bias;
+        if (cfg_bool(root, "attention_bias", &c->attn_bias, path, err) ||
+            (fam->bias_from_config == 1 && cfg_bool(root, "mlp_bias", &c->mlp_bias, path, err)))
+            goto fail;
+        c->qkv_bias = c->o_bias = c->attn_bias;
     }
 
-    strcpy(c->hidden_act, "silu");
-    if (cfg_str(root, "", "hidden_act", c->hidden_act, sizeof c->hidden_act, path, err))
+    // layer layout from the family
+    c->norm = fam->norm;
+    c->norm_offset = fam->norm_offset;
+    c->embed_scale = fam->embed_scale ? sqrtf((float)c->dim) : 0.0f;
+    c->gated = fam->gated;
+    c->parallel_residual = fam->parallel_residual;
+    c->shared_norm = fam->shared_norm;
+    if (fam->parallel_key && cfg_bool(root, fam->parallel_key, &c->parallel_residual, path, err))
         goto fail;
-    if (strcmp(c->hidden_act, "silu") != 0) {
-        sl_errf(err, "%s: hidden_act '%s' is not supported for %s (supported: silu)", path,
-                c->hidden_act, arch);
-        goto fail;
+    c->rope_interleaved = fam->rope_interleaved;
+
+    // activation: the family's key and accepted names
+    strcpy(c->hidden_act, fam->act_default);
+    for (int i = 0; i < 3 && fam->act_keys[i]; i++) {
+        if (!cfg_get(root, fam->act_keys[i])) continue;
+        if (cfg_str(root, "", fam->act_keys[i], c->hidden_act, sizeof c->hidden_act, path, err))
+            goto fail;
+        break;
+    }
+    {
+        static const struct { const char *name; ActKind act; } acts[] = {
+            {"silu", ACT_SILU}, {"gelu_pytorch_tanh", ACT_GELU_TANH},
+            {"gelu_new", ACT_GELU_TANH}, {"gelu", ACT_GELU}};
+        int found = 0;
+        for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
+            size_t n = strlen(acts[i].name);
+            // the family accepts it: a whole item of its comma-separated list
+            const char *p = strstr(fam->acts_ok, acts[i].name);
+            while (p && !((p == fam->acts_ok || p[-1] == ' ') && (p[n] == 0 || p[n] == ',')))
+                p = strstr(p + 1, acts[i].name);
+            if (p && strcmp(c->hidden_act, acts[i].name) == 0) {
+                c->act = acts[i].act;
+                if (c->act == ACT_GELU && fam->gelu_means_tanh) c->act = ACT_GELU_TANH;
+                found = 1;
+            }
+        }
+        if (!found) {
+            sl_errf(err, "%s: hidden_act '%s' is not supported for %s (supported: %s)", path,
+                    c->hidden_act, arch, fam->acts_ok);
+            goto fail;
+        }
+    }
+
+    // sliding window (Mistral, Phi-3; Qwen2 only with use_sliding_window)
+    if (fam->windowed) {
+        int use = 1;
+        if (c->arch == ARCH_QWEN2) {
+            use = 0;
+            if (cfg_bool(root, "use_sliding_window", &use, path, err)) goto fail;
+            int mwl = c->n_layers;
+            if (cfg_int(root, "", "max_window_layers", 0, 0, &mwl, path, err)) goto fail;
+            if (use && mwl != 0 && mwl < c->n_layers) {
+                sl_errf(err, "%s: use_sliding_window with max_window_layers %d < %d layers "
+                        "(windows on some layers only) is not supported", path, mwl,
+                        c->n_layers);
+                goto fail;
+            }
+            if (use && mwl >= c->n_layers) use = 0; // no layer is windowed
+        }
+        if (use && !json_object_get(root, "sliding_window")) c->sliding_window = fam->window_default;
+        if (use && cfg_int(root, "", "sliding_window", 0, 1, &c->sliding_window, path, err))
+            goto fail;
     }
     // transformers 5 writes "dtype", 4 wrote "torch_dtype".
     if (cfg_str(root, "", "torch_dtype", c->dtype, sizeof c->dtype, path, err) ||
@@ -311,7 +445,9 @@ int config_parse(ModelConfig *c, const char *json, const char *gen_json, const c
     c->rope_type = ROPE_DEFAULT;
     c->rope_theta = 10000.0f;
     c->rope_factor = 1.0f;
-    if (cfg_num(root, "", "rope_theta", 0, &c->rope_theta, path, err)) goto fail;
+    if (cfg_num(root, "", "rotary_emb_base", 0, &c->rope_theta, path, err) ||
+        cfg_num(root, "", "rope_theta", 0, &c->rope_theta, path, err))
+        goto fail;
     json_t *rp = cfg_get(root, "rope_parameters");
     const char *rname = "rope_parameters.";
     if (!rp) {
@@ -328,6 +464,37 @@ int config_parse(ModelConfig *c, const char *json, const char *gen_json, const c
     }
     if (!(c->rope_theta > 0)) {
         sl_errf(err, "%s: rope_theta (%g) must be positive", path, c->rope_theta);
+        goto fail;
+    }
+    // partial rotary: partial_rotary_factor (top level or in rope_parameters)
+    // or GPT-NeoX's rotary_pct
+    {
+        float frac = fam->rotary_default > 0 ? fam->rotary_default : 1.0f;
+        if (cfg_num(root, "", "rotary_pct", 0, &frac, path, err) ||
+            cfg_num(root, "", "partial_rotary_factor", 0, &frac, path, err) ||
+            (rp && cfg_num(rp, rname, "partial_rotary_factor", 0, &frac, path, err)))
+            goto fail;
+        if (!(frac > 0 && frac <= 1)) {
+            sl_errf(err, "%s: partial_rotary_factor (%g) must be in (0, 1]", path, frac);
+            goto fail;
+        }
+        c->rotary_dim = (int)((float)c->head_dim * frac); // as HF: int(head_dim * factor)
+        // GPT-J gives it in dims
+        if (cfg_int(root, "", "rotary_dim", 0, 1, &c->rotary_dim, path, err)) goto fail;
+        if (c->rotary_dim > c->head_dim) {
+            sl_errf(err, "%s: rotary_dim %d exceeds the head dimension %d", path, c->rotary_dim,
+                    c->head_dim);
+            goto fail;
+        }
+    }
+    if (c->no_rotary) {
+        c->rotary_dim = 0; // learned positions: nothing rotates
+    } else if (c->rotary_dim == c->head_dim && c->head_dim % 2) { // rotary rotates pairs
+        sl_errf(err, "%s: head_dim %d is odd; rotary embeddings need it even", path, c->head_dim);
+        goto fail;
+    } else if (c->rotary_dim % 2 || c->rotary_dim <= 0) {
+        sl_errf(err, "%s: rotary dimension %d (head_dim %d) is not a positive even number", path,
+                c->rotary_dim, c->head_dim);
         goto fail;
     }
 
@@ -374,4 +541,14 @@ void config_describe(const ModelConfig *c, char *buf, int n) {
              c->n_kv_heads, c->head_dim, ropes[c->rope_type], c->rope_theta, c->rope_factor,
              c->max_seq_len, c->norm_eps, c->tie_embeddings ? ", tied embeddings" : "",
              c->bos_id, eos, c->dtype[0] ? c->dtype : "dtype unknown");
+    // the family's extras, only where they differ from Llama's layout
+    int len = (int)strlen(buf);
+    if (c->rotary_dim != c->head_dim && len < n)
+        len += snprintf(buf + len, n - len, ", rotary_dim %d", c->rotary_dim);
+    if (c->sliding_window && len < n)
+        len += snprintf(buf + len, n - len, ", sliding window %d", c->sliding_window);
+    if (c->parallel_residual && len < n)
+        len += snprintf(buf + len, n - len, ", parallel residual");
+    if (c->norm == NORM_LAYER && len < n)
+        len += snprintf(buf + len, n - len, ", layernorm");
 }

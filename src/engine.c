@@ -224,6 +224,7 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
     }
     sched_init(&S, o.policy, o.max_batch, o.max_tokens, o.block_size, m->kv_blocks,
                o.max_seq_len, (int)(n ? n : 1));
+    sched_set_window(&S, m->attn.window); // sliding-window models free blocks as they slide
     // pinned on a GPU: the logits come back every step that samples
     logits = m->be->host_alloc(m->be, sizeof(float) * (size_t)o.max_batch * c->vocab_size);
     int nthreads = omp_get_max_threads();

@@ -1,4 +1,5 @@
-// model.h: the Llama-family decoder, written once against backend.h.
+// model.h: the decoder, written once against backend.h for every family of
+// the model zoo (arch.h describes what differs between them).
 //
 //   Config -> Weights -> RunState, as in llama2.c: model_load reads the
 //   checkpoint (this rank's slices of it) into backend memory and sizes every
@@ -14,10 +15,13 @@
 
 typedef struct {
     void *attn_norm;    // (dim) fp32
+    void *attn_norm_b;  // (dim) fp32 LayerNorm bias, or NULL
     LinearWeight wqkv;  // ((n_heads + 2*n_kv_heads)*head_dim / tp, dim): q, k, v rows fused
     LinearWeight wo;    // (dim, n_heads*head_dim / tp)
-    void *ffn_norm;     // (dim) fp32
-    LinearWeight wgu;   // (2*hidden_dim / tp, dim): gate rows then up rows
+    void *ffn_norm;     // (dim) fp32 (NULL: parallel residual with one shared norm)
+    void *ffn_norm_b;   // (dim) fp32 LayerNorm bias, or NULL
+    LinearWeight wgu;   // (2*hidden_dim / tp, dim): gate rows then up rows; (hidden_dim / tp,
+                        // dim) up rows only when the MLP is not gated
     LinearWeight wdown; // (dim, hidden_dim / tp)
     float k_scale, v_scale; // FP8 KV cache scales of this layer (1 unless the checkpoint has them)
 } LayerWeights;
@@ -50,10 +54,14 @@ typedef struct {
 
     // weights (backend memory)
     void *embed;        // (vocab, dim) activation dtype
+    void *pos_embed;    // (max_seq_len, dim) learned positions (GPT-2), or NULL
+    void *embed_norm, *embed_norm_b; // (dim) fp32 LayerNorm after the embedding (BLOOM), or NULL
+    void *alibi;        // (n_heads / tp) fp32 ALiBi slopes of this rank's heads, or NULL
     LayerWeights *layers; // (n_layers)
     void *final_norm;   // (dim) fp32
+    void *final_norm_b; // (dim) fp32 LayerNorm bias, or NULL
     LinearWeight lm_head; // (vocab, dim)
-    void *inv_freq;     // (head_dim/2) fp32 rotary frequencies
+    void *inv_freq;     // (rotary_dim/2) fp32 rotary frequencies
 
     // KV pool (backend memory), attached by model_kv_alloc
     int kv_blocks;
@@ -70,6 +78,8 @@ typedef struct {
     void *act;  // (max_tokens, hidden_local)
     void *xl;   // (max_seqs, dim) rows that want logits
     void *hl;   // (max_seqs, dim)
+    void *h2;   // (max_tokens, dim) MLP input, parallel residual with two norms; else NULL
+    void *o2;   // (max_tokens, dim) MLP output, parallel residual; else NULL
 } Model;
 
 // Loads the model in `dir` (config.json, safetensors) onto the backend.

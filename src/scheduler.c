@@ -26,8 +26,22 @@ static void pool_give(Sched *s, int b) {
 
 static void release_blocks(Sched *s, Seq *q) {
     // Give back in reverse so a sequence re-admitted next gets the same blocks.
-    for (int i = q->n_blocks - 1; i >= 0; i--) pool_give(s, q->blocks[i]);
+    // Blocks dropped by the sliding window were given back already.
+    for (int i = q->n_blocks - 1; i >= q->n_dropped; i--) pool_give(s, q->blocks[i]);
     q->n_blocks = 0;
+    q->n_dropped = 0;
+}
+
+void sched_set_window(Sched *s, int window) { s->window = window > 0 ? window : 0; }
+
+// Gives back q's leading blocks that no future row can attend to: the next
+// row (position n_computed) sees positions from n_computed - window + 1 on.
+static void drop_window_blocks(Sched *s, Seq *q) {
+    if (!s->window) return;
+    int first_needed = q->n_computed - s->window + 1;
+    int drop = first_needed > 0 ? first_needed / s->block_size : 0;
+    if (drop > q->n_blocks) drop = q->n_blocks;
+    for (; q->n_dropped < drop; q->n_dropped++) pool_give(s, q->blocks[q->n_dropped]);
 }
 
 int sched_blocks_for(const Sched *s, int n) { return (n + s->block_size - 1) / s->block_size; }
@@ -124,6 +138,7 @@ void sched_add(Sched *s, Seq *q) {
     SL_CHECK(sched_blocks_for(s, q->max_len) <= s->n_blocks);
     q->blocks = sl_malloc(sizeof(int32_t) * sched_blocks_for(s, q->max_len));
     q->n_blocks = 0;
+    q->n_dropped = 0;
     q->n_computed = 0;
     q->status = SEQ_WAITING;
     wait_push_back(s, q);
@@ -252,7 +267,10 @@ int sched_step(Sched *s) {
 }
 
 void sched_commit(Sched *s) {
-    for (int k = 0; k < s->batch.n_seqs; k++) s->step_seqs[k]->n_computed += s->step_chunk[k];
+    for (int k = 0; k < s->batch.n_seqs; k++) {
+        s->step_seqs[k]->n_computed += s->step_chunk[k];
+        drop_window_blocks(s, s->step_seqs[k]);
+    }
 }
 
 void sched_finish(Sched *s, Seq *q) {
@@ -284,7 +302,7 @@ int sched_check(const Sched *s) {
                     (long)q->id, q->n_blocks, q->n_computed);
             rc = -1;
         }
-        for (int j = 0; j < q->n_blocks; j++) {
+        for (int j = q->n_dropped; j < q->n_blocks; j++) {
             int b = q->blocks[j];
             if (owner[b] != -1) {
                 fprintf(stderr, "sched_check: block %d used twice (seq %ld)\n", b, (long)q->id);

@@ -39,6 +39,8 @@ typedef struct {
     int n_computed;     // leading tokens whose K/V are in the cache
     int32_t *blocks;    // (blocks_for(max_len)) block table; owned by the scheduler
     int n_blocks;
+    int n_dropped;      // leading blocks given back (all their positions fell out of the
+                        // sliding window); their table entries keep the stale ids
     SeqStatus status;
     uint64_t admit_order; // larger = admitted more recently
     int n_preempted;
@@ -63,6 +65,8 @@ typedef struct {
     long n_preemptions;
     uint64_t step_no;
     int no_admit;         // set to stop admitting waiting sequences (draining)
+    int window;           // the model's sliding attention window (0: none): blocks whose
+                          // positions no later row can attend to are freed at commit
     // the step being built (host arrays sized once)
     Batch batch;
     Seq **step_seqs;      // (max_seqs) sequence of each batch sequence slot
@@ -74,6 +78,13 @@ typedef struct {
 void sched_init(Sched *s, SchedPolicy policy, int max_seqs, int max_tokens, int block_size,
                 int n_blocks, int max_seq_len, int n_queue);
 void sched_free(Sched *s);
+
+// Sets the model's sliding attention window (sched_init leaves 0: none).
+// After each commit, a sequence's leading blocks whose positions all lie before
+// n_computed - window + 1 go back to the pool; their block-table entries keep
+// the old ids, which attention never reads unmasked (the kernels skip or mask
+// keys outside the window).
+void sched_set_window(Sched *s, int window);
 
 // Blocks needed to hold n tokens.
 int sched_blocks_for(const Sched *s, int n);

@@ -355,12 +355,14 @@ static void test_bad_json(void) {
 static void test_unsupported(void) {
     ModelConfig c;
     sl_err e = {{0}};
-    char *t = mutate(k_small, NULL, "architectures", "[\"GPT2LMHeadModel\"]");
+    char *t = mutate(k_small, NULL, "architectures", "[\"T5ForConditionalGeneration\"]");
     int rc = config_parse(&c, t, NULL, "m/config.json", &e);
+    // the message lists every family of the zoo (arch.c)
     check_err(rc, &e,
-              "m/config.json: unsupported architecture 'GPT2LMHeadModel' (supported: "
-              "LlamaForCausalLM)",
+              "m/config.json: unsupported architecture 'T5ForConditionalGeneration' (supported: "
+              "LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM",
               NULL);
+    CU_ASSERT(strstr(e.msg, "GPTNeoXForCausalLM") != NULL);
     free(t);
 
     expect_bad(NULL, "rope_scaling", "{\"rope_type\": \"yarn\", \"factor\": 4}",
@@ -426,8 +428,83 @@ static void test_bad_values(void) {
                "rope_scaling.factor (0) must be positive", NULL);
 }
 
+// ----------------------------------------------------------------------------
+// the model zoo: every flagship shape in configs/arch resolves to its layout
+
+static ModelConfig load_arch(const char *name) {
+    ModelConfig c;
+    sl_err e = {{0}};
+    char rel[128], *text;
+    snprintf(rel, sizeof rel, "configs/arch/%s.json", name);
+    text = sl_read_file(tu_path(rel), NULL, &e);
+    CU_ASSERT_FATAL(text != NULL);
+    int rc = config_parse(&c, text, NULL, rel, &e);
+    if (rc) fprintf(stderr, "  %s\n", e.msg);
+    CU_ASSERT_FATAL(rc == 0);
+    free(text);
+    return c;
+}
+
+static void test_zoo_arch_configs(void) {
+    ModelConfig c = load_arch("gpt2-xl");
+    CU_ASSERT_EQUAL(c.arch, ARCH_GPT2);
+    CU_ASSERT(c.dim == 1600 && c.hidden_dim == 6400 && c.n_layers == 48 && c.head_dim == 64);
+    CU_ASSERT(c.no_rotary && c.norm == NORM_LAYER && c.act == ACT_GELU_TANH && !c.gated);
+    CU_ASSERT(c.tie_embeddings && c.qkv_bias && c.o_bias && c.mlp_bias && c.max_seq_len == 1024);
+    c = load_arch("gpt-j-6b");
+    CU_ASSERT(c.arch == ARCH_GPTJ && c.rotary_dim == 64 && c.rope_interleaved && c.head_dim == 256);
+    CU_ASSERT(c.parallel_residual && c.shared_norm && c.head_bias && !c.qkv_bias && c.mlp_bias);
+    CU_ASSERT(c.hidden_dim == 16384);
+    c = load_arch("falcon-7b");
+    CU_ASSERT(c.arch == ARCH_FALCON && c.n_heads == 71 && c.n_kv_heads == 1 && c.head_dim == 64);
+    CU_ASSERT(c.family->qkv_layout == QKV_FUSED && c.parallel_residual && c.shared_norm);
+    CU_ASSERT(c.hidden_dim == 4 * 4544 && !c.qkv_bias && c.act == ACT_GELU);
+    c = load_arch("falcon-40b");
+    CU_ASSERT(c.n_kv_heads == 8 && c.family->qkv_layout == QKV_GROUPED && !c.shared_norm);
+    c = load_arch("falcon-180b");
+    CU_ASSERT(c.n_heads == 232 && c.n_kv_heads == 8 && c.family->qkv_layout == QKV_GROUPED);
+    c = load_arch("mpt-7b");
+    CU_ASSERT(c.arch == ARCH_MPT && c.alibi == 2 && c.alibi_bias_max == 8.0f && c.no_rotary);
+    CU_ASSERT(c.dim == 4096 && c.hidden_dim == 16384 && c.max_seq_len == 2048 && !c.qkv_bias);
+    c = load_arch("bloom-7b1");
+    CU_ASSERT(c.arch == ARCH_BLOOM && c.alibi == 1 && c.n_layers == 30 && c.n_heads == 32);
+    CU_ASSERT(c.hidden_dim == 16384 && c.tie_embeddings && c.act == ACT_GELU_TANH);
+    c = load_arch("mistral-7b");
+    CU_ASSERT(c.arch == ARCH_MISTRAL && c.sliding_window == 4096 && c.n_kv_heads == 8);
+    c = load_arch("qwen2-7b");
+    CU_ASSERT(c.arch == ARCH_QWEN2 && c.sliding_window == 0 && c.qkv_bias && !c.o_bias);
+    c = load_arch("phi-3-mini");
+    CU_ASSERT(c.arch == ARCH_PHI3 && c.sliding_window == 2047 && c.family->qkv_layout == QKV_FUSED);
+    c = load_arch("gemma-7b");
+    CU_ASSERT(c.arch == ARCH_GEMMA && c.head_dim == 256 && c.act == ACT_GELU_TANH && c.gated);
+    CU_ASSERT(c.tie_embeddings && c.norm_offset == 1.0f && c.embed_scale > 55.4f && c.embed_scale < 55.5f);
+}
+
+// Unsupported variants of supported families are refused by name.
+static void test_zoo_refusals(void) {
+    static const char *base_mpt =
+        "{\"architectures\": [\"MptForCausalLM\"], \"vocab_size\": 100, \"d_model\": 64,"
+        " \"n_layers\": 2, \"n_heads\": 4, \"attn_config\": {\"alibi\": false}}";
+    ModelConfig c;
+    sl_err e = {{0}};
+    CU_ASSERT(config_parse(&c, base_mpt, NULL, "m/config.json", &e) == -1);
+    CU_ASSERT(strstr(e.msg, "m/config.json: MPT with attn_config alibi false") != NULL);
+    static const char *falcon_alibi =
+        "{\"architectures\": [\"FalconForCausalLM\"], \"vocab_size\": 100, \"hidden_size\": 64,"
+        " \"num_hidden_layers\": 2, \"num_attention_heads\": 4, \"alibi\": true}";
+    CU_ASSERT(config_parse(&c, falcon_alibi, NULL, "m/config.json", &e) == -1);
+    CU_ASSERT(strstr(e.msg, "FalconForCausalLM with 'alibi' true is not supported") != NULL);
+    static const char *gemma_silu =
+        "{\"architectures\": [\"GemmaForCausalLM\"], \"vocab_size\": 100, \"hidden_size\": 64,"
+        " \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
+        " \"hidden_act\": \"relu\"}";
+    CU_ASSERT(config_parse(&c, gemma_silu, NULL, "m/config.json", &e) == -1);
+    CU_ASSERT(strstr(e.msg, "hidden_act 'relu' is not supported for GemmaForCausalLM") != NULL);
+}
+
 int main(void) {
     static const tu_test good[] = {
+        {"model zoo: configs/arch flagships", test_zoo_arch_configs},
         {"tiny-code-llama (transformers 5)", test_tiny_code_llama},
         {"Llama-3.1 (transformers 4, llama3 rope)", test_llama31_tf4},
         {"Llama-3.1 in rope_parameters spelling", test_llama31_tf5},
@@ -442,6 +519,7 @@ int main(void) {
         {"unsupported features", test_unsupported},
         {"wrong JSON types", test_wrong_types},
         {"inconsistent or missing values", test_bad_values},
+        {"model zoo: unsupported variants", test_zoo_refusals},
         {NULL, NULL},
     };
     tu_suite("config", good);

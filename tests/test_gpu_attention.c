@@ -1,5 +1,6 @@
 // test_gpu_attention.c: cuda_paged_attention (prefill + decode kernels)
-// against cpu_paged_attention.
+// against cpu_paged_attention, and its sliding-window form
+// (cuda_paged_attention_window vs cpu_paged_attention_ex).
 //
 // Method (llm.c style): a paged KV cache filled from a fixed seed and rounded
 // to bf16, with block tables that are a random permutation of the pool (so no
@@ -107,6 +108,10 @@ typedef struct {
     int rows, start;
 } Seq;
 
+// Sliding window of the calls (0: none) and ALiBi slopes (0: none, 1 BLOOM's,
+// 2 MPT's); set by test_sliding_window and test_alibi only.
+static int g_window = 0, g_alibi = 0;
+
 // max_kv_mode: 0 the true largest kv_len, 1 the table's capacity (what a
 // CUDA graph would pass), 2 an underestimate (1).
 static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mode,
@@ -159,10 +164,20 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
             qkv[(size_t)i * stride + j] =
                 bf16r((j < nh * hd ? sh->q_gain : 1.0f) * tu_rand_normal(&rng));
 
+    // ALiBi slopes of the call's heads
+    float *slopes = NULL, *d_slopes = NULL;
+    if (g_alibi) {
+        slopes = sl_malloc(sizeof(float) * nh);
+        cpu_alibi_slopes(slopes, nh, g_alibi, 8.0f);
+        d_slopes = dev_alloc(sizeof(float) * nh);
+        CUDA_CHECK(cudaMemcpy(d_slopes, slopes, sizeof(float) * nh, cudaMemcpyHostToDevice));
+    }
+
     // reference
     size_t out_n = (size_t)n * nh * hd;
     float *ref = sl_malloc(out_n * sizeof(float)), *got = sl_malloc(out_n * sizeof(float));
-    cpu_paged_attention(ref, qkv, kc, vc, pos, seq_of, bt, max_blocks, n, nh, nkv, hd, bs, scale);
+    cpu_paged_attention_ex(ref, qkv, kc, vc, pos, seq_of, bt, max_blocks, n, nh, nkv, hd, bs,
+                           scale, g_window, slopes);
 
     // GPU
     sl_bf16 *d_kc = dev_bf16(kc, cache_n), *d_vc = dev_bf16(vc, cache_n);
@@ -177,8 +192,14 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
     CUDA_CHECK(cudaMemset(d_out, 0xFF, out_n * sizeof(sl_bf16)));
     CUDA_CHECK(cudaMemset(d_ws, 0xFF, ws_bytes ? ws_bytes : 1));
     int max_kv_arg = max_kv_mode == 0 ? max_kv : max_kv_mode == 1 ? max_seq_len : 1;
-    cuda_paged_attention(d_out, d_qkv, d_kc, d_vc, d_pos, d_seq_of, d_seq_start, d_kv_len, d_bt,
-                         max_blocks, n, n_seqs, max_kv_arg, nh, nkv, hd, bs, scale, d_ws, 0);
+    if (g_window || g_alibi)
+        cuda_paged_attention_window(d_out, d_qkv, d_kc, d_vc, d_pos, d_seq_of, d_seq_start,
+                                    d_kv_len, d_bt, max_blocks, n, n_seqs, max_kv_arg, nh, nkv,
+                                    hd, bs, scale, g_window, d_slopes, d_ws, 0);
+    else
+        cuda_paged_attention(d_out, d_qkv, d_kc, d_vc, d_pos, d_seq_of, d_seq_start, d_kv_len,
+                             d_bt, max_blocks, n, n_seqs, max_kv_arg, nh, nkv, hd, bs, scale,
+                             d_ws, 0);
     CUDA_CHECK(cudaDeviceSynchronize());
     sl_bf16 *h_out = sl_malloc(out_n * sizeof(sl_bf16));
     CUDA_CHECK(cudaMemcpy(h_out, d_out, out_n * sizeof(sl_bf16), cudaMemcpyDeviceToHost));
@@ -208,6 +229,7 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
             double f = fabs(g2[k][i] - r2[k][i]) / (atol[k] + RTOL * fabs(r2[k][i]));
             if (!(f <= worst[k])) worst[k] = f; // NaN sticks
         }
+    if (g_window || g_alibi) printf("  window %d alibi %d:", g_window, g_alibi);
     printf("  %-22s mode %d: %d rows, %d seqs, ws %zu B; worst err/tol decode %.2f prefill %.2f\n",
            sh->name, max_kv_mode, n, n_seqs, ws_bytes, worst[0], worst[1]);
     CU_ASSERT_EQUAL(bad_d, 0);
@@ -224,6 +246,8 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
     CUDA_CHECK(cudaFree(d_bt));
     CUDA_CHECK(cudaFree(d_out));
     CUDA_CHECK(cudaFree(d_ws));
+    if (d_slopes) CUDA_CHECK(cudaFree(d_slopes));
+    free(slopes);
     free(h_out);
     free(ref);
     free(got);
@@ -305,6 +329,43 @@ static void test_prefill_only(void) {
     run_case(&SHAPES[2], chunk, 1, 0, 10);
     Seq two[2] = {{65, 0}, {64, 7}}; // two prefill sequences sharing a tile
     run_case(&SHAPES[6], two, 2, 0, 11);
+}
+
+// Sliding windows (Mistral, Phi-3): 1 (only the row itself), windows that
+// end mid-block and mid-tile, one wider than a decode split (splits wholly
+// outside the window leave empty partials), and one wider than every context
+// (same as none).
+static void test_sliding_window(void) {
+    if (!tu_gpu_ready()) return;
+    static const int windows[] = {1, 5, 37, 300, 1000, 8192};
+    for (int w = 0; w < 6; w++) {
+        g_window = windows[w];
+        run_case(&SHAPES[w % N_SHAPES], MIXED, N_MIXED, 0, 300 + w);
+        run_case(&SHAPES[(w + 3) % N_SHAPES], MIXED, N_MIXED, 1, 400 + w);
+        Seq few[3] = {{1, 2999}, {1, 4094}, {1, 4095}}; // decode split-K only
+        run_case(&SHAPES[0], few, 3, 0, 500 + w);
+        Seq chunk[1] = {{130, 50}}; // prefill only
+        run_case(&SHAPES[1], chunk, 1, 0, 600 + w);
+    }
+    g_window = 0;
+}
+
+// ALiBi (BLOOM's and MPT's slopes; head counts 4, 6, 8, 12, 16, 32 cover
+// both slope rules' power-of-two and remainder branches), alone and with a
+// window. Prefill and decode, split-K, long contexts (up to 5000 positions,
+// where slope * distance dwarfs q.k and a wrong sign or origin shows).
+static void test_alibi(void) {
+    if (!tu_gpu_ready()) return;
+    for (int mode = 1; mode <= 2; mode++) {
+        g_alibi = mode;
+        for (int i = 0; i < N_SHAPES; i++) run_case(&SHAPES[i], MIXED, N_MIXED, 0, 700 + 10 * mode + i);
+        Seq few[3] = {{1, 2999}, {1, 4094}, {1, 4095}};
+        run_case(&SHAPES[0], few, 3, 1, 720 + mode);
+        g_window = 37;
+        run_case(&SHAPES[4], MIXED, N_MIXED, 0, 730 + mode);
+        g_window = 0;
+    }
+    g_alibi = 0;
 }
 
 static void test_workspace_bytes(void) {
@@ -467,6 +528,8 @@ int main(void) {
         {"max_kv_len upper bound / underestimate", test_max_kv_len_bounds},
         {"decode only (direct and split-K)", test_decode_only},
         {"prefill only", test_prefill_only},
+        {"sliding window (prefill, decode, split-K)", test_sliding_window},
+        {"alibi (BLOOM and MPT slopes, with and without a window)", test_alibi},
         {"benchmark", test_bench},
         {NULL, NULL},
     };

@@ -532,7 +532,7 @@ static void test_attention_fp8_f32(void) {
                 size_t wsb = cuda_attention_workspace_bytes(n, nh, hd, mb * bs);
                 void *ws = dev_alloc(wsb);
                 cuda_paged_attention_ex(dout, dq, dk, dv, dpos, dso, dss, dkl, dbt, mb, n, S, 301, nh,
-                                        nkv, hd, bs, 1.0f / sqrtf((float)hd), f32, kv8, ks, vs, ws, 0);
+                                        nkv, hd, bs, 1.0f / sqrtf((float)hd), f32, kv8, ks, vs, 0, NULL, ws, 0);
                 get_act(got, dout, (size_t)n * nh * hd, f32);
                 char what[96];
                 snprintf(what, sizeof what, "attention f32=%d kv8=%d hd=%d", f32, kv8, hd);

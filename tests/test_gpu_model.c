@@ -310,6 +310,20 @@ static void test_fixture_gqa2(void) { check_fixture("tests/golden/llama-gqa2-bf1
 static void test_fixture_gqa4(void) { check_fixture("tests/golden/llama-gqa4-llama3rope-f16"); }
 static void test_fixture_mqa(void) { check_fixture("tests/golden/llama-mqa-hd18-bf16"); }
 
+// the model zoo (tests/golden/make_zoo.py)
+static void test_zoo_qwen2(void) { check_fixture("tests/golden/zoo-qwen2"); }
+static void test_zoo_mistral(void) { check_fixture("tests/golden/zoo-mistral-window"); }
+static void test_zoo_phi3(void) { check_fixture("tests/golden/zoo-phi3"); }
+static void test_zoo_gemma(void) { check_fixture("tests/golden/zoo-gemma"); }
+static void test_zoo_neox(void) { check_fixture("tests/golden/zoo-gpt-neox"); }
+static void test_zoo_neox_seq(void) { check_fixture("tests/golden/zoo-gpt-neox-seq"); }
+static void test_zoo_gptj(void) { check_fixture("tests/golden/zoo-gptj"); }
+static void test_zoo_gpt2(void) { check_fixture("tests/golden/zoo-gpt2"); }
+static void test_zoo_falcon_mq(void) { check_fixture("tests/golden/zoo-falcon-mq"); }
+static void test_zoo_falcon_new(void) { check_fixture("tests/golden/zoo-falcon-new"); }
+static void test_zoo_mpt(void) { check_fixture("tests/golden/zoo-mpt"); }
+static void test_zoo_bloom(void) { check_fixture("tests/golden/zoo-bloom"); }
+
 // ----------------------------------------------------------------------------
 // one ragged, mixed step with scattered KV blocks
 
@@ -472,6 +486,18 @@ int main(void) {
         {"fixture_gqa2_bf16", test_fixture_gqa2},
         {"fixture_gqa4_llama3rope_f16", test_fixture_gqa4},
         {"fixture_mqa_hd18_bf16", test_fixture_mqa},
+        {"zoo_qwen2", test_zoo_qwen2},
+        {"zoo_mistral_window", test_zoo_mistral},
+        {"zoo_phi3", test_zoo_phi3},
+        {"zoo_gemma", test_zoo_gemma},
+        {"zoo_gpt_neox", test_zoo_neox},
+        {"zoo_gpt_neox_seq", test_zoo_neox_seq},
+        {"zoo_gptj", test_zoo_gptj},
+        {"zoo_gpt2", test_zoo_gpt2},
+        {"zoo_falcon_mq", test_zoo_falcon_mq},
+        {"zoo_falcon_new", test_zoo_falcon_new},
+        {"zoo_mpt", test_zoo_mpt},
+        {"zoo_bloom", test_zoo_bloom},
         {NULL, NULL}};
     static const tu_test batched[] = {
         {"batched_mixed_step_tiny", test_batched_tiny},

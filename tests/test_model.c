@@ -5,6 +5,9 @@
 // - tests/golden/llama-*: small random Llamas with awkward shapes (GQA ratios
 //   1, 2, 4 and MQA, head_dim 18, untied heads, llama3 and linear rope
 //   scaling, f32/f16/bf16, sharded), made by tests/golden/make_golden.py.
+// - tests/golden/zoo-*: one small random checkpoint per family of the model
+//   zoo (Qwen2, Mistral, Phi-3, Gemma, GPT-NeoX, GPT-J, GPT-2, Falcon 7B and
+//   40B layouts, MPT, BLOOM), made by make_zoo.py.
 // - chunked prefill computes the same bits as a whole-prompt prefill.
 #include <jansson.h>
 #include <math.h>
@@ -235,6 +238,20 @@ static void test_fixture_gqa2(void) { check_fixture(fixtures[1]); }
 static void test_fixture_gqa4_llama3(void) { check_fixture(fixtures[2]); }
 static void test_fixture_mqa(void) { check_fixture(fixtures[3]); }
 
+// the model zoo (tests/golden/make_zoo.py): one fixture per family
+static void test_zoo_qwen2(void) { check_fixture("zoo-qwen2"); }
+static void test_zoo_mistral(void) { check_fixture("zoo-mistral-window"); }
+static void test_zoo_phi3(void) { check_fixture("zoo-phi3"); }
+static void test_zoo_gemma(void) { check_fixture("zoo-gemma"); }
+static void test_zoo_neox(void) { check_fixture("zoo-gpt-neox"); }
+static void test_zoo_neox_seq(void) { check_fixture("zoo-gpt-neox-seq"); }
+static void test_zoo_gptj(void) { check_fixture("zoo-gptj"); }
+static void test_zoo_gpt2(void) { check_fixture("zoo-gpt2"); }
+static void test_zoo_falcon_mq(void) { check_fixture("zoo-falcon-mq"); }
+static void test_zoo_falcon_new(void) { check_fixture("zoo-falcon-new"); }
+static void test_zoo_mpt(void) { check_fixture("zoo-mpt"); }
+static void test_zoo_bloom(void) { check_fixture("zoo-bloom"); }
+
 // ----------------------------------------------------------------------------
 // chunked prefill == whole prefill, bit for bit (rows never depend on their batch)
 
@@ -280,6 +297,18 @@ int main(void) {
         {"fixture_gqa2_bf16_tied", test_fixture_gqa2},
         {"fixture_gqa4_llama3rope_f16", test_fixture_gqa4_llama3},
         {"fixture_mqa_hd18_bf16_sharded", test_fixture_mqa},
+        {"zoo_qwen2_qkv_bias", test_zoo_qwen2},
+        {"zoo_mistral_sliding_window", test_zoo_mistral},
+        {"zoo_phi3_fused", test_zoo_phi3},
+        {"zoo_gemma_geglu_tied", test_zoo_gemma},
+        {"zoo_gpt_neox_parallel_partial_rotary", test_zoo_neox},
+        {"zoo_gpt_neox_sequential_v4_config", test_zoo_neox_seq},
+        {"zoo_gptj_parallel_interleaved_rotary", test_zoo_gptj},
+        {"zoo_gpt2_learned_pos_conv1d", test_zoo_gpt2},
+        {"zoo_falcon_7b_layout_multi_query", test_zoo_falcon_mq},
+        {"zoo_falcon_40b_layout_grouped_kv", test_zoo_falcon_new},
+        {"zoo_mpt_alibi", test_zoo_mpt},
+        {"zoo_bloom_alibi_embed_norm", test_zoo_bloom},
         {NULL, NULL}};
     static const tu_test misc[] = {
         {"chunked_prefill_exact", test_chunked_prefill_exact},

@@ -93,6 +93,9 @@ static int same(const CompletionSet *a, const CompletionSet *b, float tol) {
     return 1;
 }
 
+// Extra options for every run of check_layouts (test_zoo_window_blocks).
+static const char *g_extra = "";
+
 static void check_layouts(const char *dir, const char *golden_file, int n_new, const int *nps,
                           const int *tps, int n_layouts) {
     if (!have_mpirun()) {
@@ -107,8 +110,8 @@ static void check_layouts(const char *dir, const char *golden_file, int n_new, c
     const char *ref_out = tmp("mpi-ref");
     snprintf(args, sizeof args,
              "--model %s --input %s --output %s --max-new-tokens %d --ignore-eos --logprobs "
-             "--backend cpu --overwrite --progress 0",
-             tu_path(dir), in, ref_out, n_new);
+             "--backend cpu --overwrite --progress 0 %s",
+             tu_path(dir), in, ref_out, n_new, g_extra);
     int rc = run(0, args);
     if (rc) fprintf(stderr, "%s\n", g_out);
     CU_ASSERT_FATAL(rc == 0);
@@ -127,8 +130,8 @@ static void check_layouts(const char *dir, const char *golden_file, int n_new, c
         snprintf(out, sizeof out, "%s/mpi-np%d-tp%d-%d", tu_tmpdir(), nps[l], tps[l], n_new);
         snprintf(args, sizeof args,
                  "--model %s --input %s --output %s --max-new-tokens %d --ignore-eos --logprobs "
-                 "--backend cpu --tp %d --progress 0",
-                 tu_path(dir), in, out, n_new, tps[l]);
+                 "--backend cpu --tp %d --progress 0 --overwrite %s",
+                 tu_path(dir), in, out, n_new, tps[l], g_extra);
         rc = run(nps[l], args);
         if (rc) fprintf(stderr, "  -np %d --tp %d failed:\n%s\n", nps[l], tps[l], g_out);
         CU_ASSERT_FATAL(rc == 0);
@@ -151,6 +154,30 @@ static void test_demo_tp2_dp2(void) {
 static void test_gqa_tp4_and_dp2xtp2(void) {
     int nps[] = {4, 4}, tps[] = {4, 2};
     check_layouts("tests/golden/llama-gqa4-llama3rope-f16", "golden.json", 16, nps, tps, 2);
+}
+
+// The model zoo split over 2 ranks: Qwen2's biased q/k/v rows, Mistral's
+// window with kv heads split, GPT-NeoX's per-head fused query_key_value and
+// its parallel residual (one all-reduce of attention + MLP), GPT-2's
+// transposed fused c_attn sliced per head, Falcon-40B's per-group fused
+// query_key_value with biases, BLOOM's ALiBi slopes split by head.
+static void test_zoo_tp2(void) {
+    static const char *dirs[] = {"tests/golden/zoo-qwen2", "tests/golden/zoo-mistral-window",
+                                 "tests/golden/zoo-gpt-neox", "tests/golden/zoo-gpt2",
+                                 "tests/golden/zoo-falcon-new", "tests/golden/zoo-bloom"};
+    int nps[] = {2}, tps[] = {2};
+    for (int i = 0; i < 6; i++) check_layouts(dirs[i], "golden.json", 16, nps, tps, 1);
+}
+
+// Mistral's window (6) over 4-token KV blocks, 15 of them: one sequence's
+// whole context (up to 57 tokens) fits, four running together only because
+// blocks that slide out of the window are freed and reused while they run.
+// The tokens are still HF's, on one rank and on two.
+static void test_zoo_window_blocks(void) {
+    int nps[] = {2}, tps[] = {2};
+    g_extra = "--kv-block-size 4 --kv-blocks 15 --max-batch 4";
+    check_layouts("tests/golden/zoo-mistral-window", "golden.json", 16, nps, tps, 1);
+    g_extra = "";
 }
 
 static void test_bad_tp(void) {
@@ -179,6 +206,8 @@ static void test_bad_tp(void) {
 int main(void) {
     static const tu_test t[] = {{"demo_tp2_and_dp2_equal_one_rank", test_demo_tp2_dp2},
                                 {"gqa_tp4_and_dp2xtp2_equal_one_rank", test_gqa_tp4_and_dp2xtp2},
+                                {"zoo_tp2_equal_one_rank_and_hf", test_zoo_tp2},
+                                {"zoo_window_frees_kv_blocks", test_zoo_window_blocks},
                                 {"bad_tp_fails_fast", test_bad_tp},
                                 {NULL, NULL}};
     tu_suite("mpi_cpu", t);

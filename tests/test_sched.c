@@ -25,7 +25,10 @@ static int32_t fake_next(const int32_t *t, int n) {
 typedef struct {
     int max_seqs, max_tokens, block_size, n_blocks, n_req;
     SchedPolicy policy;
+    int window; // sliding attention window (0: none)
 } Workload;
+
+static long g_dropped; // blocks the window freed (summed over a test's trials)
 
 // Runs a random workload; returns the number of failures found.
 static int run_workload(const Workload *w, uint64_t seed, long *steps_out, long *preempt_out) {
@@ -35,6 +38,7 @@ static int run_workload(const Workload *w, uint64_t seed, long *steps_out, long 
     if (max_seq_len > 300) max_seq_len = 300;
     sched_init(&s, w->policy, w->max_seqs, w->max_tokens, w->block_size, w->n_blocks, max_seq_len,
                w->n_req);
+    sched_set_window(&s, w->window);
     Seq *seqs = calloc(w->n_req, sizeof(Seq));
     int32_t **ref = calloc(w->n_req, sizeof(int32_t *));
     int fails = 0;
@@ -84,10 +88,20 @@ static int run_workload(const Workload *w, uint64_t seed, long *steps_out, long 
                 if (p / w->block_size >= q->n_blocks || q->blocks[p / w->block_size] != blk ||
                     b->block_tables[k * b->max_blocks + p / w->block_size] != blk)
                     fails++;
+                // every position the row attends to is in a block still owned
+                int lo = w->window && p - w->window + 1 > 0 ? p - w->window + 1 : 0;
+                if (lo / w->block_size < q->n_dropped) {
+                    fprintf(stderr, "  seq %ld row at %d needs dropped block %d\n", (long)q->id, p,
+                            lo / w->block_size);
+                    fails++;
+                }
             }
             if (b->kv_len[k] != q->n_computed + (b->seq_start[k + 1] - b->seq_start[k])) fails++;
         }
+        for (int k = 0; k < b->n_seqs; k++) g_dropped -= s.step_seqs[k]->n_dropped;
         sched_commit(&s);
+        for (int k = 0; k < b->n_seqs; k++) g_dropped += s.step_seqs[k]->n_dropped;
+        if (sched_check(&s)) fails++;
         int nl = 0;
         Seq *fin[4096];
         int nfin = 0;
@@ -132,8 +146,9 @@ static int run_workload(const Workload *w, uint64_t seed, long *steps_out, long 
     return fails;
 }
 
-static void run_many(SchedPolicy policy) {
-    uint64_t rng = policy == SCHED_PREEMPT ? 11 : 12;
+static void run_many_w(SchedPolicy policy, int windowed) {
+    uint64_t rng = (policy == SCHED_PREEMPT ? 11 : 12) + 100 * windowed;
+    g_dropped = 0;
     long total_steps = 0, total_preempt = 0;
     for (int trial = 0; trial < 40; trial++) {
         Workload w;
@@ -143,6 +158,7 @@ static void run_many(SchedPolicy policy) {
         w.max_seqs = 1 + (int)(tu_rand_u64(&rng) % 24);
         w.max_tokens = 1 + (int)(tu_rand_u64(&rng) % 96);
         w.n_req = 5 + (int)(tu_rand_u64(&rng) % 60);
+        w.window = windowed ? 1 + (int)(tu_rand_u64(&rng) % 40) : 0;
         long steps, pre;
         int f = run_workload(&w, 1000 + trial, &steps, &pre);
         if (f)
@@ -156,10 +172,18 @@ static void run_many(SchedPolicy policy) {
     CU_ASSERT(total_steps > 2000); // the property test really exercised the loop
     if (policy == SCHED_PREEMPT) CU_ASSERT(total_preempt > 0);
     if (policy == SCHED_RESERVE) CU_ASSERT(total_preempt == 0);
+    if (windowed) {
+        printf("    %ld blocks freed by the sliding window\n", g_dropped);
+        CU_ASSERT(g_dropped > 0);
+    }
 }
 
-static void test_preempt_policy(void) { run_many(SCHED_PREEMPT); }
-static void test_reserve_policy(void) { run_many(SCHED_RESERVE); }
+static void test_preempt_policy(void) { run_many_w(SCHED_PREEMPT, 0); }
+static void test_reserve_policy(void) { run_many_w(SCHED_RESERVE, 0); }
+// Sliding-window models (Mistral): blocks out of the window go back to the pool
+// as sequences advance, never one a later row attends to.
+static void test_preempt_window(void) { run_many_w(SCHED_PREEMPT, 1); }
+static void test_reserve_window(void) { run_many_w(SCHED_RESERVE, 1); }
 
 // Decodes go first, then chunked prefill, then admissions; a long prompt is
 // split across steps by the token budget.
@@ -199,6 +223,8 @@ int main(void) {
         {"step_order_and_chunking", test_step_order_and_chunking},
         {"property_preempt_policy", test_preempt_policy},
         {"property_reserve_policy", test_reserve_policy},
+        {"property_preempt_sliding_window", test_preempt_window},
+        {"property_reserve_sliding_window", test_reserve_window},
         {NULL, NULL}};
     tu_suite("sched", t);
     return tu_main();

@@ -57,6 +57,60 @@ void cpu_add_rmsnorm(float *out, float *x, const float *r, const float *w, int n
     }
 }
 
+static void layernorm_row(float *out, const float *x, const float *w, const float *b, int dim,
+                          float eps) {
+    double mean = 0, var = 0; // double, as rmsnorm_row: the reference keeps its bits
+    for (int j = 0; j < dim; j++) mean += x[j];
+    mean /= dim;
+    for (int j = 0; j < dim; j++) var += ((double)x[j] - mean) * ((double)x[j] - mean);
+    float inv = (float)(1.0 / sqrt(var / dim + eps)), mu = (float)mean;
+    for (int j = 0; j < dim; j++) out[j] = (x[j] - mu) * inv * w[j] + (b ? b[j] : 0.0f);
+}
+
+void cpu_layernorm(float *out, const float *x, const float *w, const float *b, int n, int dim,
+                   float eps) {
+#pragma omp parallel for schedule(static) if (n > 16)
+    for (int i = 0; i < n; i++)
+        layernorm_row(out + (size_t)i * dim, x + (size_t)i * dim, w, b, dim, eps);
+}
+
+void cpu_add_layernorm(float *out, float *x, const float *r, const float *w, const float *b,
+                       int n, int dim, float eps) {
+#pragma omp parallel for schedule(static) if (n > 16)
+    for (int i = 0; i < n; i++) {
+        float *xi = x + (size_t)i * dim;
+        const float *ri = r + (size_t)i * dim;
+        for (int j = 0; j < dim; j++) xi[j] += ri[j];
+        layernorm_row(out + (size_t)i * dim, xi, w, b, dim, eps);
+    }
+}
+
+void cpu_add(float *x, const float *r, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] += r[i];
+}
+
+static inline float gelu_f(float x, int tanh_approx) {
+    if (tanh_approx) {
+        const float k = 0.7978845608028654f; // sqrt(2 / pi)
+        return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+    }
+    return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+}
+
+void cpu_gelu(float *out, const float *in, int n, int hidden, int gated, int tanh_approx) {
+#pragma omp parallel for schedule(static) if (n > 16)
+    for (int i = 0; i < n; i++) {
+        float *o = out + (size_t)i * hidden;
+        if (gated) {
+            const float *g = in + (size_t)i * 2 * hidden, *u = g + hidden;
+            for (int j = 0; j < hidden; j++) o[j] = gelu_f(g[j], tanh_approx) * u[j];
+        } else {
+            const float *x = in + (size_t)i * hidden;
+            for (int j = 0; j < hidden; j++) o[j] = gelu_f(x[j], tanh_approx);
+        }
+    }
+}
+
 void cpu_swiglu(float *out, const float *gu, int n, int hidden) {
 #pragma omp parallel for schedule(static) if (n > 16)
     for (int i = 0; i < n; i++) {
@@ -126,16 +180,37 @@ static void rotate_head(float *v, int pos, const float *inv_freq, int half) {
     }
 }
 
+// GPT-J's pairing: (v[2i], v[2i+1]) rotate by angle pos * inv_freq[i]
+static void rotate_head_interleaved(float *v, int pos, const float *inv_freq, int half) {
+    for (int i = 0; i < half; i++) {
+        float a = (float)pos * inv_freq[i];
+        float c = cosf(a), s = sinf(a);
+        float x1 = v[2 * i], x2 = v[2 * i + 1];
+        v[2 * i] = x1 * c - x2 * s;
+        v[2 * i + 1] = x2 * c + x1 * s;
+    }
+}
+
 void cpu_rope_kv_write(float *qkv, float *k_cache, float *v_cache, const int32_t *pos,
                        const int32_t *slots, const float *inv_freq, int n, int n_heads,
                        int n_kv_heads, int head_dim, int block_size) {
+    cpu_rope_kv_write_ex(qkv, k_cache, v_cache, pos, slots, inv_freq, n, n_heads, n_kv_heads,
+                         head_dim, block_size, head_dim, 0);
+}
+
+void cpu_rope_kv_write_ex(float *qkv, float *k_cache, float *v_cache, const int32_t *pos,
+                          const int32_t *slots, const float *inv_freq, int n, int n_heads,
+                          int n_kv_heads, int head_dim, int block_size, int rotary_dim,
+                          int interleaved) {
     int stride = (n_heads + 2 * n_kv_heads) * head_dim;
-    int half = head_dim / 2;
+    int half = rotary_dim / 2;
 #pragma omp parallel for schedule(static) if (n > 16)
     for (int i = 0; i < n; i++) {
         float *row = qkv + (size_t)i * stride;
-        for (int h = 0; h < n_heads + n_kv_heads; h++) // q heads then k heads
-            rotate_head(row + (size_t)h * head_dim, pos[i], inv_freq, half);
+        for (int h = 0; h < n_heads + n_kv_heads; h++) { // q heads then k heads
+            if (interleaved) rotate_head_interleaved(row + (size_t)h * head_dim, pos[i], inv_freq, half);
+            else rotate_head(row + (size_t)h * head_dim, pos[i], inv_freq, half);
+        }
         if (slots[i] < 0) continue; // padding row: rotated, not cached
         int blk = slots[i] / block_size, off = slots[i] % block_size;
         for (int h = 0; h < n_kv_heads; h++) {
@@ -155,6 +230,15 @@ void cpu_paged_attention(float *out, const float *qkv, const float *k_cache,
                          const float *v_cache, const int32_t *pos, const int32_t *seq_of,
                          const int32_t *block_tables, int max_blocks, int n, int n_heads,
                          int n_kv_heads, int head_dim, int block_size, float scale) {
+    cpu_paged_attention_ex(out, qkv, k_cache, v_cache, pos, seq_of, block_tables, max_blocks, n,
+                           n_heads, n_kv_heads, head_dim, block_size, scale, 0, NULL);
+}
+
+void cpu_paged_attention_ex(float *out, const float *qkv, const float *k_cache,
+                            const float *v_cache, const int32_t *pos, const int32_t *seq_of,
+                            const int32_t *block_tables, int max_blocks, int n, int n_heads,
+                            int n_kv_heads, int head_dim, int block_size, float scale,
+                            int window, const float *alibi) {
     int stride = (n_heads + 2 * n_kv_heads) * head_dim;
     int group = n_heads / n_kv_heads;
     int max_ctx = 0;
@@ -169,22 +253,24 @@ void cpu_paged_attention(float *out, const float *qkv, const float *k_cache,
                 const float *q = qkv + (size_t)i * stride + (size_t)h * head_dim;
                 const int32_t *bt = block_tables + (size_t)seq_of[i] * max_blocks;
                 int kvh = h / group, ctx = pos[i] + 1;
+                int t0 = window > 0 && ctx > window ? ctx - window : 0; // sliding window
                 float mx = -INFINITY;
-                for (int t = 0; t < ctx; t++) {
+                for (int t = t0; t < ctx; t++) {
                     int blk = bt[t / block_size], off = t % block_size;
                     const float *k =
                         k_cache + (((size_t)blk * n_kv_heads + kvh) * block_size + off) * head_dim;
                     scores[t] = dot_f32(q, k, head_dim) * scale;
+                    if (alibi) scores[t] += alibi[h] * (float)(t - pos[i]);
                     if (scores[t] > mx) mx = scores[t];
                 }
                 float sum = 0;
-                for (int t = 0; t < ctx; t++) {
+                for (int t = t0; t < ctx; t++) {
                     scores[t] = expf(scores[t] - mx);
                     sum += scores[t];
                 }
                 float *o = out + (size_t)i * n_heads * head_dim + (size_t)h * head_dim;
                 for (int d = 0; d < head_dim; d++) o[d] = 0;
-                for (int t = 0; t < ctx; t++) {
+                for (int t = t0; t < ctx; t++) {
                     int blk = bt[t / block_size], off = t % block_size;
                     const float *v =
                         v_cache + (((size_t)blk * n_kv_heads + kvh) * block_size + off) * head_dim;
@@ -194,6 +280,31 @@ void cpu_paged_attention(float *out, const float *qkv, const float *k_cache,
             }
         }
         free(scores);
+    }
+}
+
+void cpu_alibi_slopes(float *slopes, int n_heads, int mode, float bias_max) {
+    if (mode == 2) { // MPT
+        int p2 = 1;
+        while (p2 < n_heads) p2 *= 2;
+        float *all = malloc(sizeof(float) * p2);
+        for (int k = 0; k < p2; k++) all[k] = 1.0f / powf(2.0f, (float)(k + 1) * (bias_max / p2));
+        // not a power of two: odd-indexed slopes first, then even-indexed
+        for (int h = 0; h < n_heads; h++)
+            slopes[h] = p2 == n_heads ? all[h]
+                        : h < p2 / 2  ? all[2 * h + 1]
+                                      : all[2 * (h - p2 / 2)];
+        free(all);
+        return;
+    }
+    // BLOOM
+    int cp2 = 1;
+    while (cp2 * 2 <= n_heads) cp2 *= 2;
+    float base = powf(2.0f, -powf(2.0f, -(log2f((float)cp2) - 3.0f)));
+    for (int h = 0; h < cp2 && h < n_heads; h++) slopes[h] = powf(base, (float)(h + 1));
+    if (cp2 < n_heads) {
+        float extra = powf(2.0f, -powf(2.0f, -(log2f((float)(2 * cp2)) - 3.0f)));
+        for (int k = 0; cp2 + k < n_heads; k++) slopes[cp2 + k] = powf(extra, (float)(2 * k + 1));
     }
 }
 

@@ -167,7 +167,8 @@ static __global__ void __launch_bounds__(DEC_THREADS)
                        const int32_t *__restrict__ seq_start,
                        const int32_t *__restrict__ block_tables, int max_blocks, int n_seqs,
                        int n_heads, int n_kv_heads, int hd, int bs_shift, int n_sub,
-                       int n_splits, int chunk, float scale_log2, float v_mul) {
+                       int n_splits, int chunk, float scale_log2, float v_mul, int window,
+                       const float *__restrict__ alibi) {
     constexpr int TPW = 32 / LANES;      // lane-groups (rows in flight) per warp
     constexpr int NTG = DEC_WARPS * TPW; // lane-groups per CTA
     constexpr int EPL = NCH * VEC;       // elements per lane
@@ -183,6 +184,8 @@ static __global__ void __launch_bounds__(DEC_THREADS)
     const int t_begin = split * chunk;
     if (t_begin >= ctx) return; // past this sequence's end
     const int t_end = split == n_splits - 1 ? ctx : min(ctx, t_begin + chunk);
+    // sliding window: positions before t_lo are masked (window 0: none)
+    const int t_lo = window > 0 && ctx > window ? ctx - window : 0;
 
     const int group = n_heads / n_kv_heads;
     const int kvh = blockIdx.y / n_sub, sub = blockIdx.y % n_sub;
@@ -194,6 +197,19 @@ static __global__ void __launch_bounds__(DEC_THREADS)
     const size_t blk_stride = (size_t)n_kv_heads << bs_shift; // rows per cache block
     const size_t head_row0 = (size_t)kvh << bs_shift;
     const int32_t *bt = block_tables + (size_t)s * max_blocks;
+
+    if (t_end <= t_lo) {
+        // A split wholly outside the window (only when n_splits > 1: the last
+        // split ends at ctx > t_lo) leaves an empty partial for the reduce.
+        const size_t n_entries = (size_t)n_seqs * n_heads * n_splits;
+        for (int idx = threadIdx.x; idx < gvalid * hd; idx += DEC_THREADS) {
+            const int g = idx / hd, d = idx - g * hd;
+            const size_t e = ((size_t)s * n_heads + h0 + g) * n_splits + split;
+            ws[2 * n_entries + e * hd + d] = 0.f;
+            if (d == 0) ws[2 * e] = -INFINITY, ws[2 * e + 1] = 0.f;
+        }
+        return;
+    }
 
     // this lane's slice of q for each head, pre-scaled by scale*log2(e)
     float q[GB][EPL];
@@ -214,6 +230,11 @@ static __global__ void __launch_bounds__(DEC_THREADS)
             }
         }
 
+    // ALiBi: score += slope * (t - pos), in the exp2 domain
+    float slope[GB];
+#pragma unroll
+    for (int g = 0; g < GB; g++) slope[g] = alibi && g < gvalid ? alibi[h0 + g] * ATT_LOG2E : 0.f;
+
     float m[GB], l[GB], acc[GB][EPL];
 #pragma unroll
     for (int g = 0; g < GB; g++) {
@@ -224,13 +245,15 @@ static __global__ void __launch_bounds__(DEC_THREADS)
 
     // Iterations are uniform across the warp (shuffles inside): a lane-group
     // whose position is past t_end loads nothing and scores -inf.
-    for (int base = t_begin; base < t_end; base += U * NTG) {
+    int first = t_begin; // skip whole iterations below the window
+    if (t_lo > t_begin) first = t_begin + (t_lo - t_begin) / (U * NTG) * (U * NTG);
+    for (int base = first; base < t_end; base += U * NTG) {
         uint32_t kw[U][NCH][VEC / 2], vw[U][NCH][VEC / 2];
         bool valid[U];
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int t = base + u * NTG + tgid;
-            valid[u] = t < t_end;
+            valid[u] = t < t_end && t >= t_lo;
 #pragma unroll
             for (int c = 0; c < NCH; c++)
 #pragma unroll
@@ -265,7 +288,8 @@ static __global__ void __launch_bounds__(DEC_THREADS)
 #pragma unroll
                 for (int off = LANES / 2; off > 0; off >>= 1)
                     dot += __shfl_xor_sync(0xffffffffu, dot, off);
-                sc[u][g] = valid[u] ? dot : -INFINITY;
+                sc[u][g] = valid[u] ? fmaf(slope[g], (float)(base + u * NTG + tgid - (ctx - 1)), dot)
+                                    : -INFINITY;
             }
         // online softmax update (exp2 domain)
 #pragma unroll
@@ -446,7 +470,8 @@ static __global__ void __launch_bounds__(PF_THREADS)
                         const int32_t *__restrict__ seq_start,
                         const int32_t *__restrict__ block_tables, int max_blocks, int n_tokens,
                         int n_seqs, int n_heads, int n_kv_heads, int hd, int bs_shift,
-                        float scale_log2, int v16, float v_mul) {
+                        float scale_log2, int v16, float v_mul, int window,
+                        const float *__restrict__ alibi) {
     constexpr int LDS = HDP + 8;     // +16 bytes: ldmatrix rows hit distinct banks
     constexpr int KSTEPS = HDP / 16; // k-steps of Q.K^T over head_dim
     constexpr int NT_S = PF_BN / 8;  // n8 tiles of S (key positions)
@@ -585,14 +610,27 @@ static __global__ void __launch_bounds__(PF_THREADS)
                         mma_16816(sc[2 * np + 1], qf[ks], b[2], b[3]);
                     }
                 // causal mask by absolute position (rows outside the segment: pos -1)
-                if (k0 + PF_BN - 1 > pmin) {
+                // ALiBi: + slope * (t - pos), in units of the unscaled scores
+                if (alibi) {
+                    const float sa = alibi[h] * ATT_LOG2E / scale_log2;
 #pragma unroll
                     for (int j = 0; j < NT_S; j++)
 #pragma unroll
                         for (int e = 0; e < 2; e++) {
                             const int t = k0 + j * 8 + (lane & 3) * 2 + e;
-                            if (t > pA) sc[j][e] = -INFINITY;
-                            if (t > pB) sc[j][2 + e] = -INFINITY;
+                            sc[j][e] = fmaf(sa, (float)(t - pA), sc[j][e]);
+                            sc[j][2 + e] = fmaf(sa, (float)(t - pB), sc[j][2 + e]);
+                        }
+                }
+                // and, with a sliding window, keys at or before pos - window
+                if (k0 + PF_BN - 1 > pmin || (window > 0 && k0 <= wmax - window)) {
+#pragma unroll
+                    for (int j = 0; j < NT_S; j++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const int t = k0 + j * 8 + (lane & 3) * 2 + e;
+                            if (t > pA || (window > 0 && t <= pA - window)) sc[j][e] = -INFINITY;
+                            if (t > pB || (window > 0 && t <= pB - window)) sc[j][2 + e] = -INFINITY;
                         }
                 }
                 // online softmax for the thread's two rows (A: e 0-1, B: e 2-3)
@@ -695,10 +733,10 @@ static void launch_decode_hd(int gb, dim3 grid, bf16 *out, float *ws, const bf16
                              const int32_t *seq_start, const int32_t *bt, int max_blocks,
                              int n_seqs, int n_heads, int n_kv_heads, int hd, int bs_shift,
                              int n_sub, int n_splits, int chunk, float sl2, float v_mul,
-                             cudaStream_t st) {
+                             int window, const float *alibi, cudaStream_t st) {
 #define DEC_ARGS                                                                             \
     out, ws, qkv, kc, vc, pos, seq_start, bt, max_blocks, n_seqs, n_heads, n_kv_heads, hd,   \
-        bs_shift, n_sub, n_splits, chunk, sl2, v_mul
+        bs_shift, n_sub, n_splits, chunk, sl2, v_mul, window, alibi
     switch (gb) {
     case 1: attn_decode_kernel<LANES, VEC, NCH, 1, U, KT><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
     case 2: attn_decode_kernel<LANES, VEC, NCH, 2, U, KT><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
@@ -714,7 +752,7 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, c
                           const int32_t *pos, const int32_t *seq_start, const int32_t *bt,
                           int max_blocks, int n_seqs, int max_kv_len, int n_heads,
                           int n_kv_heads, int hd, int bs_shift, float sl2, float v_mul, bool v16,
-                          cudaStream_t st) {
+                          int window, const float *alibi, cudaStream_t st) {
     const int group = n_heads / n_kv_heads;
     // query heads per CTA: the group rounded up to 1, 2, 4 or 8 (groups above 8 take several CTAs)
     const int gbp = group > 4 ? 8 : group > 2 ? 4 : group;
@@ -727,16 +765,16 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, c
     if (hd == 128 && v16)
         launch_decode_hd<16, 8, 1, 4>(gbp, grid, out, ws, qkv, kc, vc, pos, seq_start, bt,
                                       max_blocks, n_seqs, n_heads, n_kv_heads, hd, bs_shift,
-                                      n_sub, n_splits, chunk, sl2, v_mul, st);
+                                      n_sub, n_splits, chunk, sl2, v_mul, window, alibi, st);
     else if (hd == 64 && v16)
         launch_decode_hd<8, 8, 1, 4>(gbp, grid, out, ws, qkv, kc, vc, pos, seq_start, bt,
                                      max_blocks, n_seqs, n_heads, n_kv_heads, hd, bs_shift,
-                                     n_sub, n_splits, chunk, sl2, v_mul, st);
+                                     n_sub, n_splits, chunk, sl2, v_mul, window, alibi, st);
     else
         launch_decode_hd<32, 2, ATT_MAX_HD / 64, 2>(gbp, grid, out, ws, qkv, kc, vc, pos,
                                                     seq_start, bt, max_blocks, n_seqs, n_heads,
                                                     n_kv_heads, hd, bs_shift, n_sub, n_splits,
-                                                    chunk, sl2, v_mul, st);
+                                                    chunk, sl2, v_mul, window, alibi, st);
     if (n_splits > 1) {
         attn_decode_reduce_kernel<<<dim3(n_heads, n_seqs), DEC_REDUCE_THREADS, 0, st>>>(
             out, ws, pos, seq_start, n_seqs, n_heads, hd, n_splits, chunk);
@@ -749,7 +787,8 @@ static void launch_prefill_hdp(bf16 *out, const bf16 *qkv, const KT *kc, const K
                                const int32_t *pos, const int32_t *seq_of,
                                const int32_t *seq_start, const int32_t *bt, int max_blocks,
                                int n_tokens, int n_seqs, int n_heads, int n_kv_heads, int hd,
-                               int bs_shift, float sl2, float v_mul, bool v16, cudaStream_t st) {
+                               int bs_shift, float sl2, float v_mul, bool v16, int window,
+                               const float *alibi, cudaStream_t st) {
     const size_t smem = (size_t)(PF_BM + 4 * PF_BN) * (HDP + 8) * sizeof(bf16);
     static bool attr_set = false; // once per instantiation (not a stream operation)
     if (!attr_set) {
@@ -760,7 +799,7 @@ static void launch_prefill_hdp(bf16 *out, const bf16 *qkv, const KT *kc, const K
     dim3 grid(n_heads, ceil_div(n_tokens, PF_BM));
     attn_prefill_kernel<HDP, KT><<<grid, PF_THREADS, smem, st>>>(
         out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,
-        n_kv_heads, hd, bs_shift, sl2, v16 ? 1 : 0, v_mul);
+        n_kv_heads, hd, bs_shift, sl2, v16 ? 1 : 0, v_mul, window, alibi);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -769,10 +808,11 @@ static void launch_prefill(bf16 *out, const bf16 *qkv, const KT *kc, const KT *v
                            const int32_t *pos, const int32_t *seq_of, const int32_t *seq_start,
                            const int32_t *bt, int max_blocks, int n_tokens, int n_seqs,
                            int n_heads, int n_kv_heads, int hd, int bs_shift, float sl2,
-                           float v_mul, bool v16, cudaStream_t st) {
+                           float v_mul, bool v16, int window, const float *alibi,
+                           cudaStream_t st) {
 #define PF_ARGS                                                                              \
     out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,     \
-        n_kv_heads, hd, bs_shift, sl2, v_mul, v16, st
+        n_kv_heads, hd, bs_shift, sl2, v_mul, v16, window, alibi, st
     if (hd <= 32) launch_prefill_hdp<32, KT>(PF_ARGS);
     else if (hd <= 64) launch_prefill_hdp<64, KT>(PF_ARGS);
     else if (hd <= 96) launch_prefill_hdp<96, KT>(PF_ARGS);
@@ -807,6 +847,18 @@ extern "C" void cuda_paged_attention(sl_bf16 *out, const sl_bf16 *qkv, const sl_
                                      int max_blocks, int n_tokens, int n_seqs, int max_kv_len,
                                      int n_heads, int n_kv_heads, int head_dim, int block_size,
                                      float scale, void *workspace, cudaStream_t stream) {
+    cuda_paged_attention_window(out, qkv, k_cache, v_cache, pos, seq_of, seq_start, kv_len,
+                                block_tables, max_blocks, n_tokens, n_seqs, max_kv_len, n_heads,
+                                n_kv_heads, head_dim, block_size, scale, 0, NULL, workspace,
+                                stream);
+}
+
+extern "C" void cuda_paged_attention_window(
+    sl_bf16 *out, const sl_bf16 *qkv, const sl_bf16 *k_cache, const sl_bf16 *v_cache,
+    const int32_t *pos, const int32_t *seq_of, const int32_t *seq_start, const int32_t *kv_len,
+    const int32_t *block_tables, int max_blocks, int n_tokens, int n_seqs, int max_kv_len,
+    int n_heads, int n_kv_heads, int head_dim, int block_size, float scale, int window,
+    const float *alibi, void *workspace, cudaStream_t stream) {
     (void)kv_len; // each row's context is pos[i] + 1, as in cpu_paged_attention
     if (n_tokens <= 0 || n_seqs <= 0) return;
     SL_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0);
@@ -828,11 +880,11 @@ extern "C" void cuda_paged_attention(sl_bf16 *out, const sl_bf16 *qkv, const sl_
     if (n_tokens > n_seqs)
         launch_prefill<bf16>(o, q, kc, vc, pos, seq_of, seq_start, block_tables, max_blocks,
                              n_tokens, n_seqs, n_heads, n_kv_heads, head_dim, bs_shift, sl2,
-                             1.0f, v16, stream);
+                             1.0f, v16, window, alibi, stream);
     if (!(n_seqs == 1 && n_tokens > 1))
         launch_decode<bf16>(o, reinterpret_cast<float *>(workspace), q, kc, vc, pos, seq_start,
                             block_tables, max_blocks, n_seqs, max_kv_len, n_heads, n_kv_heads,
-                            head_dim, bs_shift, sl2, 1.0f, v16, stream);
+                            head_dim, bs_shift, sl2, 1.0f, v16, window, alibi, stream);
 }
 
 // ----------------------------------------------------------------------------
@@ -859,7 +911,8 @@ static __global__ void __launch_bounds__(32 * REF_WARPS)
                     const TK *__restrict__ k_cache, const TK *__restrict__ v_cache,
                     const int32_t *__restrict__ pos, const int32_t *__restrict__ seq_of,
                     const int32_t *__restrict__ block_tables, int max_blocks, int n, int n_heads,
-                    int n_kv_heads, int hd, int block_size, float scale, float ks, float vs) {
+                    int n_kv_heads, int hd, int block_size, float scale, float ks, float vs,
+                    int window, const float *__restrict__ alibi) {
     const int item = blockIdx.x * REF_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (item >= n * n_heads) return; // whole warps exit together
     const int i = item / n_heads, h = item % n_heads;
@@ -871,15 +924,21 @@ static __global__ void __launch_bounds__(32 * REF_WARPS)
         return base + (((size_t)bt[t / block_size] * n_kv_heads + kvh) * block_size +
                        t % block_size) * hd;
     };
+    // sliding window: positions before t0 are masked; ALiBi: + slope * (t - pos)
+    const int t0 = window > 0 && ctx > window ? ctx - window : 0;
+    const float slope = alibi ? alibi[h] : 0.0f;
+    auto score = [&](int t) {
+        return ref_dot(q, row(k_cache, t), hd, ks) * scale + slope * (float)(t - (ctx - 1));
+    };
     float mx = -INFINITY;
-    for (int t = 0; t < ctx; t++) mx = fmaxf(mx, ref_dot(q, row(k_cache, t), hd, ks) * scale);
+    for (int t = t0; t < ctx; t++) mx = fmaxf(mx, score(t));
     float sum = 0.0f;
-    for (int t = 0; t < ctx; t++) sum += expf(ref_dot(q, row(k_cache, t), hd, ks) * scale - mx);
+    for (int t = t0; t < ctx; t++) sum += expf(score(t) - mx);
     float acc[ATT_MAX_HD / 32];
 #pragma unroll
     for (int e = 0; e < ATT_MAX_HD / 32; e++) acc[e] = 0.0f;
-    for (int t = 0; t < ctx; t++) {
-        const float p = expf(ref_dot(q, row(k_cache, t), hd, ks) * scale - mx) / sum;
+    for (int t = t0; t < ctx; t++) {
+        const float p = expf(score(t) - mx) / sum;
         const TK *v = row(v_cache, t);
 #pragma unroll
         for (int e = 0; e < ATT_MAX_HD / 32; e++) {
@@ -903,13 +962,15 @@ extern "C" void cuda_paged_attention_ex(void *out, const void *qkv, const void *
                                         int max_kv_len, int n_heads, int n_kv_heads,
                                         int head_dim, int block_size, float scale, int act_f32,
                                         int kv_fp8, float k_scale, float v_scale,
-                                        void *workspace, cudaStream_t stream) {
+                                        int window, const float *alibi, void *workspace,
+                                        cudaStream_t stream) {
     if (n_tokens <= 0 || n_seqs <= 0) return;
     if (!act_f32 && !kv_fp8) {
-        cuda_paged_attention((sl_bf16 *)out, (const sl_bf16 *)qkv, (const sl_bf16 *)k_cache,
-                             (const sl_bf16 *)v_cache, pos, seq_of, seq_start, kv_len,
-                             block_tables, max_blocks, n_tokens, n_seqs, max_kv_len, n_heads,
-                             n_kv_heads, head_dim, block_size, scale, workspace, stream);
+        cuda_paged_attention_window((sl_bf16 *)out, (const sl_bf16 *)qkv,
+                                    (const sl_bf16 *)k_cache, (const sl_bf16 *)v_cache, pos,
+                                    seq_of, seq_start, kv_len, block_tables, max_blocks,
+                                    n_tokens, n_seqs, max_kv_len, n_heads, n_kv_heads, head_dim,
+                                    block_size, scale, window, alibi, workspace, stream);
         return;
     }
     SL_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0);
@@ -924,12 +985,12 @@ extern "C" void cuda_paged_attention_ex(void *out, const void *qkv, const void *
             attn_ref_kernel<uint8_t><<<grid, 32 * REF_WARPS, 0, stream>>>(
                 (float *)out, (const float *)qkv, (const uint8_t *)k_cache,
                 (const uint8_t *)v_cache, pos, seq_of, block_tables, max_blocks, n_tokens,
-                n_heads, n_kv_heads, head_dim, block_size, scale, ks, vs);
+                n_heads, n_kv_heads, head_dim, block_size, scale, ks, vs, window, alibi);
         else
             attn_ref_kernel<float><<<grid, 32 * REF_WARPS, 0, stream>>>(
                 (float *)out, (const float *)qkv, (const float *)k_cache,
                 (const float *)v_cache, pos, seq_of, block_tables, max_blocks, n_tokens,
-                n_heads, n_kv_heads, head_dim, block_size, scale, ks, vs);
+                n_heads, n_kv_heads, head_dim, block_size, scale, ks, vs, window, alibi);
         CUDA_CHECK_LAUNCH();
         return;
     }
@@ -948,9 +1009,10 @@ extern "C" void cuda_paged_attention_ex(void *out, const void *qkv, const void *
     if (n_tokens > n_seqs)
         launch_prefill<uint8_t>(o, q, kc, vc, pos, seq_of, seq_start, block_tables, max_blocks,
                                 n_tokens, n_seqs, n_heads, n_kv_heads, head_dim, bs_shift, sl2,
-                                v_scale, v16, stream);
+                                v_scale, v16, window, alibi, stream);
     if (!(n_seqs == 1 && n_tokens > 1))
         launch_decode<uint8_t>(o, reinterpret_cast<float *>(workspace), q, kc, vc, pos,
                                seq_start, block_tables, max_blocks, n_seqs, max_kv_len, n_heads,
-                               n_kv_heads, head_dim, bs_shift, sl2, v_scale, v16, stream);
+                               n_kv_heads, head_dim, bs_shift, sl2, v_scale, v16, window, alibi,
+                               stream);
 }

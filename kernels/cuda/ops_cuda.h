@@ -43,6 +43,30 @@ void cuda_rope_kv_write(sl_bf16 *qkv, sl_bf16 *k_cache, sl_bf16 *v_cache, const 
                         const int32_t *slots, const float *inv_freq, int n, int n_heads,
                         int n_kv_heads, int head_dim, int block_size, cudaStream_t stream);
 
+// LayerNorm with bias (b may be NULL), and x += r then LayerNorm (out may
+// alias r, not x); fp32 statistics (layernorm.cu). Twins: cpu_layernorm,
+// cpu_add_layernorm.
+void cuda_layernorm(sl_bf16 *out, const sl_bf16 *x, const float *w, const float *b, int n,
+                    int dim, float eps, cudaStream_t stream);
+void cuda_add_layernorm(sl_bf16 *out, sl_bf16 *x, const sl_bf16 *r, const float *w,
+                        const float *b, int n, int dim, float eps, cudaStream_t stream);
+
+// x (n) += r (n) (add.cu). Twin: cpu_add.
+void cuda_add(sl_bf16 *x, const sl_bf16 *r, size_t n, cudaStream_t stream);
+
+// GELU, plain (in (n, hidden)) or gated (GeGLU, in (n, 2*hidden) = [gate |
+// up]), tanh approximation or erf (gelu.cu). Twin: cpu_gelu.
+void cuda_gelu(sl_bf16 *out, const sl_bf16 *in, int n, int hidden, int gated, int tanh_approx,
+               cudaStream_t stream);
+
+// cuda_rope_kv_write with partial rotary (the first rotary_dim dims of each
+// head) and/or GPT-J's interleaved pairs (rope_partial.cu). Twin:
+// cpu_rope_kv_write_ex.
+void cuda_rope_kv_write_partial(sl_bf16 *qkv, sl_bf16 *k_cache, sl_bf16 *v_cache,
+                                const int32_t *pos, const int32_t *slots, const float *inv_freq,
+                                int n, int n_heads, int n_kv_heads, int head_dim, int block_size,
+                                int rotary_dim, int interleaved, cudaStream_t stream);
+
 // gu (n, 2*hidden) = [gate | up]; out (n, hidden) = silu(gate) * up
 void cuda_swiglu(sl_bf16 *out, const sl_bf16 *gu, int n, int hidden, cudaStream_t stream);
 
@@ -68,6 +92,17 @@ void cuda_paged_attention(sl_bf16 *out, const sl_bf16 *qkv, const sl_bf16 *k_cac
                           const int32_t *block_tables, int max_blocks, int n_tokens, int n_seqs,
                           int max_kv_len, int n_heads, int n_kv_heads, int head_dim,
                           int block_size, float scale, void *workspace, cudaStream_t stream);
+// The same with a sliding window: row i attends to (pos[i] - window, pos[i]]
+// (window 0: no window), and ALiBi biases alibi[h] * (t - pos[i]) when alibi
+// (n_heads fp32 slopes, device) is set. Twin: cpu_paged_attention_ex.
+void cuda_paged_attention_window(sl_bf16 *out, const sl_bf16 *qkv, const sl_bf16 *k_cache,
+                                 const sl_bf16 *v_cache, const int32_t *pos,
+                                 const int32_t *seq_of, const int32_t *seq_start,
+                                 const int32_t *kv_len, const int32_t *block_tables,
+                                 int max_blocks, int n_tokens, int n_seqs, int max_kv_len,
+                                 int n_heads, int n_kv_heads, int head_dim, int block_size,
+                                 float scale, int window, const float *alibi, void *workspace,
+                                 cudaStream_t stream);
 
 // out[r] = the index of the largest of logits (n, vocab) row r (fp32); ties
 // to the lowest index, NaN counts as -inf (greedy decoding on the device).
@@ -128,7 +163,8 @@ void cuda_paged_attention_ex(void *out, const void *qkv, const void *k_cache,
                              const int32_t *block_tables, int max_blocks, int n_tokens,
                              int n_seqs, int max_kv_len, int n_heads, int n_kv_heads,
                              int head_dim, int block_size, float scale, int act_f32, int kv_fp8,
-                             float k_scale, float v_scale, void *workspace, cudaStream_t stream);
+                             float k_scale, float v_scale, int window, const float *alibi,
+                             void *workspace, cudaStream_t stream);
 
 #ifdef __cplusplus
 }
