@@ -68,6 +68,45 @@ typedef struct {
     const void *alibi;    // (n_heads) fp32 ALiBi slopes of this rank's heads, or NULL
 } AttnShape;
 
+// One logits row's sampling request for the `sample` op (plain data: the
+// CUDA kernel reads an array of these from device memory). The semantics of
+// every field are those of SamplingParams (sampling.h); seed and step pick the
+// request's uniform draw, sampling_uniform(seed, step).
+typedef struct {
+    float temperature;        // <= 0: greedy
+    float top_p;              // >= 1: off
+    float min_p;              // <= 0: off
+    float repetition_penalty; // 1: off
+    float presence_penalty;   // 0: off
+    float frequency_penalty;  // 0: off
+    int32_t top_k;            // <= 0 or >= vocab: off
+    int32_t slot;             // penalty-history slot of the request, -1: no penalties
+    uint64_t seed;
+    uint64_t step;            // index of the token being generated (0: the first)
+} SampleRow;
+
+// Token history updates for the penalties, applied by sample_prepare before
+// the step's sampling. Each slot holds, per vocabulary id, "seen in the prompt
+// or the completion" and "times generated": exactly what the penalties of
+// sampling.c read. Resets come first, then the entries.
+#define SAMPLE_HIST_GEN 0x80000000u // flag in hist_tok: a generated (not prompt) token
+#define SAMPLE_MAX_TOP_N 32
+typedef struct {
+    int n_reset;
+    const int32_t *reset_slots; // (n_reset) slots to clear
+    int n_hist;
+    const int32_t *hist_slot;   // (n_hist) slot of each entry
+    const uint32_t *hist_tok;   // (n_hist) token id in [0, vocab), | SAMPLE_HIST_GEN if generated
+} SampleHistory;
+
+// What the sample op hands back for one step (host arrays, n rows).
+typedef struct {
+    int32_t *ids;      // (n) chosen tokens
+    float *logprobs;   // (n) log probability of each (see sampling_sample), or NULL
+    int32_t *top_ids;  // (n, top_n) the model's top_n tokens (before sampling settings), or NULL
+    float *top_lps;    // (n, top_n)
+} SampleOut;
+
 typedef struct Backend Backend;
 struct Backend {
     const char *name; // "cpu", "cuda"
@@ -180,6 +219,39 @@ struct Backend {
     // ids_host (n) = argmax of each row of x @ W^T (ties: lowest id): a greedy
     // step without moving logits off the device.
     void (*argmax)(Backend *be, int32_t *ids_host, const void *x, const LinearWeight *w, int n);
+
+    // --- on-device sampling (NULL on a backend without it) ---
+    // Sizes the sampling state once, at start-up: n_slots penalty histories of
+    // vocab ids (0: no request uses penalties), at most max_hist history
+    // entries per step, top_n alternatives per row (0..SAMPLE_MAX_TOP_N),
+    // want_logprob: whether the chosen tokens' logprobs are wanted.
+    void (*sample_reserve)(Backend *be, int n_slots, int vocab, int max_hist, int top_n,
+                           int want_logprob);
+    // Stages the step's per-row requests (n rows) and applies its history
+    // updates. Call before the forward pass whose logits they sample.
+    void (*sample_prepare)(Backend *be, const SampleRow *rows, int n, const SampleHistory *h);
+    // Enqueues: logits of x (n, in_dim) @ W^T, then penalties, temperature,
+    // min-p, top-k, top-p and the draw per row (sampling.c's rules and random
+    // stream), plus the logprobs asked for in sample_reserve. Asynchronous on
+    // backends that can be; sample_wait returns the results.
+    void (*sample)(Backend *be, const void *x, const LinearWeight *w, int n);
+    // Waits for the last sample call and copies its n rows out.
+    void (*sample_wait)(Backend *be, const SampleOut *out, int n);
+
+    // --- CUDA graphs (NULL on a backend without them) ---
+    // graph_begin: called by the model after set_batch, before the ops of the
+    // step. Returns 1 when the step was launched from a graph captured before
+    // (the caller then enqueues nothing more for this step); 0 when the
+    // caller must enqueue the ops, which are captured if the step is
+    // graphable. graph_end closes what graph_begin opened (and launches a
+    // freshly captured graph). mode: 0 off, 1 on (decode steps padded to a
+    // bucket and replayed), 2 padded and eager (for tests: same launches as
+    // a graph, no capture).
+    int (*graph_begin)(Backend *be);
+    void (*graph_end)(Backend *be);
+    void (*set_graph_mode)(Backend *be, int mode);
+    // Counters: graphs captured, steps replayed from a graph.
+    void (*graph_stats)(Backend *be, long *captured, long *replayed);
 
     // Host memory the device copies to and from fastest (pinned on a GPU);
     // for buffers the step loop moves every step.

@@ -16,6 +16,21 @@
 #include "backend.h"
 #include "cpu/int4_cpu.h"
 #include "cpu/ops_cpu.h"
+#include "cpu/sample_cpu.h"
+
+// The CPU backend's state: the sampling buffers (sample_reserve), sized once.
+typedef struct {
+    int max_seqs;       // from reserve
+    int vocab, top_n, want_logprob;
+    uint32_t *counts;   // (n_slots, vocab) penalty histories, or NULL
+    SampleRow *rows;    // (max_seqs) the step's requests
+    int n_rows;
+    float *logits;      // (max_seqs, vocab)
+    int32_t *ids;       // (max_seqs) results of the last sample call
+    float *lps;         // (max_seqs)
+    int32_t *top_ids;   // (max_seqs, top_n)
+    float *top_lps;     // (max_seqs, top_n)
+} CpuImpl;
 
 static void *cpu_alloc(Backend *be, size_t bytes) { return sl_calloc(1, bytes); }
 static void cpu_free(Backend *be, void *p) { free(p); }
@@ -113,7 +128,10 @@ static void cpu_random_linear_fp8(Backend *be, LinearWeight *w, int out_dim, int
 }
 
 static void cpu_reserve(Backend *be, int max_tokens, int max_seqs, int max_seq_len,
-                        int block_size, int n_heads, int head_dim) {}
+                        int block_size, int n_heads, int head_dim) {
+    CpuImpl *c = be->impl;
+    if (max_seqs > c->max_seqs) c->max_seqs = max_seqs;
+}
 
 static void cpu_alloc_linear(Backend *be, LinearWeight *w, int out_dim, int in_dim) {
     memset(w, 0, sizeof *w);
@@ -243,10 +261,80 @@ static void cpu_argmax_op(Backend *be, int32_t *ids_host, const void *x, const L
     free(row);
 }
 
+// ----------------------------------------------------------------------------
+// sampling: the CPU twin (kernels/cpu/sample_cpu.c) over the reference sampler
+
+static void cpu_sample_free(CpuImpl *c) {
+    free(c->counts);
+    free(c->rows);
+    free(c->logits);
+    free(c->ids);
+    free(c->lps);
+    free(c->top_ids);
+    free(c->top_lps);
+}
+
+static void cpu_sample_reserve(Backend *be, int n_slots, int vocab, int max_hist, int top_n,
+                               int want_logprob) {
+    CpuImpl *c = be->impl;
+    SL_CHECK(c->max_seqs > 0 && vocab > 0 && top_n >= 0 && top_n <= SAMPLE_MAX_TOP_N);
+    cpu_sample_free(c);
+    size_t S = (size_t)c->max_seqs;
+    c->vocab = vocab;
+    c->top_n = top_n;
+    c->want_logprob = want_logprob;
+    c->counts = n_slots > 0 ? sl_calloc((size_t)n_slots * vocab, sizeof(uint32_t)) : NULL;
+    c->rows = sl_calloc(S, sizeof(SampleRow));
+    c->logits = sl_malloc(sizeof(float) * S * vocab);
+    c->ids = sl_calloc(S, sizeof(int32_t));
+    c->lps = sl_calloc(S, sizeof(float));
+    c->top_ids = sl_calloc(S * (top_n ? top_n : 1), sizeof(int32_t));
+    c->top_lps = sl_calloc(S * (top_n ? top_n : 1), sizeof(float));
+}
+
+static void cpu_sample_prepare(Backend *be, const SampleRow *rows, int n, const SampleHistory *h) {
+    CpuImpl *c = be->impl;
+    SL_CHECK(c->rows && n >= 0 && n <= c->max_seqs);
+    memcpy(c->rows, rows, sizeof(SampleRow) * n);
+    c->n_rows = n;
+    if (h && (h->n_reset || h->n_hist)) {
+        SL_CHECK(c->counts != NULL);
+        cpu_sample_hist_update(c->counts, c->vocab, h->reset_slots, h->n_reset, h->hist_slot,
+                               h->hist_tok, h->n_hist);
+    }
+}
+
+static void cpu_sample_op(Backend *be, const void *x, const LinearWeight *w, int n) {
+    CpuImpl *c = be->impl;
+    if (n <= 0) return;
+    SL_CHECK(n == c->n_rows && w->out_dim == c->vocab);
+    cpu_linear_op(be, c->logits, x, w, n);
+    cpu_sample_rows(c->ids, c->want_logprob ? c->lps : NULL, c->top_ids, c->top_lps, c->top_n,
+                    c->logits, n, c->vocab, c->rows, c->counts);
+}
+
+static void cpu_sample_wait(Backend *be, const SampleOut *out, int n) {
+    CpuImpl *c = be->impl;
+    if (n <= 0) return;
+    memcpy(out->ids, c->ids, sizeof(int32_t) * n);
+    if (out->logprobs) memcpy(out->logprobs, c->lps, sizeof(float) * n);
+    if (out->top_ids && c->top_n) {
+        memcpy(out->top_ids, c->top_ids, sizeof(int32_t) * n * c->top_n);
+        memcpy(out->top_lps, c->top_lps, sizeof(float) * n * c->top_n);
+    }
+}
+
 static void *cpu_host_alloc(Backend *be, size_t bytes) { return sl_malloc(bytes); }
 static void cpu_host_free(Backend *be, void *p) { free(p); }
 
-static void cpu_destroy(Backend *be) { free(be); }
+static void cpu_destroy(Backend *be) {
+    if (!be) return;
+    if (be->impl) {
+        cpu_sample_free(be->impl);
+        free(be->impl);
+    }
+    free(be);
+}
 
 Backend *backend_cpu_create(int threads) {
     if (threads > 0) omp_set_num_threads(threads);
@@ -254,6 +342,7 @@ Backend *backend_cpu_create(int threads) {
     be->name = "cpu";
     be->act_bytes = 4;
     be->kv_fp8_bytes = 4; // emulated: fp32 values rounded through e4m3
+    be->impl = sl_calloc(1, sizeof(CpuImpl));
     be->alloc = cpu_alloc;
     be->free = cpu_free;
     be->mem_free = cpu_mem_free;
@@ -286,6 +375,10 @@ Backend *backend_cpu_create(int threads) {
     be->gather_rows = cpu_gather_rows_op;
     be->logits = cpu_logits_op;
     be->argmax = cpu_argmax_op;
+    be->sample_reserve = cpu_sample_reserve;
+    be->sample_prepare = cpu_sample_prepare;
+    be->sample = cpu_sample_op;
+    be->sample_wait = cpu_sample_wait;
     be->host_alloc = cpu_host_alloc;
     be->host_free = cpu_host_free;
     be->destroy = cpu_destroy;

@@ -33,6 +33,16 @@
 #include "cuda/gemm.h"
 #include "cuda/ops_cuda.h"
 #include "cuda/w4a16.h"
+#include "cuda/sample_cuda.h"
+
+#define MAX_BUCKETS 32 // batch-size buckets of the decode graphs
+
+// One decode graph: the whole step (model ops, sampling, result copy) for a
+// batch of `bucket` decode rows whose block tables have `blocks` entries.
+typedef struct {
+    cudaGraphExec_t exec; // NULL until captured
+    int blocks;
+} DecodeGraph;
 
 #define STAGE_ELEMS ((size_t)8 << 20) // bf16 elements per upload chunk (16 MiB pinned)
 
@@ -80,7 +90,28 @@ typedef struct {
     size_t int4_scratch_elems;
 
     Batch batch;    // the device view returned by set_batch
-    int max_kv_len; // of the current step (host value for launch sizes)
+    int max_kv_len; // of the current step (host value for launch sizes); -1: the
+                    // bound max_blocks * block_size (graph steps: sizes depend
+                    // on the bucket only)
+
+    // on-device sampling (sample_reserve)
+    int smp_vocab, smp_top_n, smp_want_lp, smp_slots, smp_max_hist;
+    uint32_t *smp_counts;  // (smp_slots, vocab) penalty histories (device) or NULL
+    SampleRow *smp_rows_pin, *smp_rows_dev; // (max_seqs) the step's requests
+    int32_t *smp_hist_pin, *smp_hist_dev;   // [reset (max_seqs) | slot (max_hist) | tok (max_hist)]
+    int32_t *smp_out_pin, *smp_out_dev;     // [ids | lp | top_ids | top_lps], row stride max_seqs
+    int smp_n;                              // rows staged by sample_prepare
+    cudaEvent_t smp_staged;                 // the last staging copy has read the pinned buffers
+
+    // CUDA graphs of decode steps
+    int graph_mode;   // 0 off, 1 on, 2 padded but eager (tests)
+    int n_buckets;
+    int buckets[MAX_BUCKETS]; // ascending; the last is min(max_seqs, max_tokens)
+    DecodeGraph graphs[MAX_BUCKETS];
+    int step_bucket;  // bucket index of the current step, -1: not a graph step
+    int step_blocks;
+    int capturing;    // bucket index being captured, -1: none
+    long graph_captures, graph_steps;
 } CudaImpl;
 
 static CudaImpl *impl_of(Backend *be) { return (CudaImpl *)be->impl; }
@@ -431,6 +462,17 @@ static void cuda_reserve_op(Backend *be, int max_tokens, int max_seqs, int max_s
     c->max_seqs = max_seqs;
     c->max_blocks = max_blocks;
     c->reserved = 1;
+    // decode graph buckets: 1, 2, 4, ... and the largest decode step
+    int cap = max_seqs < max_tokens ? max_seqs : max_tokens;
+    c->n_buckets = 0;
+    for (int bsz = 1; bsz < cap && c->n_buckets < MAX_BUCKETS - 1; bsz *= 2)
+        c->buckets[c->n_buckets++] = bsz;
+    c->buckets[c->n_buckets++] = cap;
+    for (int i = 0; i < MAX_BUCKETS; i++) // sizes changed: no graph is valid any more
+        if (c->graphs[i].exec) {
+            CUDA_CHECK(cudaGraphExecDestroy(c->graphs[i].exec));
+            c->graphs[i].exec = NULL;
+        }
     logits_buffers_size(c);
     // INT4 layers larger steps than the GEMV takes dequantise into this
     size_t se = max_tokens > c->gemv_max_n ? c->int4_max_elems : 0;
@@ -473,26 +515,45 @@ static const Batch *cuda_set_batch_op(Backend *be, const Batch *h) {
     CUDA_CHECK(cudaEventSynchronize(c->meta_copied));
 
     int T = h->n_tokens, S = h->n_seqs, B = h->max_blocks, L = h->n_logits;
+    // A decode step (one row per sequence, every row sampled) runs as a graph
+    // step: padded to its bucket with dummy sequences (token 0 at position 0,
+    // slot -1 so no K/V is written, block table of block 0, which is only
+    // read; their outputs are ignored), so that every size and every device
+    // address of the step depends on the bucket alone.
+    c->step_bucket = -1;
+    int P = S; // rows after padding
+    if (c->graph_mode && S > 0 && T == S && L == S) {
+        for (int i = 0; i < c->n_buckets; i++)
+            if (c->buckets[i] >= S) {
+                c->step_bucket = i;
+                P = c->buckets[i];
+                break;
+            }
+    }
+    c->step_blocks = B;
     int32_t *hp = c->meta_host;
     size_t off = 0;
     Batch *d = &c->batch;
     *d = *h;
-#define PACK(field, count)                                                            \
+    // PACK(field, count, padded count, value of padding entry k)
+#define PACK(field, count, pcount, padv)                                              \
     do {                                                                              \
-        size_t cnt_ = (size_t)(count);                                                \
+        size_t cnt_ = (size_t)(count), pc_ = (size_t)(pcount);                        \
         if (cnt_ && h->field) memcpy(hp + off, h->field, cnt_ * sizeof(int32_t));     \
+        for (size_t k = cnt_; k < pc_; k++) hp[off + k] = (padv);                     \
         d->field = c->meta_dev + off;                                                 \
-        off += cnt_;                                                                  \
+        off += pc_;                                                                   \
     } while (0)
-    PACK(tokens, T);
-    PACK(pos, T);
-    PACK(seq_of, T);
-    PACK(slots, T);
-    PACK(seq_start, S + 1);
-    PACK(kv_len, S);
-    PACK(block_tables, (size_t)S * B);
-    PACK(logit_rows, L);
+    PACK(tokens, T, P, 0);
+    PACK(pos, T, P, 0);
+    PACK(seq_of, T, P, (int32_t)k);
+    PACK(slots, T, P, -1);
+    PACK(seq_start, S + 1, P + 1, (int32_t)k);
+    PACK(kv_len, S, P, 1);
+    PACK(block_tables, (size_t)S * B, (size_t)P * B, 0);
+    PACK(logit_rows, L, P, (int32_t)k);
 #undef PACK
+    if (P != S) d->n_tokens = d->n_seqs = d->n_logits = P;
     SL_CHECK(off <= c->meta_cap);
     if (off)
         CUDA_CHECK(cudaMemcpyAsync(c->meta_dev, hp, off * sizeof(int32_t),
@@ -502,7 +563,7 @@ static const Batch *cuda_set_batch_op(Backend *be, const Batch *h) {
     int mk = 0;
     for (int s = 0; s < S; s++)
         if (h->kv_len[s] > mk) mk = h->kv_len[s];
-    c->max_kv_len = mk;
+    c->max_kv_len = c->step_bucket >= 0 ? -1 : mk;
     return d;
 }
 
@@ -679,11 +740,14 @@ static void cuda_attention_op(Backend *be, void *out, const void *qkv, const voi
                               const void *v_cache, const Batch *b, const AttnShape *s) {
     CudaImpl *c = impl_of(be);
     if (b->n_tokens <= 0) return;
+    // graph steps size the decode split-K by the context bound, not the step's
+    // longest context: one graph serves every context length
+    int mk = c->max_kv_len >= 0 ? c->max_kv_len : b->max_blocks * s->block_size;
     cuda_paged_attention_ex(out, qkv, k_cache, v_cache, b->pos, b->seq_of, b->seq_start,
                             b->kv_len, b->block_tables, b->max_blocks, b->n_tokens, b->n_seqs,
-                            c->max_kv_len, s->n_heads, s->n_kv_heads, s->head_dim,
-                            s->block_size, s->scale, c->act_f32, s->kv_fp8, s->k_scale,
-                            s->v_scale, s->window, s->alibi, c->attn_ws, c->stream);
+                            mk, s->n_heads, s->n_kv_heads, s->head_dim, s->block_size,
+                            s->scale, c->act_f32, s->kv_fp8, s->k_scale, s->v_scale, s->window,
+                            s->alibi, c->attn_ws, c->stream);
 }
 
 static void cuda_swiglu_op(Backend *be, void *out, const void *gu, int n, int hidden) {
@@ -755,6 +819,217 @@ static void cuda_argmax_op(Backend *be, int32_t *ids_host, const void *x, const 
     memcpy(ids_host, c->ids_pin, sizeof(int32_t) * n);
 }
 
+// ----------------------------------------------------------------------------
+// on-device sampling (kernels/cuda/sample.cu)
+
+// Words of the result buffer: ids, logprobs, top ids, top logprobs, each a
+// block of max_seqs rows, so the addresses do not depend on the step.
+static size_t smp_out_words(const CudaImpl *c) {
+    return (size_t)c->max_seqs * (2 + 2 * (size_t)c->smp_top_n);
+}
+
+static void smp_free(CudaImpl *c) {
+    if (c->smp_counts) CUDA_CHECK(cudaFree(c->smp_counts));
+    if (c->smp_rows_dev) CUDA_CHECK(cudaFree(c->smp_rows_dev));
+    if (c->smp_rows_pin) CUDA_CHECK(cudaFreeHost(c->smp_rows_pin));
+    if (c->smp_hist_dev) CUDA_CHECK(cudaFree(c->smp_hist_dev));
+    if (c->smp_hist_pin) CUDA_CHECK(cudaFreeHost(c->smp_hist_pin));
+    if (c->smp_out_dev) CUDA_CHECK(cudaFree(c->smp_out_dev));
+    if (c->smp_out_pin) CUDA_CHECK(cudaFreeHost(c->smp_out_pin));
+    c->smp_counts = NULL;
+    c->smp_rows_dev = c->smp_rows_pin = NULL;
+    c->smp_hist_dev = c->smp_hist_pin = NULL;
+    c->smp_out_dev = c->smp_out_pin = NULL;
+}
+
+static void cuda_sample_reserve_op(Backend *be, int n_slots, int vocab, int max_hist, int top_n,
+                                   int want_logprob) {
+    CudaImpl *c = impl_of(be);
+    if (!c->reserved) SL_FATAL("sluice", "CUDA backend: sample_reserve before reserve", "sample");
+    SL_CHECK(vocab > 0 && vocab < (1 << 24) && top_n >= 0 && top_n <= SAMPLE_MAX_TOP_N &&
+             n_slots >= 0 && max_hist >= 0);
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    smp_free(c);
+    c->smp_vocab = vocab;
+    c->smp_top_n = top_n;
+    c->smp_want_lp = want_logprob;
+    c->smp_slots = n_slots;
+    c->smp_max_hist = max_hist;
+    size_t S = (size_t)c->max_seqs;
+    if (n_slots > 0) c->smp_counts = cuda_alloc_op(be, (size_t)n_slots * vocab * sizeof(uint32_t));
+    c->smp_rows_dev = dev_alloc(S * sizeof(SampleRow));
+    c->smp_rows_pin = pinned_alloc(S * sizeof(SampleRow));
+    size_t hw = S + 2 * (size_t)max_hist;
+    c->smp_hist_dev = dev_alloc(hw * sizeof(int32_t));
+    c->smp_hist_pin = pinned_alloc(hw * sizeof(int32_t));
+    c->smp_out_dev = dev_alloc(smp_out_words(c) * sizeof(int32_t));
+    c->smp_out_pin = pinned_alloc(smp_out_words(c) * sizeof(int32_t));
+    // graphs captured before bake in the old buffers
+    for (int i = 0; i < MAX_BUCKETS; i++)
+        if (c->graphs[i].exec) {
+            CUDA_CHECK(cudaGraphExecDestroy(c->graphs[i].exec));
+            c->graphs[i].exec = NULL;
+        }
+    LOGD("CUDA sampling: %d history slots (%.1f MiB), top %d logprobs", n_slots,
+         (double)n_slots * vocab * 4 / 1048576.0, top_n);
+}
+
+// Bucket size a step of n sampled rows is padded to (n when not a graph step).
+static int smp_padded_rows(const CudaImpl *c, int n) {
+    if (!c->graph_mode) return n;
+    for (int i = 0; i < c->n_buckets; i++)
+        if (c->buckets[i] >= n) return c->buckets[i];
+    return n;
+}
+
+static void cuda_sample_prepare_op(Backend *be, const SampleRow *rows, int n,
+                                   const SampleHistory *h) {
+    CudaImpl *c = impl_of(be);
+    if (!c->smp_rows_dev) SL_FATAL("sluice", "CUDA backend: sample_prepare before sample_reserve",
+                                   "sample");
+    SL_CHECK(n >= 0 && n <= c->max_seqs);
+    // the previous staging copies must have read the pinned buffers
+    CUDA_CHECK(cudaEventSynchronize(c->smp_staged));
+    int P = smp_padded_rows(c, n);
+    if (P > c->max_seqs) P = c->max_seqs;
+    memcpy(c->smp_rows_pin, rows, sizeof(SampleRow) * n);
+    for (int j = n; j < P; j++) { // padding rows of a graph step: greedy, no history
+        SampleRow g = {0};
+        g.top_p = 1.0f;
+        g.repetition_penalty = 1.0f;
+        g.slot = -1;
+        c->smp_rows_pin[j] = g;
+    }
+    if (P > 0)
+        CUDA_CHECK(cudaMemcpyAsync(c->smp_rows_dev, c->smp_rows_pin, sizeof(SampleRow) * P,
+                                   cudaMemcpyHostToDevice, c->stream));
+    c->smp_n = n;
+    if (h && (h->n_reset || h->n_hist)) {
+        if (!c->smp_counts)
+            SL_FATAL("sluice", "CUDA backend: penalty history without history slots", "sample");
+        SL_CHECK(h->n_reset <= c->max_seqs && h->n_hist <= c->smp_max_hist);
+        int32_t *rs = c->smp_hist_pin, *hs = rs + c->max_seqs, *ht = hs + c->smp_max_hist;
+        memcpy(rs, h->reset_slots, sizeof(int32_t) * h->n_reset);
+        memcpy(hs, h->hist_slot, sizeof(int32_t) * h->n_hist);
+        memcpy(ht, h->hist_tok, sizeof(int32_t) * h->n_hist);
+        size_t words = (size_t)c->max_seqs + 2 * (size_t)c->smp_max_hist;
+        CUDA_CHECK(cudaMemcpyAsync(c->smp_hist_dev, c->smp_hist_pin, words * sizeof(int32_t),
+                                   cudaMemcpyHostToDevice, c->stream));
+        int32_t *drs = c->smp_hist_dev, *dhs = drs + c->max_seqs, *dht = dhs + c->smp_max_hist;
+        cuda_sample_hist_update(c->smp_counts, c->smp_vocab, drs, h->n_reset, dhs,
+                                (const uint32_t *)dht, h->n_hist, c->stream);
+    }
+    CUDA_CHECK(cudaEventRecord(c->smp_staged, c->stream));
+}
+
+// Logits GEMM, the sampling kernel and the copy of the results to pinned
+// memory, all enqueued (and captured in a graph step); sample_wait waits.
+static void cuda_sample_op(Backend *be, const void *x, const LinearWeight *w, int n) {
+    CudaImpl *c = impl_of(be);
+    if (n <= 0) return;
+    SL_CHECK(w->out_dim == c->smp_vocab && (size_t)n * w->out_dim <= c->logits_cap &&
+             n <= c->max_seqs);
+    cuda_gemm_linear_ex(c->gemm, c->logits_dev, GEMM_OUT_F32, x, act_in(c), NULL, w, n);
+    size_t S = (size_t)c->max_seqs, tn = (size_t)c->smp_top_n;
+    int32_t *o = c->smp_out_dev;
+    float *lp = c->smp_want_lp ? (float *)(o + S) : NULL;
+    int32_t *ti = o + 2 * S;
+    float *tl = (float *)(o + (2 + tn) * S);
+    cuda_sample_rows(o, lp, ti, tl, c->smp_top_n, c->logits_dev, n, c->smp_vocab,
+                     c->smp_rows_dev, c->smp_counts, c->stream);
+    int32_t *hp = c->smp_out_pin;
+    CUDA_CHECK(cudaMemcpyAsync(hp, o, sizeof(int32_t) * n, cudaMemcpyDeviceToHost, c->stream));
+    if (lp)
+        CUDA_CHECK(cudaMemcpyAsync(hp + S, o + S, sizeof(float) * n, cudaMemcpyDeviceToHost,
+                                   c->stream));
+    if (tn) {
+        CUDA_CHECK(cudaMemcpyAsync(hp + 2 * S, ti, sizeof(int32_t) * n * tn,
+                                   cudaMemcpyDeviceToHost, c->stream));
+        CUDA_CHECK(cudaMemcpyAsync(hp + (2 + tn) * S, tl, sizeof(float) * n * tn,
+                                   cudaMemcpyDeviceToHost, c->stream));
+    }
+}
+
+static void cuda_sample_wait_op(Backend *be, const SampleOut *out, int n) {
+    CudaImpl *c = impl_of(be);
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    if (n <= 0) return;
+    SL_CHECK(n <= c->max_seqs);
+    size_t S = (size_t)c->max_seqs, tn = (size_t)c->smp_top_n;
+    const int32_t *hp = c->smp_out_pin;
+    memcpy(out->ids, hp, sizeof(int32_t) * n);
+    if (out->logprobs && c->smp_want_lp) memcpy(out->logprobs, hp + S, sizeof(float) * n);
+    if (out->top_ids && tn) {
+        memcpy(out->top_ids, hp + 2 * S, sizeof(int32_t) * n * tn);
+        memcpy(out->top_lps, hp + (2 + tn) * S, sizeof(float) * n * tn);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// CUDA graphs of decode steps
+//
+// set_batch decides whether a step is a graph step (a decode step, padded to
+// its bucket); graph_begin then replays the bucket's graph, or captures the
+// step's ops (enqueued by the model between graph_begin and graph_end) and
+// launches the new graph in graph_end. A graph bakes in the device addresses
+// of the step metadata, the sampling buffers and the activations, all fixed
+// at start-up, and the sizes of the bucket; the data it reads are copied in
+// by set_batch and sample_prepare before the launch. The tensor-parallel
+// all-reduce is captured with the rest (NCCL calls are capturable).
+
+static int cuda_graph_begin_op(Backend *be) {
+    CudaImpl *c = impl_of(be);
+    c->capturing = -1;
+    if (c->graph_mode != 1 || c->step_bucket < 0) return 0;
+    DecodeGraph *g = &c->graphs[c->step_bucket];
+    if (g->exec && g->blocks == c->step_blocks) {
+        CUDA_CHECK(cudaGraphLaunch(g->exec, c->stream));
+        c->graph_steps++;
+        return 1;
+    }
+    if (g->exec) { // block-table width changed (another job's limits): capture again
+        CUDA_CHECK(cudaGraphExecDestroy(g->exec));
+        g->exec = NULL;
+    }
+    CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed));
+    c->capturing = c->step_bucket;
+    return 0;
+}
+
+static void cuda_graph_end_op(Backend *be) {
+    CudaImpl *c = impl_of(be);
+    if (c->capturing < 0) return;
+    DecodeGraph *g = &c->graphs[c->capturing];
+    c->capturing = -1;
+    cudaGraph_t graph = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &graph);
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&g->exec, graph, 0);
+    if (e != cudaSuccess) {
+        static char msg[256];
+        snprintf(msg, sizeof msg, "capturing the CUDA graph of a decode step failed: %s "
+                 "(run with --cuda-graphs off to avoid graphs)", cudaGetErrorString(e));
+        SL_FATAL("CUDA", msg, "cudaStreamEndCapture/cudaGraphInstantiate");
+    }
+    CUDA_CHECK(cudaGraphDestroy(graph));
+    g->blocks = c->step_blocks;
+    c->graph_captures++;
+    LOGD("CUDA graph captured for decode bucket %d", c->buckets[(int)(g - c->graphs)]);
+    CUDA_CHECK(cudaGraphLaunch(g->exec, c->stream));
+    c->graph_steps++;
+}
+
+static void cuda_set_graph_mode_op(Backend *be, int mode) {
+    CudaImpl *c = impl_of(be);
+    SL_CHECK(mode >= 0 && mode <= 2);
+    c->graph_mode = mode;
+}
+
+static void cuda_graph_stats_op(Backend *be, long *captured, long *replayed) {
+    CudaImpl *c = impl_of(be);
+    if (captured) *captured = c->graph_captures;
+    if (replayed) *replayed = c->graph_steps;
+}
+
 static void *cuda_host_alloc_op(Backend *be, size_t bytes) { return pinned_alloc(bytes); }
 static void cuda_host_free_op(Backend *be, void *p) {
     if (p) CUDA_CHECK(cudaFreeHost(p));
@@ -779,6 +1054,10 @@ static void cuda_destroy_op(Backend *be) {
         if (c->ids_pin) CUDA_CHECK(cudaFreeHost(c->ids_pin));
         if (c->qx) CUDA_CHECK(cudaFree(c->qx));
         if (c->qx_scales) CUDA_CHECK(cudaFree(c->qx_scales));
+        smp_free(c);
+        if (c->smp_staged) CUDA_CHECK(cudaEventDestroy(c->smp_staged));
+        for (int i = 0; i < MAX_BUCKETS; i++)
+            if (c->graphs[i].exec) CUDA_CHECK(cudaGraphExecDestroy(c->graphs[i].exec));
         if (c->stream) CUDA_CHECK(cudaStreamDestroy(c->stream));
         free(c);
     }
@@ -831,6 +1110,8 @@ Backend *backend_cuda_create_ex(int device, int act_f32, sl_err *err) {
     c->act_f32 = act_f32;
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&c->meta_copied, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&c->smp_staged, cudaEventDisableTiming));
+    c->step_bucket = c->capturing = -1;
     c->gemm = cuda_gemm_create(c->stream, 0);
     // SLUICE_INT4_GEMV_MAX_N: the largest step (rows) INT4 layers run through
     // the decode GEMV (in calls of up to 8 rows). 8 by default; tune per GPU
@@ -881,6 +1162,14 @@ Backend *backend_cuda_create_ex(int device, int act_f32, sl_err *err) {
     be->gather_rows = cuda_gather_rows_op;
     be->logits = cuda_logits_op;
     be->argmax = cuda_argmax_op;
+    be->sample_reserve = cuda_sample_reserve_op;
+    be->sample_prepare = cuda_sample_prepare_op;
+    be->sample = cuda_sample_op;
+    be->sample_wait = cuda_sample_wait_op;
+    be->graph_begin = cuda_graph_begin_op;
+    be->graph_end = cuda_graph_end_op;
+    be->set_graph_mode = cuda_set_graph_mode_op;
+    be->graph_stats = cuda_graph_stats_op;
     be->host_alloc = cuda_host_alloc_op;
     be->host_free = cuda_host_free_op;
     be->destroy = cuda_destroy_op;

@@ -56,6 +56,7 @@ static void bench_usage(FILE *f) {
         "  --threads N            CPU threads\n"
         "  --tp T                 tensor-parallel ranks (start the job with mpirun -np T);\n"
         "                         the roofline then counts T GPUs\n"
+        "  --cuda-graphs on|off   replay decode steps from CUDA graphs (default on; cuda only)\n"
         "  --output FILE          also write the results as JSON\n");
 }
 
@@ -97,7 +98,7 @@ static double matmul_params(const ModelConfig *c) {
 enum {
     B_ARCH = 1000, B_MODEL, B_ISL, B_OSL, B_REQ, B_SEED, B_BACKEND, B_MAXB, B_MAXT, B_BLOCK,
     B_KVB, B_KVF, B_KVM, B_SCHED, B_PEAK, B_THREADS, B_OUT, B_TP, B_HELP, B_DTYPE, B_GROUP,
-    B_KV_DTYPE
+    B_KV_DTYPE, B_GRAPHS
 };
 
 int cli_bench(int argc, char **argv, Comm *comm) {
@@ -120,6 +121,7 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         {"sched", required_argument, 0, B_SCHED},
         {"peak-tflops", required_argument, 0, B_PEAK},
         {"threads", required_argument, 0, B_THREADS},
+        {"cuda-graphs", required_argument, 0, B_GRAPHS},
         {"output", required_argument, 0, B_OUT},
         {"tp", required_argument, 0, B_TP},
         {"dtype", required_argument, 0, B_DTYPE},
@@ -144,6 +146,14 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         if (c == -1) break;
         switch (c) {
         case B_ARCH: arch = optarg; break;
+        case B_GRAPHS:
+            if (strcmp(optarg, "on") && strcmp(optarg, "off")) {
+                fprintf(stderr, "sluice bench: --cuda-graphs: '%s' is not one of on, off\n",
+                        optarg);
+                return EXIT_USAGE;
+            }
+            eo.cuda_graphs = strcmp(optarg, "on") == 0;
+            break;
         case B_MODEL: model_dir = optarg; break;
         case B_ISL: if (cli_int(C, "--isl", optarg, 1, 1 << 20, &isl)) return EXIT_USAGE; break;
         case B_OSL: if (cli_int(C, "--osl", optarg, 1, 1 << 20, &osl)) return EXIT_USAGE; break;
@@ -340,6 +350,13 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     printf("  memory used          %10.2f GiB per rank (weights, activations, KV pool)\n",
            used / 1073741824.0);
     printf("  wall                 %10.2f s (+ %.2f s setup)\n", st.seconds, t_load);
+    int graphs_used = st.graph_steps > 0;
+    if (graphs_used)
+        printf("  CUDA graphs          %10s (%ld captured; %ld of %ld steps replayed)\n", "used",
+               st.graph_captures, st.graph_steps, st.steps);
+    else
+        printf("  CUDA graphs          %10s\n",
+               be->graph_begin ? (eo.cuda_graphs ? "not used" : "off") : "n/a");
     if (out) {
         json_t *j = json_pack(
             "{s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:{s:f,s:f,s:f},s:{s:f,s:f,s:f},"
@@ -359,7 +376,14 @@ int cli_bench(int argc, char **argv, Comm *comm) {
             (json_int_t)st.preemptions, "memory_used_gib", used / 1073741824.0, "seconds",
             st.seconds, "max_batch", eo.max_batch, "max_num_tokens", eo.max_tokens, "kv_blocks",
             eo.kv_blocks, "tp", (json_int_t)tp);
-        if (!j || json_dump_file(j, out, JSON_INDENT(2))) {
+        if (!j) {
+            sl_errf(&err, "%s: cannot build the JSON report", out);
+            goto fail;
+        }
+        json_object_set_new(j, "cuda_graphs", json_boolean(graphs_used));
+        json_object_set_new(j, "cuda_graph_captures", json_integer(st.graph_captures));
+        json_object_set_new(j, "cuda_graph_steps", json_integer(st.graph_steps));
+        if (json_dump_file(j, out, JSON_INDENT(2))) {
             json_decref(j);
             sl_errf(&err, "%s: cannot write: %s", out, strerror(errno));
             goto fail;

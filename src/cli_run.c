@@ -64,6 +64,7 @@ static void run_usage(FILE *f) {
         "                         out; reserve: admit only with worst-case blocks free\n"
         "execution:\n"
         "  --backend NAME         auto (default: the GPU when one is usable), cpu, cuda\n"
+        "  --cuda-graphs on|off   replay decode steps from CUDA graphs (default on; cuda only)\n"
         "  --threads N            CPU threads (default: the node's cores shared by its ranks)\n"
         "  --dtype T              auto (default: bf16 on a GPU, f32 on the CPU), bf16, f32 (fp32\n"
         "                         activations and GEMMs on the GPU too), fp8 (FP8 E4M3 linear\n"
@@ -386,6 +387,7 @@ static int write_report(const char *outdir, json_t *cfg, const EngineStats *st,
         (json_int_t)st->steps, "preemptions", (json_int_t)st->preemptions, "max_batch_seen",
         st->max_seqs_seen, "max_step_tokens_seen", st->max_rows_seen, "config", cfg);
     if (!r) return sl_errf(err, "report.json: could not build the report");
+    json_object_set_new(r, "cuda_graph_steps", json_integer(st->graph_steps));
     int rc = write_json_atomic(outdir, "report.json", r, err);
     json_decref(r);
     return rc;
@@ -494,7 +496,7 @@ enum {
     OPT_MODEL = 1000, OPT_INPUT, OPT_OUTPUT, OPT_MAX_NEW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP,
     OPT_REP, OPT_PRES, OPT_FREQ, OPT_SEED, OPT_IGNORE_EOS, OPT_LOGPROBS, OPT_MAX_SEQ,
     OPT_MAX_BATCH, OPT_MAX_TOKENS, OPT_BLOCK, OPT_KV_BLOCKS, OPT_KV_MEM, OPT_SCHED, OPT_BACKEND,
-    OPT_THREADS, OPT_DTYPE, OPT_KV_DTYPE, OPT_STRICT, OPT_OVERWRITE, OPT_PROGRESS, OPT_QUIET, OPT_VERBOSE, OPT_HELP, OPT_STOP, OPT_KV_FRAC, OPT_TP, OPT_FORCE, OPT_GRACE, OPT_CKPT, OPT_TOPLP,
+    OPT_THREADS, OPT_DTYPE, OPT_KV_DTYPE, OPT_STRICT, OPT_OVERWRITE, OPT_PROGRESS, OPT_QUIET, OPT_VERBOSE, OPT_HELP, OPT_STOP, OPT_KV_FRAC, OPT_TP, OPT_FORCE, OPT_GRACE, OPT_CKPT, OPT_TOPLP, OPT_GRAPHS,
 };
 
 int cli_run(int argc, char **argv, Comm *comm) {
@@ -530,6 +532,7 @@ int cli_run(int argc, char **argv, Comm *comm) {
         {"backend", required_argument, 0, OPT_BACKEND},
         {"dtype", required_argument, 0, OPT_DTYPE},
         {"kv-dtype", required_argument, 0, OPT_KV_DTYPE},
+        {"cuda-graphs", required_argument, 0, OPT_GRAPHS},
         {"threads", required_argument, 0, OPT_THREADS},
         {"strict", no_argument, 0, OPT_STRICT},
         {"overwrite", no_argument, 0, OPT_OVERWRITE},
@@ -669,6 +672,13 @@ int cli_run(int argc, char **argv, Comm *comm) {
         case OPT_BACKEND: backend = optarg; break;
         case OPT_DTYPE: dtype = optarg; break;
         case OPT_KV_DTYPE: kv_dtype = optarg; break;
+        case OPT_GRAPHS:
+            if (strcmp(optarg, "on") && strcmp(optarg, "off")) {
+                fprintf(stderr, "sluice run: --cuda-graphs: '%s' is not one of on, off\n", optarg);
+                return EXIT_USAGE;
+            }
+            eo.cuda_graphs = strcmp(optarg, "on") == 0;
+            break;
         case OPT_THREADS:
             if (cli_int(C, "--threads", optarg, 1, 4096, &threads)) return EXIT_USAGE;
             break;

@@ -1,10 +1,27 @@
 // engine.c: the generation loop (see engine.h).
 //
 // Each iteration: the scheduler packs a step (decode tokens first, then
-// prefill chunks, then new admissions); the model runs it; every sequence that
-// reached its end gets a token from its own sampler; finished sequences leave
-// at once, their KV blocks go back to the pool and their completion goes to
-// the writer. The loop never allocates.
+// prefill chunks, then new admissions); the model runs it and the backend
+// samples a token for every sequence that reached its end (its own sampler
+// settings and random stream, on the device on a GPU: only the tokens and the
+// logprobs asked for come back); finished sequences leave at once and their
+// KV blocks go back to the pool. The loop never allocates.
+//
+// CPU/GPU overlap: the step is enqueued (model_forward_sample returns before a
+// GPU has finished it), then the host writes the completions that finished in
+// the previous step (detokenizing, HDF5, stats) and the checkpoint, and only
+// then waits for the step's tokens. Completions are written in the order they
+// finished, one step later than they finished; their timings are taken when
+// they finished.
+//
+// Penalty histories: a request with penalties owns one of max_batch backend
+// slots while it runs. Every token the step feeds through the model for it
+// (prompt chunks, the decode token) is added to the slot's history in the
+// same step, so at sampling time the slot holds exactly prompt + completion.
+// A preempted request keeps its slot while waiting (its recomputed tokens are
+// already in the history) unless a newly running request needs a slot and
+// none is free; a request that lost its slot starts a new one when it runs
+// again from position 0.
 #include "engine.h"
 
 #include <math.h>
@@ -21,7 +38,12 @@ typedef struct {
     int32_t *top_ids;    // (max_len - prompt_len, top_logprobs) or NULL
     float *top_lps;
     double t_admit, t_first;
+    double t_done;       // when it finished (its completion is written a step later)
+    FinishReason fin;
     int admitted;
+    int pen;             // uses penalties: needs a history slot
+    int slot;            // history slot on the backend, -1 none
+    int hist_done;       // tokens [0, hist_done) are in the slot's history
 } Req;
 
 void engine_options_defaults(EngineOptions *o) {
@@ -35,6 +57,7 @@ void engine_options_defaults(EngineOptions *o) {
     o->sampling = sampling_defaults();
     o->progress_every = 5.0;
     o->checkpoint_every = 10.0;
+    o->cuda_graphs = 1;
 }
 
 // ----------------------------------------------------------------------------
@@ -145,6 +168,7 @@ static void fmt_eta(char *buf, int n, double s) {
 
 static int emit(h5_writer *w, const EngineOptions *o, Req *r, FinishReason fin,
                 const char *error, double t0, double now, EngineStats *st, sl_err *err) {
+    // now: when the request finished
     Completion c = {0};
     c.prompt_index = r->index;
     c.prompt_len = r->seq.prompt_len;
@@ -177,6 +201,56 @@ static int emit(h5_writer *w, const EngineOptions *o, Req *r, FinishReason fin,
     return rc;
 }
 
+// Releases what a request holds once its completion is written.
+static void req_release(Req *r) {
+    free(r->seq.tokens);
+    r->seq.tokens = NULL;
+    free(r->logprobs);
+    r->logprobs = NULL;
+    free(r->top_ids);
+    free(r->top_lps);
+    r->top_ids = NULL;
+    r->top_lps = NULL;
+}
+
+static int uses_penalties(const SamplingParams *p) {
+    return p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f ||
+           p->frequency_penalty != 0.0f;
+}
+
+// Penalty-history slots: a free stack and each slot's owner.
+typedef struct {
+    int n;
+    int *free_stack, n_free;
+    Req **owner;
+} Slots;
+
+// A slot for r (which is about to run): a free one, else one held by a
+// request that is not running (preempted, waiting). There are as many slots
+// as sequences may run at once, so one of the two exists.
+static int slot_get(Slots *sl, Req *r) {
+    int s = -1;
+    if (sl->n_free > 0) {
+        s = sl->free_stack[--sl->n_free];
+    } else {
+        for (int i = 0; i < sl->n && s < 0; i++)
+            if (sl->owner[i] && sl->owner[i]->seq.status != SEQ_RUNNING) s = i;
+        SL_CHECK(s >= 0);
+        sl->owner[s]->slot = -1; // it starts a new history when it runs again
+    }
+    sl->owner[s] = r;
+    r->slot = s;
+    r->hist_done = 0;
+    return s;
+}
+
+static void slot_put(Slots *sl, Req *r) {
+    if (r->slot < 0) return;
+    sl->owner[r->slot] = NULL;
+    sl->free_stack[sl->n_free++] = r->slot;
+    r->slot = -1;
+}
+
 // ----------------------------------------------------------------------------
 // the loop
 
@@ -199,8 +273,9 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
     st->latency_s = sl_calloc(n ? n : 1, sizeof(double));
     Sched S;
     memset(&S, 0, sizeof S);
-    float *logits = NULL;
-    void *scratch = NULL;
+    Slots slots;
+    memset(&slots, 0, sizeof slots);
+    Backend *be = m->be;
 
     // 1) check every request first; in strict mode one bad request stops the job
     for (int64_t k = 0; k < n; k++) {
@@ -225,11 +300,25 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
     sched_init(&S, o.policy, o.max_batch, o.max_tokens, o.block_size, m->kv_blocks,
                o.max_seq_len, (int)(n ? n : 1));
     sched_set_window(&S, m->attn.window); // sliding-window models free blocks as they slide
-    // pinned on a GPU: the logits come back every step that samples
-    logits = m->be->host_alloc(m->be, sizeof(float) * (size_t)o.max_batch * c->vocab_size);
-    int nthreads = omp_get_max_threads();
-    size_t scratch_bytes = sampling_scratch_size(c->vocab_size);
-    scratch = sl_malloc(scratch_bytes * nthreads);
+    if (!be->sample || !be->sample_reserve || !be->sample_prepare || !be->sample_wait) {
+        sl_errf(err, "engine: the %s backend cannot sample", be->name);
+        goto done;
+    }
+    // history slots only when some request uses penalties
+    int any_pen = 0;
+    for (int64_t k = 0; k < n && !any_pen; k++) {
+        int64_t i = indices ? indices[k] : k;
+        if (!bad[k]) {
+            SamplingParams sp = req_sampling(ps, i, &o);
+            any_pen = uses_penalties(&sp);
+        }
+    }
+    slots.n = any_pen ? o.max_batch : 0;
+    slots.free_stack = sl_calloc(o.max_batch, sizeof(int));
+    slots.owner = sl_calloc(o.max_batch, sizeof(Req *));
+    for (int i = slots.n - 1; i >= 0; i--) slots.free_stack[slots.n_free++] = i;
+    be->sample_reserve(be, slots.n, c->vocab_size, o.max_tokens, o.top_logprobs, o.logprobs);
+    if (be->set_graph_mode) be->set_graph_mode(be, o.cuda_graphs ? 1 : 0);
 
     // 2) queue the good requests; write the bad ones' error rows right away
     double t0 = sl_now();
@@ -256,6 +345,8 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
         r->seq.tokens = sl_malloc(sizeof(int32_t) * max_len);
         memcpy(r->seq.tokens, ps->tokens + ps->offsets[i], sizeof(int32_t) * plen);
         r->sp = req_sampling(ps, i, &o);
+        r->pen = uses_penalties(&r->sp);
+        r->slot = -1;
         if (o.logprobs) r->logprobs = sl_calloc(max_len - plen, sizeof(float));
         if (o.top_logprobs > 0) {
             r->top_ids = sl_calloc((size_t)(max_len - plen) * o.top_logprobs, sizeof(int32_t));
@@ -271,9 +362,18 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
     int64_t last_tokens = 0;
     int draining = 0;
     Seq **fin_list = sl_malloc(sizeof(Seq *) * o.max_batch);
+    Req **pending = sl_malloc(sizeof(Req *) * o.max_batch); // finished, not yet written
+    int n_pending = 0;
     int32_t *next_tok = sl_malloc(sizeof(int32_t) * o.max_batch);
     float *next_lp = sl_malloc(sizeof(float) * o.max_batch);
+    int top_n = o.top_logprobs;
+    int32_t *step_top_ids = sl_malloc(sizeof(int32_t) * o.max_batch * (top_n ? top_n : 1));
+    float *step_top_lps = sl_malloc(sizeof(float) * o.max_batch * (top_n ? top_n : 1));
     Seq **lseq = sl_malloc(sizeof(Seq *) * o.max_batch);
+    SampleRow *srows = sl_calloc(o.max_batch, sizeof(SampleRow));
+    int32_t *reset_slots = sl_malloc(sizeof(int32_t) * o.max_batch);
+    int32_t *hist_slot = sl_malloc(sizeof(int32_t) * o.max_tokens);
+    uint32_t *hist_tok = sl_malloc(sizeof(uint32_t) * o.max_tokens);
     for (;;) {
         int stop = o.should_stop ? o.should_stop(o.stop_ctx) : 0;
         if (stop && !draining) {
@@ -306,46 +406,54 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
         if (rows > st->max_rows_seen) st->max_rows_seen = rows;
         st->steps++;
 
-        // A step whose sampling rows are all plain greedy takes the argmax on
-        // the device: no logits cross to the host.
-        int greedy = 1;
-        for (int k = 0; k < b->n_seqs && greedy; k++) {
-            Seq *q = S.step_seqs[k];
-            if (q->n_computed + S.step_chunk[k] != q->len) continue;
-            const SamplingParams *sp = &((Req *)q->user)->sp;
-            greedy = sp->temperature <= 0 && sp->repetition_penalty == 1.0f &&
-                     sp->presence_penalty == 0 && sp->frequency_penalty == 0 && !o.logprobs &&
-                     o.top_logprobs == 0;
-        }
-        if (greedy) model_forward_greedy(m, b, next_tok);
-        else model_forward(m, b, logits);
-        sched_commit(&S);
-
-        // sequences with logits, in logits-row order
+        // The step's history updates (every token it feeds, for requests with
+        // penalties) and, in logits-row order, its sampling requests.
+        SampleHistory hist = {0, reset_slots, 0, hist_slot, hist_tok};
         int nl = 0;
-        for (int k = 0; k < b->n_seqs; k++)
-            if (S.step_seqs[k]->n_computed == S.step_seqs[k]->len) lseq[nl++] = S.step_seqs[k];
+        for (int k = 0; k < b->n_seqs; k++) {
+            Seq *q = S.step_seqs[k];
+            Req *r = q->user;
+            int end = q->n_computed + S.step_chunk[k];
+            if (r->pen) {
+                if (r->slot < 0) reset_slots[hist.n_reset++] = slot_get(&slots, r);
+                for (int t = r->hist_done; t < end; t++) {
+                    SL_CHECK(hist.n_hist < o.max_tokens);
+                    hist_slot[hist.n_hist] = r->slot;
+                    hist_tok[hist.n_hist++] =
+                        (uint32_t)q->tokens[t] | (t >= q->prompt_len ? SAMPLE_HIST_GEN : 0u);
+                }
+                if (end > r->hist_done) r->hist_done = end;
+            }
+            if (end != q->len) continue;
+            const SamplingParams *sp = &r->sp;
+            srows[nl] = (SampleRow){sp->temperature, sp->top_p, sp->min_p,
+                                    sp->repetition_penalty, sp->presence_penalty,
+                                    sp->frequency_penalty, sp->top_k, r->pen ? r->slot : -1,
+                                    sp->seed, (uint64_t)(q->len - q->prompt_len)};
+            lseq[nl++] = q;
+        }
         SL_CHECK(nl == b->n_logits);
 
-        // sample: each request from its own stream, so threads cannot change results
-#pragma omp parallel for schedule(dynamic, 1) if (nl > 4)
-        for (int j = 0; j < (greedy ? 0 : nl); j++) {
-            Seq *q = lseq[j];
-            Req *r = q->user;
-            void *scr = (char *)scratch + scratch_bytes * omp_get_thread_num();
-            float lp = 0;
-            float *row = logits + (size_t)j * c->vocab_size;
-            if (r->top_ids) { // the model's own distribution, before sampling changes it
-                size_t at = (size_t)(q->len - q->prompt_len) * o.top_logprobs;
-                sampling_topn_logprobs(row, c->vocab_size, o.top_logprobs, r->top_ids + at,
-                                       r->top_lps + at);
-            }
-            next_tok[j] = sampling_sample(&r->sp, logits + (size_t)j * c->vocab_size,
-                                          c->vocab_size, q->tokens, q->len, q->prompt_len,
-                                          (uint64_t)(q->len - q->prompt_len),
-                                          r->logprobs ? &lp : NULL, scr);
-            next_lp[j] = lp;
+        // Enqueue the step, write what finished in the previous one while the
+        // device computes, then wait for this step's tokens.
+        be->sample_prepare(be, srows, nl, &hist);
+        model_forward_sample(m, b);
+        sched_commit(&S);
+        for (int j = 0; j < n_pending; j++) {
+            Req *r = pending[j];
+            if (emit(w, &o, r, r->fin, NULL, t0, r->t_done, st, err)) goto loop_fail;
+            req_release(r);
         }
+        n_pending = 0;
+        if (w && o.checkpoint_every >= 0 && now - last_ckpt >= o.checkpoint_every) {
+            if (h5_writer_flush(w, err)) goto loop_fail; // finished rows are safe on disk
+            last_ckpt = now;
+        }
+        SampleOut out = {next_tok, o.logprobs ? next_lp : NULL, top_n ? step_top_ids : NULL,
+                         top_n ? step_top_lps : NULL};
+        be->sample_wait(be, &out, nl);
+        if (!o.logprobs)
+            for (int j = 0; j < nl; j++) next_lp[j] = 0;
 
         if (o.sync_tokens) o.sync_tokens(o.sync_ctx, next_tok, next_lp, nl);
 
@@ -357,26 +465,26 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
             int32_t t = next_tok[j];
             if (q->len == q->prompt_len) r->t_first = now;
             if (r->logprobs) r->logprobs[q->len - q->prompt_len] = next_lp[j];
+            if (r->top_ids) { // the model's own distribution, before sampling changed it
+                size_t at = (size_t)(q->len - q->prompt_len) * top_n;
+                memcpy(r->top_ids + at, step_top_ids + (size_t)j * top_n,
+                       sizeof(int32_t) * top_n);
+                memcpy(r->top_lps + at, step_top_lps + (size_t)j * top_n, sizeof(float) * top_n);
+            }
             q->tokens[q->len++] = t;
             FinishReason fin = FINISH_ERROR;
             if (is_stop(c, &o, t)) fin = FINISH_STOP;
             else if (q->len >= q->max_len) fin = FINISH_LENGTH;
             if (fin != FINISH_ERROR) {
-                if (emit(w, &o, r, fin, NULL, t0, now, st, err)) goto loop_fail;
+                r->fin = fin;
+                r->t_done = now;
+                pending[n_pending++] = r;
                 fin_list[nfin++] = q;
             }
         }
         for (int j = 0; j < nfin; j++) {
-            Req *r = fin_list[j]->user;
             sched_finish(&S, fin_list[j]);
-            free(r->seq.tokens);
-            r->seq.tokens = NULL;
-            free(r->logprobs);
-            r->logprobs = NULL;
-            free(r->top_ids);
-            free(r->top_lps);
-            r->top_ids = NULL;
-            r->top_lps = NULL;
+            slot_put(&slots, fin_list[j]->user);
         }
         done_count += nfin;
 
@@ -392,20 +500,31 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
             last_report = now;
             last_tokens = st->output_tokens;
         }
-        if (w && o.checkpoint_every >= 0 && now - last_ckpt >= o.checkpoint_every) {
-            if (h5_writer_flush(w, err)) goto loop_fail; // finished rows are safe on disk
-            last_ckpt = now;
-        }
     }
+    // the last step's finished requests
+    for (int j = 0; j < n_pending; j++) {
+        Req *r = pending[j];
+        if (emit(w, &o, r, r->fin, NULL, t0, r->t_done, st, err)) goto loop_fail;
+        req_release(r);
+    }
+    n_pending = 0;
     st->seconds = sl_now() - t0;
     st->preemptions = S.n_preemptions;
+    if (be->graph_stats) be->graph_stats(be, &st->graph_captures, &st->graph_steps);
     if (!st->interrupted) SL_CHECK(sched_blocks_in_use(&S) == 0); // every block came back
     rc = 0;
 loop_fail:
     free(fin_list);
+    free(pending);
     free(next_tok);
     free(next_lp);
+    free(step_top_ids);
+    free(step_top_lps);
     free(lseq);
+    free(srows);
+    free(reset_slots);
+    free(hist_slot);
+    free(hist_tok);
 done:
     for (int64_t k = 0; k < n; k++) {
         free(reqs[k].seq.tokens);
@@ -418,8 +537,8 @@ done:
     free(reqs);
     free(bad);
     free(why);
-    if (logits) m->be->host_free(m->be, logits);
-    free(scratch);
+    free(slots.free_stack);
+    free(slots.owner);
     sched_free(&S);
     return rc;
 }

@@ -45,6 +45,9 @@ typedef struct {
     // ranks' schedulers can never diverge. NULL on a single rank.
     void (*sync_tokens)(void *ctx, int32_t *tokens, float *logprobs, int n);
     void *sync_ctx;
+    // CUDA graphs for decode steps (--cuda-graphs): 1 on, 0 off; ignored by a
+    // backend without them.
+    int cuda_graphs;
 } EngineOptions;
 
 typedef struct {
@@ -54,6 +57,8 @@ typedef struct {
     int interrupted;       // stopped by should_stop before every request finished
     long steps, preemptions;
     int max_seqs_seen, max_rows_seen;
+    long graph_captures;   // CUDA graphs captured (0 without graphs)
+    long graph_steps;      // steps launched from a CUDA graph
     int64_t n_lat;
     double *ttft_s;        // (n_lat) per finished request; freed by engine_stats_free
     double *tpot_s;        // (n_lat) time per output token after the first

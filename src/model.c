@@ -629,20 +629,20 @@ static void allreduce(Model *m, void *buf, size_t n) {
     if (m->opt.allreduce) m->opt.allreduce(m->opt.allreduce_ctx, buf, n);
 }
 
-// The whole step up to the final norm of the rows that want logits (left in
-// m->hl); returns 0 when no row does.
-static int forward_body(Model *m, const Batch *hb);
+// The whole step (b: the backend's view from set_batch) up to the final norm
+// of the rows that want logits (left in m->hl); returns 0 when no row does.
+static int forward_body(Model *m, const Batch *b);
 
 void model_forward(Model *m, const Batch *hb, float *logits) {
-    if (forward_body(m, hb)) m->be->logits(m->be, logits, m->hl, &m->lm_head, hb->n_logits);
+    if (forward_body(m, m->be->set_batch(m->be, hb)))
+        m->be->logits(m->be, logits, m->hl, &m->lm_head, hb->n_logits);
 }
 
 void model_forward_greedy(Model *m, const Batch *hb, int32_t *ids) {
-    if (forward_body(m, hb)) m->be->argmax(m->be, ids, m->hl, &m->lm_head, hb->n_logits);
+    if (forward_body(m, m->be->set_batch(m->be, hb)))
+        m->be->argmax(m->be, ids, m->hl, &m->lm_head, hb->n_logits);
 }
 
-// out = norm(x) (r NULL) or, first adding r into the residual x, norm(x + r):
-// RMSNorm or LayerNorm as the family says.
 // The family's norm of x (+ r joining the residual first). `next`, when set,
 // is the linear layer that reads `out`: RMSNorm then writes out in its input
 // format (FP8 codes + row scales for an FP8 layer; see backend.h).
@@ -687,12 +687,22 @@ static void mlp(Model *m, void *out, const void *h, int h_q, LayerWeights *L, in
 //   parallel:   x += attn(n1(x)) + mlp(n2(x)), n2 = n1 when shared (GPT-NeoX)
 // Each sublayer's output is added to x by the next norm (add_rmsnorm /
 // add_layernorm), so the residual stream costs no pass of its own.
-static int forward_body(Model *m, const Batch *hb) {
+void model_forward_sample(Model *m, const Batch *hb) {
+    Backend *be = m->be;
+    const Batch *b = be->set_batch(be, hb);
+    // a decode step the backend has a graph for runs from it, ops and all
+    if (be->graph_begin && be->graph_begin(be)) return;
+    if (forward_body(m, b)) be->sample(be, m->hl, &m->lm_head, b->n_logits);
+    if (be->graph_end) be->graph_end(be);
+}
+
+static int forward_body(Model *m, const Batch *b) {
     Backend *be = m->be;
     const ModelConfig *c = &m->cfg;
-    int n = hb->n_tokens, dim = c->dim;
-    SL_CHECK(n <= m->opt.max_tokens && hb->n_logits <= m->opt.max_seqs);
-    const Batch *b = be->set_batch(be, hb);
+    // b may hold more rows than the host batch (a decode step padded to a
+    // CUDA graph's bucket): the ops run on b's sizes
+    int n = b->n_tokens, dim = c->dim;
+    SL_CHECK(n <= m->opt.max_tokens && b->n_logits <= m->opt.max_seqs);
 
     be->embed(be, m->x, m->embed, b, dim);
     if (m->pos_embed) { // learned positions: x += pos_embed[pos] (a lookup keyed by position)
@@ -737,10 +747,10 @@ static int forward_body(Model *m, const Batch *hb) {
         mlp(m, m->o, m->h, norm_emits_q(m), L, n);
         allreduce(m, m->o, (size_t)n * dim);
     }
-    if (hb->n_logits == 0) return 0;
+    if (b->n_logits == 0) return 0;
     // Only the rows that need logits finish the residual and the head.
     be->gather_rows(be, m->xl, m->x, b, dim);
     be->gather_rows(be, m->hl, m->o, b, dim);
-    norm(m, m->hl, m->xl, m->hl, m->final_norm, m->final_norm_b, hb->n_logits, NULL);
+    norm(m, m->hl, m->xl, m->hl, m->final_norm, m->final_norm_b, b->n_logits, NULL);
     return 1;
 }

@@ -111,6 +111,13 @@ void model_forward(Model *m, const Batch *b, float *logits);
 // of each logits row (ties: lowest id), computed where the logits are.
 void model_forward_greedy(Model *m, const Batch *b, int32_t *ids);
 
+// The same step for sampling on the backend (be->sample): the caller staged
+// the step's sampling requests with be->sample_prepare and collects the tokens
+// with be->sample_wait. May return before the device has finished (the
+// step's work is enqueued); on a backend with CUDA graphs a decode step may be
+// replayed from one.
+void model_forward_sample(Model *m, const Batch *hb);
+
 void model_free(Model *m); // NULL is a no-op
 
 #endif

@@ -29,11 +29,16 @@ with h5py.File("build/golden-prompts.h5", "w") as f:
     f["prompt_tokens"] = np.array(sum(ids, []), dtype=np.int32)
     f["prompt_offsets"] = np.cumsum([0] + [len(x) for x in ids]).astype(np.int64)
 PY
-    build/sluice run --model tests/models/tiny-code-llama --input build/golden-prompts.h5 \
-        --output "$OUT/golden" --overwrite --max-new-tokens 48 --ignore-eos --backend cuda \
-        >"$OUT/golden.log" 2>&1 || tail -5 "$OUT/golden.log"
-    python3 tests/golden/check_completions.py "$OUT/golden/completions.h5" \
-        tests/models/tiny-code-llama/golden_greedy.json | tee -a "$OUT/golden.log" | tail -1 ;;
+    # with decode steps replayed from CUDA graphs (the default) and without
+    for g in on off; do
+        build/sluice run --model tests/models/tiny-code-llama --input build/golden-prompts.h5 \
+            --output "$OUT/golden-graphs-$g" --overwrite --max-new-tokens 48 --ignore-eos \
+            --backend cuda --cuda-graphs $g >"$OUT/golden-graphs-$g.log" 2>&1 ||
+            tail -5 "$OUT/golden-graphs-$g.log"
+        python3 tests/golden/check_completions.py "$OUT/golden-graphs-$g/completions.h5" \
+            tests/models/tiny-code-llama/golden_greedy.json | tee -a "$OUT/golden-graphs-$g.log" |
+            tail -1
+    done ;;
 bench-quick)
     timeout 300 build/sluice bench --arch llama-3.1-8b --isl 128 --osl 128 --requests 1000 \
         --backend cuda --output "$OUT/bench-8b-128-128-quick.json" 2>&1 | tee "$OUT/bench-quick.log" | tail -9 ;;
