@@ -49,6 +49,22 @@ bench)
         timeout 240 build/sluice bench --arch "$1" --isl "$2" --osl "$3" --requests "$4" \
             --backend cuda --output "$OUT/bench-$1-$2-$3.json" 2>&1 | tee "$OUT/bench-$1-$2-$3.log" | tail -9
     done ;;
+bench-dtypes)
+    # FP8 (weights + activations + KV) and INT4 (W4A16) next to BF16, one run each
+    n=${DT_REQ:-2000}
+    for spec in "bf16 auto" "fp8 fp8" "int4 auto"; do
+        set -- $spec
+        timeout 300 build/sluice bench --arch llama-3.1-8b --isl 128 --osl 128 --requests $n \
+            --backend cuda --dtype $1 --kv-dtype $2 ${DT_ARGS:-} --output "$OUT/bench-8b-$1-kv$2.json" 2>&1 \
+            | tee "$OUT/bench-8b-$1-kv$2.log" | grep -E "sluice bench|output tokens/s|TPOT|memory"
+    done ;;
+golden-f32)
+    [ -f build/golden-prompts.h5 ] || bash "$0" golden >/dev/null
+    build/sluice run --model tests/models/tiny-code-llama --input build/golden-prompts.h5 \
+        --output "$OUT/golden-f32" --overwrite --max-new-tokens 48 --ignore-eos --backend cuda \
+        --dtype f32 >"$OUT/golden-f32.log" 2>&1 || tail -5 "$OUT/golden-f32.log"
+    python3 tests/golden/check_completions.py "$OUT/golden-f32/completions.h5" \
+        tests/models/tiny-code-llama/golden_greedy.json | tee -a "$OUT/golden-f32.log" | tail -1 ;;
 hf)
     timeout 400 python3 tests/gpu/hf_generate_bench.py configs/arch/llama-3.1-8b.json --isl 128 \
         --osl 128 --requests 1024 --batch 256 --output "$OUT/hf-llama-3.1-8b-128-128.json" 2>&1 | tail -1 ;;
