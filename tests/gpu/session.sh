@@ -17,7 +17,7 @@ for w in $what; do
 case $w in
 tests)
     for t in build/tests/test_gpu_*; do
-        SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD "$t" >"$OUT/$(basename "$t").log" 2>&1
+        SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD timeout ${TEST_TIMEOUT:-240} "$t" >"$OUT/$(basename "$t").log" 2>&1
         row "$(basename "$t")" "$(grep -E '^[0-9]+ passed' "$OUT/$(basename "$t").log" | tail -1) (exit $?)"
     done ;;
 golden)
