@@ -319,6 +319,8 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
     for (int i = slots.n - 1; i >= 0; i--) slots.free_stack[slots.n_free++] = i;
     be->sample_reserve(be, slots.n, c->vocab_size, o.max_tokens, o.top_logprobs, o.logprobs);
     if (be->set_graph_mode) be->set_graph_mode(be, o.cuda_graphs ? 1 : 0);
+    long graph_caps0 = 0, graph_steps0 = 0; // the backend's counters span its lifetime
+    if (be->graph_stats) be->graph_stats(be, &graph_caps0, &graph_steps0);
 
     // 2) queue the good requests; write the bad ones' error rows right away
     double t0 = sl_now();
@@ -510,7 +512,11 @@ int engine_run(Model *m, const PromptSet *ps, const int64_t *indices, int64_t n,
     n_pending = 0;
     st->seconds = sl_now() - t0;
     st->preemptions = S.n_preemptions;
-    if (be->graph_stats) be->graph_stats(be, &st->graph_captures, &st->graph_steps);
+    if (be->graph_stats) {
+        be->graph_stats(be, &st->graph_captures, &st->graph_steps);
+        st->graph_captures -= graph_caps0;
+        st->graph_steps -= graph_steps0;
+    }
     if (!st->interrupted) SL_CHECK(sched_blocks_in_use(&S) == 0); // every block came back
     rc = 0;
 loop_fail:
