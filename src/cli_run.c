@@ -207,6 +207,10 @@ static const char *record_diff(json_t *a, json_t *b) {
     json_t *v;
     json_object_foreach(ga, key, v) if (!json_equal(v, json_object_get(gb, key))) return key;
     if (json_object_size(ga) != json_object_size(gb)) return "generation";
+    // --dtype / --kv-dtype (absent: the defaults)
+    if (!json_equal(json_object_get(a, "numerics"), json_object_get(b, "numerics")) &&
+        (json_object_get(a, "numerics") || json_object_get(b, "numerics")))
+        return "numerics (--dtype / --kv-dtype)";
     return NULL;
 }
 
@@ -801,6 +805,12 @@ int cli_run(int argc, char **argv, Comm *comm) {
     // 2) the job record and OUTDIR (rank 0), then what earlier attempts finished
     if (comm->rank == 0) {
         if (!(rec = job_record(model_dir, input, &eo, &err))) goto fail;
+        // number formats change the tokens: part of the record (only when
+        // not the default, so records of earlier runs still match)
+        if (dt.act_f32 || dt.weight_fp8 || dt.kv_fp8)
+            json_object_set_new(rec, "numerics",
+                                json_pack("{s:s,s:s}", "dtype", dt.name, "kv_dtype",
+                                          dt.kv_fp8 ? "fp8" : "auto"));
         if (prepare_outdir(outdir, rec, overwrite, force, &resuming, &err)) goto fail;
     }
     comm_barrier(comm);

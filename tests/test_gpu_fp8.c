@@ -21,8 +21,9 @@
 //   - --dtype f32 on the GPU reproduces the 8 golden greedy continuations
 //     exactly (the bf16 path cannot: near-ties).
 //   - FP8 weights / FP8 KV on the GPU against the CPU's exact emulation:
-//     logits within relative L2 REL_TOL at every step of the golden
-//     trajectory (the GPU adds bf16 activation rounding on top of FP8).
+//     logits within relative L2 REL_TOL at every step of the first 16 of the
+//     golden trajectory, top-1 agreeing at 80% of them (the GPU adds bf16
+//     activation rounding on top of FP8; see REL_TOL).
 //   - random FP8 weights generated on the device (the bench path) run a step
 //     with finite logits.
 // Without a GPU every test prints "skipped: no CUDA device" and passes.
@@ -45,7 +46,13 @@
 
 #define BLOCK 16
 #define MAXT 256
-#define REL_TOL 5e-2
+// GPU vs the CPU's FP8 emulation: the GPU's bf16 activations move some values
+// across an e4m3 rounding boundary, and a flipped code is a 6% error on that
+// element, so the two drift further apart than bf16 vs fp32 (3e-2 in
+// test_gpu_model). Not yet measured on a GPU: the bound is set for "a broken
+// FP8 path" (wrong scale, wrong code, unwritten buffer: rel L2 ~1 or NaN),
+// and the figures the test prints should be recorded the first time it runs.
+#define REL_TOL 1e-1
 
 static const int NS[] = {1, 3, 37, 300};
 #define N_NS (int)(sizeof NS / sizeof NS[0])
@@ -715,7 +722,7 @@ static void check_fp8_model(int weight_fp8, int kv_fp8) {
     printf("    weights %s, KV %s: GPU vs CPU emulation rel L2 mean %.2e max %.2e, top-1 agree %d/%d\n",
            weight_fp8 ? "fp8" : "bf16", kv_fp8 ? "fp8" : "bf16", sum / steps, worst, agree, steps);
     CU_ASSERT(worst < REL_TOL);
-    CU_ASSERT(agree >= steps * 95 / 100);
+    CU_ASSERT(agree >= steps * 80 / 100);
     json_decref(root);
     runner_close(&gpu);
     runner_close(&cpu);
