@@ -594,14 +594,26 @@ static double sq_err(const float *a, const float *b, size_t n) {
 // (normalised by sqrt(max * min)), alpha on a grid, minimising the output
 // error of quant(w * s) / s. s (in) receives the best (all ones when
 // alpha = 0 wins). Returns the best alpha.
+// tie_heads > 1: o_proj under GQA: input channel h*hd + d must share its scale
+// with every query head of the same kv head (the scale is folded into that kv
+// head's v row d), so the mean is averaged over the tie_heads heads of a group.
 static float search_scales(const float *w, int rows, int in, const ActStats *a, int g,
-                           int n_grid, float *s) {
+                           int n_grid, float *s, int tie_heads, int hd) {
     int n = a->n;
     float *mean = sl_malloc(sizeof(float) * in), *ws = sl_malloc(sizeof(float) * rows * in);
     float *wq = sl_malloc(sizeof(float) * rows * in), *cand = sl_malloc(sizeof(float) * in);
     float *yref = sl_malloc(sizeof(float) * (size_t)n * rows);
     float *y = sl_malloc(sizeof(float) * (size_t)n * rows);
     for (int j = 0; j < in; j++) mean[j] = (float)(a->absum[j] / (a->rows_seen ? a->rows_seen : 1));
+    if (tie_heads > 1) {
+        int span = tie_heads * hd; // channels of one kv head's query heads
+        for (int base = 0; base < in; base += span)
+            for (int d = 0; d < hd; d++) {
+                float m = 0;
+                for (int h = 0; h < tie_heads; h++) m += mean[base + h * hd + d];
+                for (int h = 0; h < tie_heads; h++) mean[base + h * hd + d] = m / tie_heads;
+            }
+    }
     cpu_linear(yref, a->rows, w, NULL, n, in, rows);
     double best = INFINITY;
     float best_alpha = 0;
@@ -749,11 +761,13 @@ static void awq_layer(HostLayer *h, const ActStats *st, const ModelConfig *c, in
                       int clip_rows, float *clip[LIN_N], int l, int verbose) {
     float *s[LIN_N] = {0};
     float alpha[LIN_N] = {-1, -1, -1, -1};
-    int fold_o = c->n_heads == c->n_kv_heads; // o's input channels are v's output rows
+    // o's input channel hq*hd + d is v's output row kv(hq)*hd + d: with GQA the
+    // query heads of one kv head share its scales
+    int group_heads = c->n_heads / c->n_kv_heads, hd = c->head_dim;
     for (int k = 0; k < LIN_N; k++) {
-        if (k == LIN_O && !fold_o) continue;
         s[k] = sl_malloc(sizeof(float) * h->in[k]);
-        alpha[k] = search_scales(h->w[k], h->rows[k], h->in[k], &st[k], g, n_grid, s[k]);
+        alpha[k] = search_scales(h->w[k], h->rows[k], h->in[k], &st[k], g, n_grid, s[k],
+                                 k == LIN_O ? group_heads : 1, hd);
     }
     // apply: W *= s (columns); the op producing the input divides by s
     for (int k = 0; k < LIN_N; k++) {
@@ -765,10 +779,14 @@ static void awq_layer(HostLayer *h, const ActStats *st, const ModelConfig *c, in
     int up0 = c->hidden_dim; // up rows follow gate rows in the fused gate|up
     for (int j = 0; j < c->hidden_dim; j++)
         for (int i = 0; i < c->dim; i++) h->w[LIN_GU][(size_t)(up0 + j) * c->dim + i] /= s[LIN_DOWN][j];
-    if (s[LIN_O]) {
-        int v0 = c->n_heads * c->head_dim + c->n_kv_heads * c->head_dim; // v rows in q|k|v
-        for (int j = 0; j < h->in[LIN_O]; j++)
-            for (int i = 0; i < c->dim; i++) h->w[LIN_QKV][(size_t)(v0 + j) * c->dim + i] /= s[LIN_O][j];
+    {
+        int v0 = c->n_heads * hd + c->n_kv_heads * hd; // v rows in q|k|v
+        for (int kv = 0; kv < c->n_kv_heads; kv++)
+            for (int d = 0; d < hd; d++) {
+                float sv = s[LIN_O][kv * group_heads * hd + d]; // the group's first query head
+                float *vr = h->w[LIN_QKV] + (size_t)(v0 + kv * hd + d) * c->dim;
+                for (int i = 0; i < c->dim; i++) vr[i] /= sv;
+            }
     }
     // clipping on the scaled weights, with the inputs the scaled layer sees
     for (int k = 0; k < LIN_N; k++) {

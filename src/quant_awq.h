@@ -68,9 +68,9 @@ void awq_quant_options_defaults(AwqQuantOptions *o);
 // Quantises every decoder linear layer of o->model_dir to group-wise INT4 and
 // writes an AutoAWQ gemm checkpoint to o->out_dir (the embeddings and LM head
 // stay in their dtype; with AWQ the scales are folded into the RMSNorm weights
-// (q|k|v, gate|up inputs), the up_proj rows (down_proj input) and, when every
-// query head has its own kv head, the v_proj rows (o_proj input); norms are
-// written F32). AWQ runs the model on the CPU backend over the calibration
+// (q|k|v, gate|up inputs), the up_proj rows (down_proj input) and the v_proj
+// rows (o_proj input; with GQA the query heads of one kv head share their
+// scales); norms are written F32). AWQ runs the model on the CPU backend over the calibration
 // prompts and records each linear layer's inputs through a hook on the
 // backend's linear op.
 int awq_quantize(const AwqQuantOptions *o, sl_err *err);

@@ -302,7 +302,7 @@ static void check_close(Model *q, Model *ref, int awq) {
                                &ref->layers[l].wdown};
         for (int k = 0; k < 4; k++) {
             CU_ASSERT_EQUAL_FATAL(qs[k]->fmt, WFMT_INT4);
-            if (awq && k != 1) continue; // scaled by AWQ: only o_proj (GQA: not scaled) compares
+            if (awq) continue; // AWQ scaled every matrix: test_quantize_rtn_awq compares logits
             int out = qs[k]->out_dim, in = qs[k]->in_dim, g = qs[k]->group_size;
             float *d = malloc(sizeof(float) * out * in);
             weight_f32(qs[k], d);
@@ -321,6 +321,27 @@ static void check_close(Model *q, Model *ref, int awq) {
             free(d);
         }
     }
+}
+
+static float rel_l2(const float *a, const float *b, int n) {
+    double d = 0, r = 0;
+    for (int i = 0; i < n; i++) d += (double)(a[i] - b[i]) * (a[i] - b[i]), r += (double)b[i] * b[i];
+    return (float)sqrt(d / (r > 0 ? r : 1));
+}
+
+// Last-position logits of a fixed 20-token prompt (malloc'd, the caller frees).
+static float *last_logits(Model *m) {
+    model_kv_alloc(m, 4, 16);
+    enum { N = 20 };
+    int32_t tok[N], pos[N], seq_of[N], slots[N], bt[2] = {0, 1};
+    int32_t seq_start[2] = {0, N}, kv_len[1] = {N}, last = N - 1;
+    for (int t = 0; t < N; t++) tok[t] = 3 + (t * 37) % 1000, pos[t] = t, seq_of[t] = 0, slots[t] = t;
+    Batch b = {.n_tokens = N, .n_seqs = 1, .tokens = tok, .pos = pos, .seq_of = seq_of,
+               .slots = slots, .seq_start = seq_start, .kv_len = kv_len, .block_tables = bt,
+               .max_blocks = 2, .n_logits = 1, .logit_rows = &last};
+    float *lg = malloc(sizeof(float) * m->cfg.vocab_size);
+    model_forward(m, &b, lg);
+    return lg;
 }
 
 static void test_quantize_rtn_awq(void) {
@@ -364,6 +385,17 @@ static void test_quantize_rtn_awq(void) {
     CU_ASSERT_EQUAL(mr->layers[0].wqkv.group_size, 64);
     check_close(mr, ref, 0);
     check_close(ma, ref, 1);
+    // the scales folded into norms / v / up rows keep the function: AWQ's
+    // logits stay as close to the reference's as RTN's (a wrong fold is off by
+    // O(1) relative)
+    float rel[2];
+    float *l0 = last_logits(ref), *lr = last_logits(mr), *la = last_logits(ma);
+    rel[0] = rel_l2(lr, l0, ref->cfg.vocab_size);
+    rel[1] = rel_l2(la, l0, ref->cfg.vocab_size);
+    printf("  logits rel L2 vs BF16: RTN %.4f, AWQ %.4f\n", rel[0], rel[1]);
+    CU_ASSERT(rel[0] < 0.5f);
+    CU_ASSERT(rel[1] < 0.5f);
+    free(l0), free(lr), free(la);
     // --int4-awq without --calib is a clear error
     o.calib_path = NULL;
     CU_ASSERT_NOT_EQUAL(awq_quantize(&o, &err), 0);
