@@ -107,6 +107,10 @@ typedef struct {
     float *top_lps;    // (n, top_n)
 } SampleOut;
 
+// Static activation scale of random per-tensor FP8 layers (benchmarks):
+// activations up to +-8 are representable.
+#define FP8_BENCH_ACT_SCALE (8.0f / 448.0f)
+
 typedef struct Backend Backend;
 struct Backend {
     const char *name; // "cpu", "cuda"
@@ -157,8 +161,11 @@ struct Backend {
                                uint64_t seed, float scale);
     // An FP8 (out_dim, in_dim) weight of normal(0, std) values, generated
     // and quantised (per-row scales, dynamic activations) on the device.
+    // per_tensor: one weight scale and a static activation
+    // scale of FP8_BENCH_ACT_SCALE (the per-tensor scaling of TensorRT-LLM's
+    // FP8 checkpoints); else per-row weight scales and dynamic activations.
     void (*random_linear_fp8)(Backend *be, LinearWeight *w, int out_dim, int in_dim,
-                              uint64_t seed, float std);
+                              uint64_t seed, float std, int per_tensor);
     // n elements at dst = mean + std * N(0,1) (counter-based, keyed by seed):
     // fp32 when f32, else the activation dtype.
     void (*fill_normal)(Backend *be, void *dst, size_t n, int f32, uint64_t seed, float mean,

@@ -119,10 +119,10 @@ static void cpu_random_linear_int4(Backend *be, LinearWeight *w, int out_dim, in
 }
 
 static void cpu_random_linear_fp8(Backend *be, LinearWeight *w, int out_dim, int in_dim,
-                                  uint64_t seed, float std) {
+                                  uint64_t seed, float std, int per_tensor) {
     float *tmp = sl_malloc(sizeof(float) * (size_t)out_dim * in_dim);
     cpu_fill_normal(tmp, (size_t)out_dim * in_dim, seed, 0.0f, std);
-    Fp8Spec spec = {.per_row = 1};
+    Fp8Spec spec = {.per_row = !per_tensor, .in_scale = per_tensor ? FP8_BENCH_ACT_SCALE : 0.0f};
     cpu_load_linear_fp8(be, w, tmp, NULL, out_dim, in_dim, &spec, NULL);
     free(tmp);
 }

@@ -288,7 +288,7 @@ static int cuda_load_linear_fp8_op(Backend *be, LinearWeight *w, const float *ho
 // Random FP8 weights for benchmarks: normal fp32 values generated on the
 // device into a temporary buffer, quantised per output channel there.
 static void cuda_random_linear_fp8_op(Backend *be, LinearWeight *w, int out_dim, int in_dim,
-                                      uint64_t seed, float std) {
+                                      uint64_t seed, float std, int per_tensor) {
     CudaImpl *c = impl_of(be);
     sl_err err = {{0}};
     if (fp8_shape_ok(out_dim, in_dim, &err)) SL_FATAL("sluice", err.msg, "random_linear_fp8");
@@ -296,13 +296,17 @@ static void cuda_random_linear_fp8_op(Backend *be, LinearWeight *w, int out_dim,
     w->fmt = WFMT_FP8_E4M3;
     w->out_dim = out_dim;
     w->in_dim = in_dim;
-    w->scale_per_row = 1;
+    w->scale_per_row = !per_tensor;
+    w->in_scale = per_tensor ? FP8_BENCH_ACT_SCALE : 0.0f;
     size_t n = (size_t)out_dim * in_dim;
     float *tmp = dev_alloc(n * sizeof(float));
     w->data = dev_alloc(n);
     w->scale = dev_alloc(sizeof(float) * (size_t)out_dim);
     cuda_fill_normal_f32(tmp, n, seed, 0.0f, std, c->stream);
-    cuda_quantize_fp8_rows(w->data, w->scale, tmp, 1, out_dim, in_dim, 0.0f, c->stream);
+    // per tensor: one scale covering +-6 std for every row (so every row's
+    // scale entry holds the tensor's); else each row's absmax / 448
+    cuda_quantize_fp8_rows(w->data, w->scale, tmp, 1, out_dim, in_dim,
+                           per_tensor ? 6.0f * std / 448.0f : 0.0f, c->stream);
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
     CUDA_CHECK(cudaFree(tmp));
     note_fp8_linear(c, out_dim, in_dim);
@@ -544,14 +548,17 @@ static const Batch *cuda_set_batch_op(Backend *be, const Batch *h) {
         d->field = c->meta_dev + off;                                                 \
         off += pc_;                                                                   \
     } while (0)
-    PACK(tokens, T, P, 0);
-    PACK(pos, T, P, 0);
-    PACK(seq_of, T, P, (int32_t)k);
-    PACK(slots, T, P, -1);
-    PACK(seq_start, S + 1, P + 1, (int32_t)k);
-    PACK(kv_len, S, P, 1);
-    PACK(block_tables, (size_t)S * B, (size_t)P * B, 0);
-    PACK(logit_rows, L, P, (int32_t)k);
+    // Only a graph step is padded (there T == S == L); any other step packs
+    // each array at its own length.
+    const int g = c->step_bucket >= 0;
+    PACK(tokens, T, g ? P : T, 0);
+    PACK(pos, T, g ? P : T, 0);
+    PACK(seq_of, T, g ? P : T, (int32_t)k);
+    PACK(slots, T, g ? P : T, -1);
+    PACK(seq_start, S + 1, g ? P + 1 : S + 1, (int32_t)k);
+    PACK(kv_len, S, g ? P : S, 1);
+    PACK(block_tables, (size_t)S * B, (size_t)(g ? P : S) * B, 0);
+    PACK(logit_rows, L, g ? P : L, (int32_t)k);
 #undef PACK
     if (P != S) d->n_tokens = d->n_seqs = d->n_logits = P;
     SL_CHECK(off <= c->meta_cap);

@@ -42,6 +42,10 @@ static void bench_usage(FILE *f) {
         "                         only: group-wise INT4 with zero points, W4A16, random nibbles\n"
         "                         made on the device)\n"
         "  --int4-group G         group size of --dtype int4 (default 128)\n"
+        "  --fp8-per-tensor       --dtype fp8 with one scale per weight and a static\n"
+        "                         activation scale (as TensorRT-LLM / ModelOpt FP8\n"
+        "                         checkpoints); default: per-channel weights, per-token\n"
+        "                         dynamic activations\n"
         "  --kv-dtype T           auto (the activation dtype) or fp8 (E4M3 KV cache, scale 1)\n"
         "  --max-batch N          sequences per step (default 256)\n"
         "  --max-num-tokens N     token rows per step (default 8192)\n"
@@ -98,7 +102,7 @@ static double matmul_params(const ModelConfig *c) {
 enum {
     B_ARCH = 1000, B_MODEL, B_ISL, B_OSL, B_REQ, B_SEED, B_BACKEND, B_MAXB, B_MAXT, B_BLOCK,
     B_KVB, B_KVF, B_KVM, B_SCHED, B_PEAK, B_THREADS, B_OUT, B_TP, B_HELP, B_DTYPE, B_GROUP,
-    B_KV_DTYPE, B_GRAPHS
+    B_KV_DTYPE, B_GRAPHS, B_FP8_PT
 };
 
 int cli_bench(int argc, char **argv, Comm *comm) {
@@ -122,6 +126,7 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         {"peak-tflops", required_argument, 0, B_PEAK},
         {"threads", required_argument, 0, B_THREADS},
         {"cuda-graphs", required_argument, 0, B_GRAPHS},
+        {"fp8-per-tensor", no_argument, 0, B_FP8_PT},
         {"output", required_argument, 0, B_OUT},
         {"tp", required_argument, 0, B_TP},
         {"dtype", required_argument, 0, B_DTYPE},
@@ -134,6 +139,7 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     const char *dtype = "auto", *kv_dtype = "auto";
     CliDtype dt;
     long int4_group = 128;
+    int fp8_per_tensor = 0;
     double kv_fraction = 0.90, kv_mem_gb = 1.0, peak = 810.0;
     int peak_set = 0;
     EngineOptions eo;
@@ -209,6 +215,7 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         case B_HELP: bench_usage(stdout); return EXIT_OK;
         case B_DTYPE: dtype = optarg; break;
         case B_KV_DTYPE: kv_dtype = optarg; break;
+        case B_FP8_PT: fp8_per_tensor = 1; break;
         default:
             fprintf(stderr, "sluice bench: option '%s' is unknown or lacks its value\n",
                     argv[optind - 1]);
@@ -288,7 +295,8 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     size_t free0 = be->mem_free(be);
     double t_load = sl_now();
     ModelOptions mo = {.max_tokens = eo.max_tokens, .max_seqs = eo.max_batch,
-                       .weight_fp8 = dt.weight_fp8, .kv_fp8 = dt.kv_fp8};
+                       .weight_fp8 = dt.weight_fp8, .kv_fp8 = dt.kv_fp8,
+                       .fp8_per_tensor = fp8_per_tensor};
     if (cli_tp_attach(comm, be, &mo, &eo, &tp_state, &err)) goto fail;
     if (int4) {
         int g = (int)int4_group, qd = cfg.n_heads * cfg.head_dim;

@@ -487,7 +487,7 @@ static void random_linear(Model *m, LinearWeight *w, int out_dim, int in_dim, ui
         return;
     }
     if (m->opt.weight_fp8 && w != &m->lm_head) { // the LM head stays in the activation dtype
-        m->be->random_linear_fp8(m->be, w, out_dim, in_dim, seed, 0.02f);
+        m->be->random_linear_fp8(m->be, w, out_dim, in_dim, seed, 0.02f, m->opt.fp8_per_tensor);
         return;
     }
     m->be->alloc_linear(m->be, w, out_dim, in_dim);

@@ -316,6 +316,9 @@ static void test_gemm_fp8_f32(void) {
     cudaStream_t st;
     CUDA_CHECK(cudaStreamCreate(&st));
     cuda_gemm *g = cuda_gemm_create(st, 0);
+    // scratch of the fp32 + rescale fallback (used where cuBLASLt has no
+    // outer-vector-scaled FP8 kernel): the largest n x out below
+    cuda_gemm_reserve_fp8(g, (size_t)4096 * 1040);
     uint64_t rng = 13;
     const int shapes[][2] = {{64, 384}, {640, 384}, {384, 1024}, {1040, 112}}; // (out, in)
     for (int si = 0; si < 4; si++)
@@ -362,6 +365,37 @@ static void test_gemm_fp8_f32(void) {
                     CU_ASSERT_EQUAL(tu_compare_f32(what, got, ref, (long)n * out, 5e-3f,
                                                    yf ? 5e-3f : 1.2e-2f), 0);
                     cudaFree(dy);
+                }
+                // per-tensor weight scale + static activation scale: cuBLASLt's
+                // scalar scale pointers (the fast path on Hopper)
+                {
+                    const float sa = 4.0f / 448.0f;
+                    uint8_t *xq2 = sl_malloc((size_t)n * in), *wq2 = sl_malloc((size_t)out * in);
+                    float *xs2 = sl_malloc(sizeof(float) * n), *ws2 = sl_malloc(sizeof(float) * out);
+                    cpu_quantize_fp8_rows(xq2, xs2, x, n, in, sa);
+                    cpu_quantize_weight_fp8(wq2, ws2, w, out, in, 0, NULL);
+                    LinearWeight lt = lw;
+                    lt.scale_per_row = 0;
+                    lt.in_scale = sa;
+                    lt.data = dev_copy(wq2, (size_t)out * in);
+                    lt.scale = dev_copy(ws2, sizeof(float) * out);
+                    uint8_t *dxq2 = dev_copy(xq2, (size_t)n * in);
+                    float *dxs2 = dev_copy(xs2, sizeof(float) * n);
+                    cpu_linear_fp8(ref, xq2, xs2, wq2, ws2, 0, bias ? b : NULL, n, in, out);
+                    void *dy = dev_poisoned((size_t)n * out * 4);
+                    cuda_gemm_linear_ex(g, dy, GEMM_OUT_BF16, dxq2, GEMM_IN_FP8, dxs2, &lt, n);
+                    CUDA_CHECK(cudaStreamSynchronize(st));
+                    get_act(got, dy, (size_t)n * out, 0);
+                    char what[96];
+                    snprintf(what, sizeof what, "gemm fp8 per-tensor %dx%d n=%d bias=%d", out, in,
+                             n, bias);
+                    CU_ASSERT_EQUAL(tu_compare_f32(what, got, ref, (long)n * out, 5e-3f, 1.2e-2f), 0);
+                    cudaFree(dy);
+                    cudaFree(lt.data);
+                    cudaFree(lt.scale);
+                    cudaFree(dxq2);
+                    cudaFree(dxs2);
+                    free(xq2), free(wq2), free(xs2), free(ws2);
                 }
                 // fp32 GEMM on the raw values (no TF32: 1e-5)
                 LinearWeight lf = {.fmt = WFMT_F32, .out_dim = out, .in_dim = in};

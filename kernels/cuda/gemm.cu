@@ -46,6 +46,8 @@ typedef struct {
     int has_bias;
     int fmt;      // WeightFormat (implies the input type)
     int align;
+    int scalar;   // FP8 with one weight scale and one activation scale (static):
+                  // cuBLASLt's per-tensor scale pointers, no outer vectors
 } GemmKey;
 
 typedef struct {
@@ -72,9 +74,9 @@ struct cuda_gemm {
 
 static uint64_t key_hash(const GemmKey *k) {
     // FNV-1a over the key's ints; good enough for a few hundred entries.
-    const int v[7] = {k->n, k->out, k->in, k->ytype, k->has_bias, k->fmt, k->align};
+    const int v[8] = {k->n, k->out, k->in, k->ytype, k->has_bias, k->fmt, k->align, k->scalar};
     uint64_t h = 1469598103934665603ull;
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < 8; i++) {
         h ^= (uint32_t)v[i];
         h *= 1099511628211ull;
     }
@@ -83,7 +85,8 @@ static uint64_t key_hash(const GemmKey *k) {
 
 static int key_eq(const GemmKey *a, const GemmKey *b) {
     return a->n == b->n && a->out == b->out && a->in == b->in && a->ytype == b->ytype &&
-           a->has_bias == b->has_bias && a->fmt == b->fmt && a->align == b->align;
+           a->has_bias == b->has_bias && a->fmt == b->fmt && a->align == b->align &&
+           a->scalar == b->scalar;
 }
 
 // Slot of key k in the table: the matching entry or the empty slot to fill.
@@ -141,12 +144,15 @@ static void plan_try(cuda_gemm *g, GemmPlan *p, const GemmKey *k, int fast_accum
     p->fallback = fallback;
     if (p->fp8 && !fallback) {
         // per-output-channel weight scales (A's outer dimension) and per-token
-        // activation scales (B's outer dimension)
-        int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
-                                                    &mode, sizeof mode));
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
-                                                    &mode, sizeof mode));
+        // activation scales (B's outer dimension); with per-tensor weights and a
+        // static activation scale, the classic per-tensor scale pointers
+        if (!k->scalar) {
+            int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+            CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
+                                                        &mode, sizeof mode));
+            CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
+                                                        &mode, sizeof mode));
+        }
         int8_t fa = (int8_t)fast_accum;
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fa,
                                                     sizeof fa));
@@ -303,7 +309,9 @@ extern "C" void cuda_gemm_linear_ex(cuda_gemm *g, void *y, GemmOut ytype, const 
     if (ax < al) al = ax;
     if (aw < al) al = aw;
     if (bias && ptr_align(bias) < al) al = ptr_align(bias);
-    GemmKey k = {n, w->out_dim, w->in_dim, (int)ytype, bias != NULL, (int)w->fmt, al};
+    // every row of x shares one scale when the activation scale is static
+    int scalar = w->fmt == WFMT_FP8_E4M3 && !w->scale_per_row && w->in_scale > 0.0f;
+    GemmKey k = {n, w->out_dim, w->in_dim, (int)ytype, bias != NULL, (int)w->fmt, al, scalar};
 
     GemmPlan *p = plan_slot(g->plans, g->cap, &k);
     if (!p->used) {

@@ -1,0 +1,87 @@
+// ops_cuda.h: the C entry points of sluice's CUDA kernels.
+//
+// Each kernel file (kernels/cuda/<op>.cu) has three levels: a static
+// __global__ kernel, a launcher that picks the grid for the shapes, and one
+// extern "C" entry point declared here, taking the stream last. Every entry
+// point has a CPU twin in kernels/cpu/ops_cpu.h with the same arguments minus
+// the stream, and the GPU tests compare the two on random data.
+//
+// Activations and the KV cache are bf16 (sl_bf16), row-major; norm weights
+// and rotary frequencies are fp32. Shapes as in ops_cpu.h. All pointers are
+// device memory. Nothing here allocates.
+#ifndef SLUICE_OPS_CUDA_H
+#define SLUICE_OPS_CUDA_H
+
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+
+#include "cuda_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// out (n, dim) = table[tokens[i], :]
+void cuda_embed(sl_bf16 *out, const sl_bf16 *table, const int32_t *tokens, int n, int dim,
+                cudaStream_t stream);
+
+// out (n, dim) = x * rsqrt(mean(x^2) + eps) * w   (fp32 math)
+void cuda_rmsnorm(sl_bf16 *out, const sl_bf16 *x, const float *w, int n, int dim, float eps,
+                  cudaStream_t stream);
+
+// x (n, dim) += r (in place, rounded to bf16); out = rmsnorm(x) * w.
+// out may alias r, not x.
+void cuda_add_rmsnorm(sl_bf16 *out, sl_bf16 *x, const sl_bf16 *r, const float *w, int n,
+                      int dim, float eps, cudaStream_t stream);
+
+// qkv (n, (n_heads + 2*n_kv_heads)*head_dim): rotate q and k in place by
+// pos[i] (HF rotate_half convention), then write k, v into the paged cache at
+// slots[i] (distinct within a call; slots[i] < 0 marks a padding row, which
+// is rotated but not cached); k_cache, v_cache (n_blocks, n_kv_heads,
+// block_size, head_dim).
+void cuda_rope_kv_write(sl_bf16 *qkv, sl_bf16 *k_cache, sl_bf16 *v_cache, const int32_t *pos,
+                        const int32_t *slots, const float *inv_freq, int n, int n_heads,
+                        int n_kv_heads, int head_dim, int block_size, cudaStream_t stream);
+
+// gu (n, 2*hidden) = [gate | up]; out (n, hidden) = silu(gate) * up
+void cuda_swiglu(sl_bf16 *out, const sl_bf16 *gu, int n, int hidden, cudaStream_t stream);
+
+// out (m, dim) = x[rows[j], :]
+void cuda_gather_rows(sl_bf16 *out, const sl_bf16 *x, const int32_t *rows, int m, int dim,
+                      cudaStream_t stream);
+
+// Conversions used at load time and by tests.
+void cuda_f32_to_bf16(sl_bf16 *out, const float *in, size_t n, cudaStream_t stream);
+void cuda_bf16_to_f32(float *out, const sl_bf16 *in, size_t n, cudaStream_t stream);
+
+// Causal attention over the paged cache (see cpu_paged_attention). Rows of a
+// sequence are contiguous: seq_start (n_seqs + 1). Rows with many keys (prefill
+// chunks) and single decode rows may be mixed in one call; the entry point
+// dispatches to the prefill (flash-attention style, online softmax) and decode
+// (split-K flash-decoding) kernels. `workspace` holds at least
+// cuda_attention_workspace_bytes(...) bytes.
+size_t cuda_attention_workspace_bytes(int max_tokens, int n_heads, int head_dim,
+                                      int max_seq_len);
+void cuda_paged_attention(sl_bf16 *out, const sl_bf16 *qkv, const sl_bf16 *k_cache,
+                          const sl_bf16 *v_cache, const int32_t *pos, const int32_t *seq_of,
+                          const int32_t *seq_start, const int32_t *kv_len,
+                          const int32_t *block_tables, int max_blocks, int n_tokens, int n_seqs,
+                          int max_kv_len, int n_heads, int n_kv_heads, int head_dim,
+                          int block_size, float scale, void *workspace, cudaStream_t stream);
+
+// out[r] = the index of the largest of logits (n, vocab) row r (fp32); ties
+// to the lowest index, NaN counts as -inf (greedy decoding on the device).
+void cuda_argmax_rows(int32_t *out, const float *logits, int n, int vocab, cudaStream_t stream);
+
+// dst[i] = mean + std * N(0,1) from a counter-based generator keyed by
+// (seed, i); the twin of cpu_fill_normal (benchmarks with random weights).
+void cuda_fill_normal_bf16(sl_bf16 *dst, size_t n, uint64_t seed, float mean, float std,
+                           cudaStream_t stream);
+void cuda_fill_normal_f32(float *dst, size_t n, uint64_t seed, float mean, float std,
+                          cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

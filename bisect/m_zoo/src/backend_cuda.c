@@ -1,0 +1,892 @@
+// backend_cuda.c: the CUDA backend: backend.h on one GPU, bf16 activations.
+//
+// Plain C over the CUDA runtime API: the kernels are reached through
+// kernels/cuda/ops_cuda.h and the linear layers through the cuBLASLt wrapper
+// kernels/cuda/gemm.h. Every op is enqueued on one non-blocking stream; the
+// only synchronisation of a step is the logits copy back to the host.
+//
+// Memory: weights and activations are allocated at load time (alloc, upload_*,
+// load_linear), the per-step buffers once in reserve(): the packed step
+// metadata (pinned host + device), the attention workspace and the fp32
+// logits (device + pinned host). No per-step op allocates.
+//
+// Weights arrive as host fp32 and are rounded to bf16 (round to nearest even,
+// sl_f32_to_bf16) on the host in chunks through one pinned staging buffer, so
+// a huge tensor never needs a second full-size host copy.
+//
+// Number formats: activations bf16, or fp32 in the f32 mode
+// (backend_cuda_create_ex: fp32 weights, true fp32 GEMMs, the CPU backend's
+// numbers). FP8 linear layers (load_linear_fp8) are quantised on the host by
+// the CPU twin's code (the same codes as the CPU emulation) and run as
+// cuBLASLt FP8 GEMMs; their input comes as e4m3 codes + per-row scales
+// straight from the norm / SwiGLU kernels (*_q ops), or is quantised into a
+// scratch buffer (the attention output). The KV cache is the activation dtype
+// or FP8 E4M3 (AttnShape.kv_fp8).
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "backend.h"
+#include "cpu/ops_cpu.h"
+#include "cuda/gemm.h"
+#include "cuda/ops_cuda.h"
+#include "cuda/w4a16.h"
+
+#define STAGE_ELEMS ((size_t)8 << 20) // bf16 elements per upload chunk (16 MiB pinned)
+
+typedef struct {
+    int device;
+    int act_f32; // fp32 activations, weights and KV (the exact mode)
+    cudaStream_t stream;
+    cuda_gemm *gemm;
+    sl_bf16 *stage; // pinned (STAGE_ELEMS) bf16 upload staging, made on first upload
+
+    // sizes given to reserve (0 until then)
+    int reserved;
+    int max_tokens, max_seqs, max_blocks;
+    int max_out_dim; // largest out_dim seen by load_linear (sizes the logits buffer)
+    int max_in_fp8;  // largest in_dim of an FP8 linear (sizes qx)
+    int max_out_fp8; // largest out_dim of an FP8 linear (sizes the GEMM fallback)
+
+    // FP8 input of a linear whose producer wrote the activation dtype
+    uint8_t *qx;      // (max_tokens, max_in_fp8) e4m3
+    float *qx_scales; // (max_tokens)
+    size_t qx_cap;    // bytes of qx
+
+    // step metadata: every int32 array of a Batch packed into one buffer
+    int32_t *meta_host; // pinned, meta_cap ints
+    int32_t *meta_dev;  // device, meta_cap ints
+    size_t meta_cap;
+    cudaEvent_t meta_copied; // the previous step's copy has read meta_host
+
+    void *attn_ws; // attention workspace (device)
+    size_t attn_ws_bytes;
+
+    int32_t *ids_dev; // (max_seqs) greedy ids on the device
+    int32_t *ids_pin;            // (max_seqs) pinned host copy
+    float *logits_dev;  // (max_seqs, max_out_dim) fp32 device
+    float *logits_pin;  // same, pinned host
+    size_t logits_cap;  // floats
+
+    // INT4 weights (kernels/cuda/w4a16.h): calls of up to gemv_max_n rows run
+    // the decode GEMV, larger ones dequantise into int4_scratch (bf16, sized
+    // in reserve for the largest INT4 layer) and run cuBLASLt.
+    int gemv_max_n;
+    int mma_max_n; // calls of up to this many rows run the tensor-core W4A16 GEMM
+    size_t int4_max_elems; // largest out_dim * in_dim of an INT4 layer loaded
+    sl_bf16 *int4_scratch;
+    size_t int4_scratch_elems;
+
+    Batch batch;    // the device view returned by set_batch
+    int max_kv_len; // of the current step (host value for launch sizes)
+} CudaImpl;
+
+static CudaImpl *impl_of(Backend *be) { return (CudaImpl *)be->impl; }
+
+// ----------------------------------------------------------------------------
+// memory
+
+// cudaMalloc that dies with the size and the free memory when it fails.
+static void *dev_alloc(size_t bytes) {
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 256);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError(); // clear it: the message below says what happened
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        static char msg[256];
+        snprintf(msg, sizeof msg, "out of GPU memory allocating %.1f MiB (free %.1f MiB of %.1f) [%s]",
+                 bytes / 1048576.0, fr / 1048576.0, tot / 1048576.0, cudaGetErrorString(e));
+        SL_FATAL("CUDA", msg, "cudaMalloc");
+    }
+    return p;
+}
+
+static void *pinned_alloc(size_t bytes) {
+    void *p = NULL;
+    cudaError_t e = cudaMallocHost(&p, bytes ? bytes : 64);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        static char msg[160];
+        snprintf(msg, sizeof msg, "out of pinned host memory allocating %.1f MiB [%s]",
+                 bytes / 1048576.0, cudaGetErrorString(e));
+        SL_FATAL("CUDA", msg, "cudaMallocHost");
+    }
+    return p;
+}
+
+static void *cuda_alloc_op(Backend *be, size_t bytes) {
+    void *p = dev_alloc(bytes);
+    CUDA_CHECK(cudaMemset(p, 0, bytes ? bytes : 256));
+    return p;
+}
+
+static void cuda_free_op(Backend *be, void *p) {
+    if (p) CUDA_CHECK(cudaFree(p));
+}
+
+static size_t cuda_mem_free_op(Backend *be) {
+    size_t fr = 0, tot = 0;
+    CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
+    return fr;
+}
+
+// ----------------------------------------------------------------------------
+// weights
+
+static void *cuda_upload_f32_op(Backend *be, const float *host, size_t n) {
+    float *p = dev_alloc(sizeof(float) * (n ? n : 1));
+    if (n) CUDA_CHECK(cudaMemcpy(p, host, sizeof(float) * n, cudaMemcpyHostToDevice));
+    return p;
+}
+
+// dst (n) bf16 device = round(host (n) fp32), chunk by chunk through the
+// pinned staging buffer (synchronous: start-up only).
+static void upload_bf16(CudaImpl *c, sl_bf16 *dst, const float *host, size_t n) {
+    if (!c->stage) c->stage = pinned_alloc(STAGE_ELEMS * sizeof(sl_bf16));
+    for (size_t off = 0; off < n; off += STAGE_ELEMS) {
+        size_t cnt = n - off < STAGE_ELEMS ? n - off : STAGE_ELEMS;
+        sl_bf16 *st = c->stage;
+        const float *src = host + off;
+#pragma omp parallel for schedule(static) if (cnt > 65536)
+        for (size_t i = 0; i < cnt; i++) st[i] = sl_f32_to_bf16(src[i]);
+        CUDA_CHECK(cudaMemcpy(dst + off, st, cnt * sizeof(sl_bf16), cudaMemcpyHostToDevice));
+    }
+}
+
+static void *cuda_upload_table_op(Backend *be, const float *host, size_t rows, size_t cols) {
+    size_t n = rows * cols;
+    if (impl_of(be)->act_f32) return cuda_upload_f32_op(be, host, n);
+    sl_bf16 *p = dev_alloc(n * sizeof(sl_bf16));
+    upload_bf16(impl_of(be), p, host, n);
+    return p;
+}
+
+static void logits_buffers_size(CudaImpl *c);
+static void qx_size(CudaImpl *c);
+
+static int cuda_load_linear_op(Backend *be, LinearWeight *w, const float *host, const float *bias,
+                               int out_dim, int in_dim, sl_err *err) {
+    CudaImpl *c = impl_of(be);
+    memset(w, 0, sizeof *w);
+    if (out_dim <= 0 || in_dim <= 0)
+        return sl_errf(err, "CUDA backend: linear layer of shape (%d, %d) is empty", out_dim,
+                       in_dim);
+    w->out_dim = out_dim;
+    w->in_dim = in_dim;
+    if (c->act_f32) {
+        w->fmt = WFMT_F32;
+        w->data = cuda_upload_f32_op(be, host, (size_t)out_dim * in_dim);
+    } else {
+        w->fmt = WFMT_BF16;
+        w->data = dev_alloc((size_t)out_dim * in_dim * sizeof(sl_bf16));
+        upload_bf16(c, w->data, host, (size_t)out_dim * in_dim);
+    }
+    if (bias) {
+        // fp32 then bf16 copies in one allocation (cuda_gemm_bias_bf16_offset)
+        char *b = cuda_alloc_op(be, cuda_gemm_bias_bytes(out_dim));
+        CUDA_CHECK(cudaMemcpy(b, bias, sizeof(float) * out_dim, cudaMemcpyHostToDevice));
+        upload_bf16(c, (sl_bf16 *)(b + cuda_gemm_bias_bf16_offset(out_dim)), bias, out_dim);
+        w->bias = b;
+    }
+    if (out_dim > c->max_out_dim) {
+        c->max_out_dim = out_dim;
+        if (c->reserved) logits_buffers_size(c); // a head loaded after reserve
+    }
+    return 0;
+}
+
+// Bookkeeping of a new FP8 linear: the widest input sizes the scratch.
+static void note_fp8_linear(CudaImpl *c, int out_dim, int in_dim) {
+    if (in_dim > c->max_in_fp8 || out_dim > c->max_out_fp8) {
+        if (in_dim > c->max_in_fp8) c->max_in_fp8 = in_dim;
+        if (out_dim > c->max_out_fp8) c->max_out_fp8 = out_dim;
+        if (c->reserved) qx_size(c);
+    }
+}
+
+static int fp8_shape_ok(int out_dim, int in_dim, sl_err *err) {
+    if (out_dim % 16 || in_dim % 16)
+        return sl_errf(err, "CUDA backend: an FP8 linear layer of shape (%d, %d): cuBLASLt's "
+                       "FP8 GEMM needs both dimensions to be multiples of 16 (use --dtype bf16)",
+                       out_dim, in_dim);
+    return 0;
+}
+
+// FP8: the codes are made on the host by cpu_quantize_weight_fp8 (the CPU
+// backend's emulation, so both backends hold the same bytes), then uploaded
+// with out_dim scales (a per-tensor scale replicated: the GEMM always scales
+// per output channel).
+static int cuda_load_linear_fp8_op(Backend *be, LinearWeight *w, const float *host,
+                                   const float *bias, int out_dim, int in_dim,
+                                   const Fp8Spec *spec, sl_err *err) {
+    CudaImpl *c = impl_of(be);
+    memset(w, 0, sizeof *w);
+    if (out_dim <= 0 || in_dim <= 0)
+        return sl_errf(err, "CUDA backend: linear layer of shape (%d, %d) is empty", out_dim,
+                       in_dim);
+    if (fp8_shape_ok(out_dim, in_dim, err)) return -1;
+    w->fmt = WFMT_FP8_E4M3;
+    w->out_dim = out_dim;
+    w->in_dim = in_dim;
+    w->scale_per_row = spec->w_scale ? 1 : spec->per_row;
+    w->in_scale = spec->in_scale;
+    size_t n = (size_t)out_dim * in_dim;
+    uint8_t *q = sl_malloc(n);
+    float *sc = sl_malloc(sizeof(float) * (size_t)out_dim);
+    cpu_quantize_weight_fp8(q, sc, host, out_dim, in_dim, w->scale_per_row, spec->w_scale);
+    if (!w->scale_per_row)
+        for (int o = 1; o < out_dim; o++) sc[o] = sc[0];
+    w->data = dev_alloc(n);
+    CUDA_CHECK(cudaMemcpy(w->data, q, n, cudaMemcpyHostToDevice));
+    w->scale = cuda_upload_f32_op(be, sc, (size_t)out_dim);
+    free(q);
+    free(sc);
+    if (bias) {
+        char *b = cuda_alloc_op(be, cuda_gemm_bias_bytes(out_dim));
+        CUDA_CHECK(cudaMemcpy(b, bias, sizeof(float) * out_dim, cudaMemcpyHostToDevice));
+        upload_bf16(c, (sl_bf16 *)(b + cuda_gemm_bias_bf16_offset(out_dim)), bias, out_dim);
+        w->bias = b;
+    }
+    note_fp8_linear(c, out_dim, in_dim);
+    return 0;
+}
+
+// Random FP8 weights for benchmarks: normal fp32 values generated on the
+// device into a temporary buffer, quantised per output channel there.
+static void cuda_random_linear_fp8_op(Backend *be, LinearWeight *w, int out_dim, int in_dim,
+                                      uint64_t seed, float std) {
+    CudaImpl *c = impl_of(be);
+    sl_err err = {{0}};
+    if (fp8_shape_ok(out_dim, in_dim, &err)) SL_FATAL("sluice", err.msg, "random_linear_fp8");
+    memset(w, 0, sizeof *w);
+    w->fmt = WFMT_FP8_E4M3;
+    w->out_dim = out_dim;
+    w->in_dim = in_dim;
+    w->scale_per_row = 1;
+    size_t n = (size_t)out_dim * in_dim;
+    float *tmp = dev_alloc(n * sizeof(float));
+    w->data = dev_alloc(n);
+    w->scale = dev_alloc(sizeof(float) * (size_t)out_dim);
+    cuda_fill_normal_f32(tmp, n, seed, 0.0f, std, c->stream);
+    cuda_quantize_fp8_rows(w->data, w->scale, tmp, 1, out_dim, in_dim, 0.0f, c->stream);
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    CUDA_CHECK(cudaFree(tmp));
+    note_fp8_linear(c, out_dim, in_dim);
+}
+
+// Random weights for benchmarks: allocated in the weight format and filled
+// on the device (no host traffic).
+static void cuda_alloc_linear_op(Backend *be, LinearWeight *w, int out_dim, int in_dim) {
+    CudaImpl *c = impl_of(be);
+    memset(w, 0, sizeof *w);
+    w->fmt = c->act_f32 ? WFMT_F32 : WFMT_BF16;
+    w->out_dim = out_dim;
+    w->in_dim = in_dim;
+    w->data = dev_alloc((size_t)out_dim * in_dim * (c->act_f32 ? sizeof(float) : sizeof(sl_bf16)));
+    if (out_dim > c->max_out_dim) {
+        c->max_out_dim = out_dim;
+        if (c->reserved) logits_buffers_size(c);
+    }
+}
+
+static void note_linear(CudaImpl *c, const LinearWeight *w) {
+    if (w->out_dim > c->max_out_dim) {
+        c->max_out_dim = w->out_dim;
+        if (c->reserved) logits_buffers_size(c);
+    }
+    if (w->fmt == WFMT_INT4 && (size_t)w->out_dim * w->in_dim > c->int4_max_elems)
+        c->int4_max_elems = (size_t)w->out_dim * w->in_dim;
+}
+
+static void *dev_copy(const void *host, size_t bytes) {
+    void *p = dev_alloc(bytes);
+    CUDA_CHECK(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice));
+    return p;
+}
+
+// INT4 weights arrive already packed (quant_awq.c): copied as they are.
+static int cuda_load_linear_int4_op(Backend *be, LinearWeight *w, const uint32_t *qweight,
+                                    const uint16_t *scales, const uint8_t *zeros,
+                                    const float *bias, int out_dim, int in_dim, int group,
+                                    sl_err *err) {
+    CudaImpl *c = impl_of(be);
+    memset(w, 0, sizeof *w);
+    if (out_dim <= 0 || in_dim <= 0 || group <= 0 || group % 32 || in_dim % group)
+        return sl_errf(err, "CUDA backend: INT4 linear layer (%d, %d) with group size %d: the "
+                       "group must be a positive multiple of 32 dividing %d", out_dim, in_dim,
+                       group, in_dim);
+    size_t ng = (size_t)out_dim * (in_dim / group);
+    w->fmt = WFMT_INT4;
+    w->out_dim = out_dim;
+    w->in_dim = in_dim;
+    w->group_size = group;
+    w->data = dev_copy(qweight, sizeof(uint32_t) * (size_t)out_dim * (in_dim / 8));
+    w->scale = dev_copy(scales, sizeof(uint16_t) * ng);
+    w->zeros = zeros ? dev_copy(zeros, ng) : NULL;
+    if (bias) {
+        char *b = cuda_alloc_op(be, cuda_gemm_bias_bytes(out_dim));
+        CUDA_CHECK(cudaMemcpy(b, bias, sizeof(float) * out_dim, cudaMemcpyHostToDevice));
+        upload_bf16(c, (sl_bf16 *)(b + cuda_gemm_bias_bf16_offset(out_dim)), bias, out_dim);
+        w->bias = b;
+    }
+    note_linear(c, w);
+    return 0;
+}
+
+static void cuda_random_linear_int4_op(Backend *be, LinearWeight *w, int out_dim, int in_dim,
+                                       int group, uint64_t seed, float scale) {
+    CudaImpl *c = impl_of(be);
+    memset(w, 0, sizeof *w);
+    SL_CHECK(out_dim > 0 && group > 0 && group % 32 == 0 && in_dim % group == 0);
+    size_t ng = (size_t)out_dim * (in_dim / group);
+    w->fmt = WFMT_INT4;
+    w->out_dim = out_dim;
+    w->in_dim = in_dim;
+    w->group_size = group;
+    w->data = dev_alloc(sizeof(uint32_t) * (size_t)out_dim * (in_dim / 8));
+    w->scale = dev_alloc(sizeof(uint16_t) * ng);
+    w->zeros = dev_alloc(ng);
+    cuda_int4_fill_random(w->data, w->scale, w->zeros, out_dim, in_dim, group, seed, scale,
+                          c->stream);
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    note_linear(c, w);
+}
+
+static void cuda_fill_normal_op(Backend *be, void *dst, size_t n, int f32, uint64_t seed,
+                                float mean, float std) {
+    CudaImpl *c = impl_of(be);
+    if (f32 || c->act_f32) cuda_fill_normal_f32(dst, n, seed, mean, std, c->stream);
+    else cuda_fill_normal_bf16(dst, n, seed, mean, std, c->stream);
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+// ----------------------------------------------------------------------------
+// per-step buffers
+
+// Ints of packed metadata for a step of at most T rows, S sequences and B
+// blocks per sequence: tokens, pos, seq_of, slots (T each), seq_start (S+1),
+// kv_len (S), block_tables (S*B), logit_rows (S).
+static size_t meta_ints(int T, int S, int B) {
+    return (size_t)4 * T + (S + 1) + S + (size_t)S * B + S;
+}
+
+// (Re)sizes the fp32 logits buffers for max_seqs rows of the widest layer
+// seen so far. The LM head is loaded before model_kv_alloc calls reserve
+// (model.c), so in practice this runs once, inside reserve.
+static void logits_buffers_size(CudaImpl *c) {
+    size_t need = (size_t)c->max_seqs * c->max_out_dim;
+    if (need <= c->logits_cap) return;
+    if (c->logits_dev) CUDA_CHECK(cudaFree(c->logits_dev));
+    if (c->logits_pin) CUDA_CHECK(cudaFreeHost(c->logits_pin));
+    c->logits_dev = dev_alloc(need * sizeof(float));
+    c->logits_pin = pinned_alloc(need * sizeof(float));
+    c->logits_cap = need;
+}
+
+// (Re)sizes the FP8 input scratch for max_tokens rows of the widest FP8 input.
+static void qx_size(CudaImpl *c) {
+    // only used where cuBLASLt lacks outer-vector scaling (see gemm.cu)
+    cuda_gemm_reserve_fp8(c->gemm, (size_t)c->max_tokens * c->max_out_fp8);
+    size_t need = (size_t)c->max_tokens * c->max_in_fp8;
+    if (!c->max_in_fp8 || need <= c->qx_cap) return;
+    if (c->qx) CUDA_CHECK(cudaFree(c->qx));
+    if (c->qx_scales) CUDA_CHECK(cudaFree(c->qx_scales));
+    c->qx = dev_alloc(need);
+    c->qx_scales = dev_alloc(sizeof(float) * (size_t)c->max_tokens);
+    c->qx_cap = need;
+}
+
+static void cuda_reserve_op(Backend *be, int max_tokens, int max_seqs, int max_seq_len,
+                            int block_size, int n_heads, int head_dim) {
+    CudaImpl *c = impl_of(be);
+    SL_CHECK(max_tokens > 0 && max_seqs > 0 && max_seq_len > 0 && block_size > 0);
+    int max_blocks = (max_seq_len + block_size - 1) / block_size;
+    // A second reserve (another model on the same backend) only ever grows.
+    if (c->reserved) {
+        if (max_tokens < c->max_tokens) max_tokens = c->max_tokens;
+        if (max_seqs < c->max_seqs) max_seqs = c->max_seqs;
+        if (max_blocks < c->max_blocks) max_blocks = c->max_blocks;
+    }
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+
+    size_t mi = meta_ints(max_tokens, max_seqs, max_blocks);
+    if (mi > c->meta_cap) {
+        if (c->meta_dev) CUDA_CHECK(cudaFree(c->meta_dev));
+        if (c->meta_host) CUDA_CHECK(cudaFreeHost(c->meta_host));
+        c->meta_dev = dev_alloc(mi * sizeof(int32_t));
+        c->meta_host = pinned_alloc(mi * sizeof(int32_t));
+        c->meta_cap = mi;
+    }
+    size_t ws = cuda_attention_workspace_bytes(max_tokens, n_heads, head_dim,
+                                               max_blocks * block_size);
+    if (ws > c->attn_ws_bytes || !c->attn_ws) {
+        if (c->attn_ws) CUDA_CHECK(cudaFree(c->attn_ws));
+        c->attn_ws = dev_alloc(ws);
+        c->attn_ws_bytes = ws;
+    }
+    c->max_tokens = max_tokens;
+    c->max_seqs = max_seqs;
+    c->max_blocks = max_blocks;
+    c->reserved = 1;
+    logits_buffers_size(c);
+    // INT4 layers larger steps than the GEMV takes dequantise into this
+    size_t se = max_tokens > c->gemv_max_n ? c->int4_max_elems : 0;
+    if (se > c->int4_scratch_elems) {
+        if (c->int4_scratch) CUDA_CHECK(cudaFree(c->int4_scratch));
+        c->int4_scratch = dev_alloc(se * sizeof(sl_bf16));
+        c->int4_scratch_elems = se;
+    }
+    qx_size(c);
+    if (!c->ids_pin) {
+        c->ids_dev = dev_alloc(sizeof(int32_t) * (size_t)max_seqs);
+        c->ids_pin = pinned_alloc(sizeof(int32_t) * (size_t)max_seqs);
+    }
+    // the upload staging is not needed once the weights are in
+    if (c->stage) {
+        CUDA_CHECK(cudaFreeHost(c->stage));
+        c->stage = NULL;
+    }
+    LOGD("CUDA reserve: %d tokens, %d seqs, %d blocks/seq, attention workspace %.1f MiB, "
+         "logits %d x %d",
+         max_tokens, max_seqs, max_blocks, ws / 1048576.0, max_seqs, c->max_out_dim);
+}
+
+// Packs the host batch into the pinned buffer, copies it in one cudaMemcpyAsync
+// and returns the device view. Also records the step's host-side sizes.
+static const Batch *cuda_set_batch_op(Backend *be, const Batch *h) {
+    CudaImpl *c = impl_of(be);
+    if (!c->reserved) SL_FATAL("sluice", "CUDA backend: set_batch before reserve", "set_batch");
+    if (h->n_tokens > c->max_tokens || h->n_seqs > c->max_seqs || h->n_logits > c->max_seqs ||
+        h->max_blocks > c->max_blocks || h->n_tokens < 0 || h->n_seqs < 0 || h->n_logits < 0) {
+        static char msg[256];
+        snprintf(msg, sizeof msg,
+                 "step of %d tokens, %d seqs, %d logits, %d blocks/seq exceeds the reserved "
+                 "%d tokens, %d seqs, %d blocks/seq",
+                 h->n_tokens, h->n_seqs, h->n_logits, h->max_blocks, c->max_tokens, c->max_seqs,
+                 c->max_blocks);
+        SL_FATAL("sluice", msg, "set_batch");
+    }
+    // The previous step's copy must have read meta_host before it is rewritten.
+    CUDA_CHECK(cudaEventSynchronize(c->meta_copied));
+
+    int T = h->n_tokens, S = h->n_seqs, B = h->max_blocks, L = h->n_logits;
+    int32_t *hp = c->meta_host;
+    size_t off = 0;
+    Batch *d = &c->batch;
+    *d = *h;
+#define PACK(field, count)                                                            \
+    do {                                                                              \
+        size_t cnt_ = (size_t)(count);                                                \
+        if (cnt_ && h->field) memcpy(hp + off, h->field, cnt_ * sizeof(int32_t));     \
+        d->field = c->meta_dev + off;                                                 \
+        off += cnt_;                                                                  \
+    } while (0)
+    PACK(tokens, T);
+    PACK(pos, T);
+    PACK(seq_of, T);
+    PACK(slots, T);
+    PACK(seq_start, S + 1);
+    PACK(kv_len, S);
+    PACK(block_tables, (size_t)S * B);
+    PACK(logit_rows, L);
+#undef PACK
+    SL_CHECK(off <= c->meta_cap);
+    if (off)
+        CUDA_CHECK(cudaMemcpyAsync(c->meta_dev, hp, off * sizeof(int32_t),
+                                   cudaMemcpyHostToDevice, c->stream));
+    CUDA_CHECK(cudaEventRecord(c->meta_copied, c->stream));
+
+    int mk = 0;
+    for (int s = 0; s < S; s++)
+        if (h->kv_len[s] > mk) mk = h->kv_len[s];
+    c->max_kv_len = mk;
+    return d;
+}
+
+// ----------------------------------------------------------------------------
+// ops: thin shims over the kernels' entry points, on the backend's stream
+
+// Row copies move bytes: an fp32 row is 2*dim bf16-sized elements.
+static void cuda_embed_op(Backend *be, void *out, const void *table, const Batch *b, int dim) {
+    if (b->n_tokens <= 0) return;
+    CudaImpl *c = impl_of(be);
+    cuda_embed(out, table, b->tokens, b->n_tokens, c->act_f32 ? 2 * dim : dim, c->stream);
+}
+
+static void cuda_rmsnorm_op(Backend *be, void *out, const void *x, const void *w, int n, int dim,
+                            float eps) {
+    if (n <= 0) return;
+    CudaImpl *c = impl_of(be);
+    cuda_rmsnorm_ex(out, NULL, NULL, (void *)x, NULL, w, n, dim, eps, c->act_f32, 0.0f,
+                    c->stream);
+}
+
+static void cuda_add_rmsnorm_op(Backend *be, void *out, void *x, const void *r, const void *w,
+                                int n, int dim, float eps) {
+    if (n <= 0) return;
+    CudaImpl *c = impl_of(be);
+    cuda_rmsnorm_ex(out, NULL, NULL, x, r, w, n, dim, eps, c->act_f32, 0.0f, c->stream);
+}
+
+// The zoo's extra kernels (LayerNorm, GELU, add, partial rotary) exist for
+// bf16 activations and a bf16 KV cache; fp32 mode covers the Llama family.
+static void need_bf16(const CudaImpl *c, int kv_fp8, const char *what) {
+    if (!c->act_f32 && !kv_fp8) return;
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s runs with bf16 activations and KV cache only on the CUDA "
+             "backend (--dtype f32 / --kv-dtype fp8 cover the Llama-style families)", what);
+    SL_FATAL("sluice", msg, what);
+}
+
+static void cuda_layernorm_op(Backend *be, void *out, const void *x, const void *w,
+                              const void *b, int n, int dim, float eps) {
+    if (n <= 0) return;
+    need_bf16(impl_of(be), 0, "LayerNorm");
+    cuda_layernorm(out, x, w, b, n, dim, eps, impl_of(be)->stream);
+}
+
+static void cuda_add_layernorm_op(Backend *be, void *out, void *x, const void *r, const void *w,
+                                  const void *b, int n, int dim, float eps) {
+    if (n <= 0) return;
+    need_bf16(impl_of(be), 0, "LayerNorm");
+    cuda_add_layernorm(out, x, r, w, b, n, dim, eps, impl_of(be)->stream);
+}
+
+static void cuda_add_op(Backend *be, void *x, const void *r, size_t n) {
+    need_bf16(impl_of(be), 0, "the residual add of parallel layers");
+    cuda_add(x, r, n, impl_of(be)->stream);
+}
+
+static void cuda_gelu_op(Backend *be, void *out, const void *in, int n, int hidden, int gated,
+                         int tanh_approx) {
+    if (n <= 0) return;
+    need_bf16(impl_of(be), 0, "GELU");
+    cuda_gelu(out, in, n, hidden, gated, tanh_approx, impl_of(be)->stream);
+}
+
+// INT4: the GEMV for decode-sized steps, the tensor-core W4A16 GEMM for
+// mid-size ones, else dequantise + cuBLASLt. bf16 activations only.
+static void int4_linear(CudaImpl *c, void *y, const void *x, const LinearWeight *w, int n) {
+    if (n <= 0) return;
+    SL_CHECK(!c->act_f32);
+    if (n <= c->gemv_max_n) {
+        for (int i = 0; i < n; i += W4A16_GEMV_MAX_N) {
+            int k = n - i < W4A16_GEMV_MAX_N ? n - i : W4A16_GEMV_MAX_N;
+            cuda_w4a16_gemv((sl_bf16 *)y + (size_t)i * w->out_dim,
+                            (const sl_bf16 *)x + (size_t)i * w->in_dim, w->data, w->scale,
+                            w->zeros, w->bias, k, w->in_dim, w->out_dim, w->group_size,
+                            c->stream);
+        }
+        return;
+    }
+    if (n <= c->mma_max_n && !((uintptr_t)x & 15)) {
+        cuda_w4a16_gemm(y, x, w->data, w->scale, w->zeros, w->bias, n, w->in_dim, w->out_dim,
+                        w->group_size, c->stream);
+        return;
+    }
+    size_t elems = (size_t)w->out_dim * w->in_dim;
+    if (elems > c->int4_scratch_elems)
+        SL_FATAL("sluice", "INT4 layer larger than the dequantisation scratch sized in reserve",
+                 "int4_linear");
+    cuda_int4_dequant_bf16(c->int4_scratch, w->data, w->scale, w->zeros, w->out_dim, w->in_dim,
+                           w->group_size, c->stream);
+    LinearWeight d = {.fmt = WFMT_BF16, .out_dim = w->out_dim, .in_dim = w->in_dim,
+                      .data = c->int4_scratch, .bias = w->bias};
+    cuda_gemm_linear_ex(c->gemm, y, GEMM_OUT_BF16, x, GEMM_IN_BF16, NULL, &d, n);
+}
+
+static GemmIn act_in(const CudaImpl *c) { return c->act_f32 ? GEMM_IN_F32 : GEMM_IN_BF16; }
+static GemmOut act_out(const CudaImpl *c) { return c->act_f32 ? GEMM_OUT_F32 : GEMM_OUT_BF16; }
+
+// x in the activation dtype. An FP8 layer's input is quantised into the
+// scratch first (the attention output; the norms and SwiGLU emit FP8 themselves).
+static void cuda_linear_op(Backend *be, void *y, const void *x, const LinearWeight *w, int n) {
+    CudaImpl *c = impl_of(be);
+    if (n <= 0) return;
+    if (w->fmt == WFMT_INT4) {
+        int4_linear(c, y, x, w, n);
+        return;
+    }
+    if (w->fmt == WFMT_FP8_E4M3) {
+        SL_CHECK(c->qx && (size_t)n * w->in_dim <= c->qx_cap);
+        cuda_quantize_fp8_rows(c->qx, c->qx_scales, x, c->act_f32, n, w->in_dim, w->in_scale,
+                               c->stream);
+        cuda_gemm_linear_ex(c->gemm, y, act_out(c), c->qx, GEMM_IN_FP8, c->qx_scales, w, n);
+        return;
+    }
+    cuda_gemm_linear_ex(c->gemm, y, act_out(c), x, act_in(c), NULL, w, n);
+}
+
+// x as a *_q op wrote it for w: for FP8, codes then the row scales at
+// backend_q_scale_offset(n, in_dim).
+static void cuda_linear_q_op(Backend *be, void *y, const void *xq, const LinearWeight *w, int n) {
+    CudaImpl *c = impl_of(be);
+    if (n <= 0) return;
+    if (w->fmt != WFMT_FP8_E4M3) {
+        cuda_linear_op(be, y, xq, w, n);
+        return;
+    }
+    const float *xs = (const float *)((const char *)xq + backend_q_scale_offset(n, w->in_dim));
+    cuda_gemm_linear_ex(c->gemm, y, act_out(c), xq, GEMM_IN_FP8, xs, w, n);
+}
+
+static void cuda_rmsnorm_q_op(Backend *be, void *out, const void *x, const void *w, int n,
+                              int dim, float eps, const LinearWeight *next) {
+    CudaImpl *c = impl_of(be);
+    if (n <= 0) return;
+    if (next->fmt != WFMT_FP8_E4M3) {
+        cuda_rmsnorm_op(be, out, x, w, n, dim, eps);
+        return;
+    }
+    float *sc = (float *)((char *)out + backend_q_scale_offset(n, dim));
+    cuda_rmsnorm_ex(NULL, out, sc, (void *)x, NULL, w, n, dim, eps, c->act_f32, next->in_scale,
+                    c->stream);
+}
+
+static void cuda_add_rmsnorm_q_op(Backend *be, void *out, void *x, const void *r, const void *w,
+                                  int n, int dim, float eps, const LinearWeight *next) {
+    CudaImpl *c = impl_of(be);
+    if (n <= 0) return;
+    if (next->fmt != WFMT_FP8_E4M3) {
+        cuda_add_rmsnorm_op(be, out, x, r, w, n, dim, eps);
+        return;
+    }
+    float *sc = (float *)((char *)out + backend_q_scale_offset(n, dim));
+    cuda_rmsnorm_ex(NULL, out, sc, x, r, w, n, dim, eps, c->act_f32, next->in_scale, c->stream);
+}
+
+static void cuda_rope_kv_write_op(Backend *be, void *qkv, void *k_cache, void *v_cache,
+                                  const Batch *b, const void *inv_freq, const AttnShape *s) {
+    if (b->n_tokens <= 0) return;
+    CudaImpl *c = impl_of(be);
+    int rd = s->no_rotary ? 0 : s->rotary_dim > 0 ? s->rotary_dim : s->head_dim;
+    if (rd != s->head_dim || s->rope_interleaved) { // partial / GPT-J / no rotary
+        need_bf16(c, s->kv_fp8, "partial or interleaved rotary (GPT-J, GPT-NeoX)");
+        cuda_rope_kv_write_partial(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq,
+                                   b->n_tokens, s->n_heads, s->n_kv_heads, s->head_dim,
+                                   s->block_size, rd, s->rope_interleaved, c->stream);
+    } else {
+        cuda_rope_kv_write_ex(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
+                              s->n_heads, s->n_kv_heads, s->head_dim, s->block_size, c->act_f32,
+                              s->kv_fp8, s->k_scale, s->v_scale, c->stream);
+    }
+}
+
+static void cuda_attention_op(Backend *be, void *out, const void *qkv, const void *k_cache,
+                              const void *v_cache, const Batch *b, const AttnShape *s) {
+    CudaImpl *c = impl_of(be);
+    if (b->n_tokens <= 0) return;
+    cuda_paged_attention_ex(out, qkv, k_cache, v_cache, b->pos, b->seq_of, b->seq_start,
+                            b->kv_len, b->block_tables, b->max_blocks, b->n_tokens, b->n_seqs,
+                            c->max_kv_len, s->n_heads, s->n_kv_heads, s->head_dim,
+                            s->block_size, s->scale, c->act_f32, s->kv_fp8, s->k_scale,
+                            s->v_scale, s->window, s->alibi, c->attn_ws, c->stream);
+}
+
+static void cuda_swiglu_op(Backend *be, void *out, const void *gu, int n, int hidden) {
+    if (n <= 0) return;
+    CudaImpl *c = impl_of(be);
+    cuda_swiglu_ex(out, NULL, NULL, gu, n, hidden, c->act_f32, 0.0f, c->stream);
+}
+
+static void cuda_swiglu_q_op(Backend *be, void *out, const void *gu, int n, int hidden,
+                             const LinearWeight *next) {
+    if (n <= 0) return;
+    CudaImpl *c = impl_of(be);
+    if (next->fmt != WFMT_FP8_E4M3) {
+        cuda_swiglu_op(be, out, gu, n, hidden);
+        return;
+    }
+    float *sc = (float *)((char *)out + backend_q_scale_offset(n, hidden));
+    cuda_swiglu_ex(NULL, out, sc, gu, n, hidden, c->act_f32, next->in_scale, c->stream);
+}
+
+static void cuda_gather_rows_op(Backend *be, void *out, const void *x, const Batch *b, int dim) {
+    if (b->n_logits <= 0) return;
+    CudaImpl *c = impl_of(be);
+    cuda_gather_rows(out, x, b->logit_rows, b->n_logits, c->act_f32 ? 2 * dim : dim, c->stream);
+}
+
+// fp32 GEMM into the device logits buffer, then back to the host. This is the
+// step's one synchronisation point.
+static void cuda_logits_op(Backend *be, float *logits_host, const void *x, const LinearWeight *w,
+                           int n) {
+    CudaImpl *c = impl_of(be);
+    if (n <= 0) return;
+    size_t cnt = (size_t)n * w->out_dim;
+    if (cnt > c->logits_cap) {
+        static char msg[200];
+        snprintf(msg, sizeof msg,
+                 "logits (%d, %d) exceed the reserved buffer of %zu floats (reserve sizes it "
+                 "from max_seqs and the widest layer loaded)",
+                 n, w->out_dim, c->logits_cap);
+        SL_FATAL("sluice", msg, "logits");
+    }
+    cuda_gemm_linear_ex(c->gemm, c->logits_dev, GEMM_OUT_F32, x, act_in(c), NULL, w, n);
+    // A pinned destination can take the copy directly.
+    struct cudaPointerAttributes pa;
+    int pinned = cudaPointerGetAttributes(&pa, logits_host) == cudaSuccess &&
+                 pa.type == cudaMemoryTypeHost;
+    (void)cudaGetLastError(); // older runtimes flag unregistered pointers
+    float *dst = pinned ? logits_host : c->logits_pin;
+    CUDA_CHECK(cudaMemcpyAsync(dst, c->logits_dev, cnt * sizeof(float), cudaMemcpyDeviceToHost,
+                               c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    if (!pinned) memcpy(logits_host, c->logits_pin, cnt * sizeof(float));
+}
+
+// ----------------------------------------------------------------------------
+// life cycle
+
+static void cuda_argmax_op(Backend *be, int32_t *ids_host, const void *x, const LinearWeight *w,
+                           int n) {
+    CudaImpl *c = impl_of(be);
+    if (n <= 0) return;
+    SL_CHECK((size_t)n * w->out_dim <= c->logits_cap);
+    cuda_gemm_linear_ex(c->gemm, c->logits_dev, GEMM_OUT_F32, x, act_in(c), NULL, w, n);
+    // the ids go where the logits would: n ints at the start of the buffers
+    cuda_argmax_rows((int32_t *)c->ids_dev, c->logits_dev, n, w->out_dim, c->stream);
+    CUDA_CHECK(cudaMemcpyAsync(c->ids_pin, c->ids_dev, sizeof(int32_t) * n,
+                               cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    memcpy(ids_host, c->ids_pin, sizeof(int32_t) * n);
+}
+
+static void *cuda_host_alloc_op(Backend *be, size_t bytes) { return pinned_alloc(bytes); }
+static void cuda_host_free_op(Backend *be, void *p) {
+    if (p) CUDA_CHECK(cudaFreeHost(p));
+}
+
+static void cuda_destroy_op(Backend *be) {
+    if (!be) return;
+    CudaImpl *c = impl_of(be);
+    if (c) {
+        CUDA_CHECK(cudaSetDevice(c->device));
+        if (c->stream) CUDA_CHECK(cudaStreamSynchronize(c->stream));
+        cuda_gemm_destroy(c->gemm);
+        if (c->stage) CUDA_CHECK(cudaFreeHost(c->stage));
+        if (c->meta_host) CUDA_CHECK(cudaFreeHost(c->meta_host));
+        if (c->meta_dev) CUDA_CHECK(cudaFree(c->meta_dev));
+        if (c->meta_copied) CUDA_CHECK(cudaEventDestroy(c->meta_copied));
+        if (c->attn_ws) CUDA_CHECK(cudaFree(c->attn_ws));
+        if (c->int4_scratch) CUDA_CHECK(cudaFree(c->int4_scratch));
+        if (c->logits_dev) CUDA_CHECK(cudaFree(c->logits_dev));
+        if (c->logits_pin) CUDA_CHECK(cudaFreeHost(c->logits_pin));
+        if (c->ids_dev) CUDA_CHECK(cudaFree(c->ids_dev));
+        if (c->ids_pin) CUDA_CHECK(cudaFreeHost(c->ids_pin));
+        if (c->qx) CUDA_CHECK(cudaFree(c->qx));
+        if (c->qx_scales) CUDA_CHECK(cudaFree(c->qx_scales));
+        if (c->stream) CUDA_CHECK(cudaStreamDestroy(c->stream));
+        free(c);
+    }
+    free(be);
+}
+
+Backend *backend_cuda_create(int device, sl_err *err) {
+    return backend_cuda_create_ex(device, 0, err);
+}
+
+Backend *backend_cuda_create_ex(int device, int act_f32, sl_err *err) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        sl_errf(err, "no usable CUDA device: %s", cudaGetErrorString(e));
+        return NULL;
+    }
+    if (count == 0) {
+        sl_errf(err, "no usable CUDA device: none found");
+        return NULL;
+    }
+    // Ranks pass their node-local rank. When a launcher shows each task only
+    // its own GPU(s) (srun --gpus-per-task), the index wraps onto those.
+    if (device < 0) {
+        sl_errf(err, "CUDA device %d does not exist", device);
+        return NULL;
+    }
+    if (device >= count) {
+        LOGD("device %d wraps to %d of the %d visible", device, device % count, count);
+        device %= count;
+    }
+    struct cudaDeviceProp prop;
+    if ((e = cudaSetDevice(device)) != cudaSuccess ||
+        (e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        sl_errf(err, "CUDA device %d: %s", device, cudaGetErrorString(e));
+        return NULL;
+    }
+    if (prop.major < 8) {
+        sl_errf(err, "CUDA device %d (%s, compute capability %d.%d): sluice needs 8.0 or newer "
+                "(bf16 tensor cores); its kernels are built for GPU_ARCH in the Makefile",
+                device, prop.name, prop.major, prop.minor);
+        return NULL;
+    }
+
+    sl_log_set_gpu(device);
+    CudaImpl *c = sl_calloc(1, sizeof *c);
+    c->device = device;
+    c->act_f32 = act_f32;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&c->meta_copied, cudaEventDisableTiming));
+    c->gemm = cuda_gemm_create(c->stream, 0);
+    // SLUICE_INT4_GEMV_MAX_N: the largest step (rows) INT4 layers run through
+    // the decode GEMV (in calls of up to 8 rows). 8 by default; tune per GPU
+    // with the table of tests/test_gpu_int4 (SLUICE_GPU_BENCH=1).
+    // SLUICE_INT4_MMA_MAX_N: up to this many rows, the tensor-core W4A16 GEMM
+    // (default 128); above, dequantise to bf16 + cuBLASLt. 0 turns it off.
+    c->gemv_max_n = W4A16_GEMV_MAX_N;
+    const char *gm = getenv("SLUICE_INT4_GEMV_MAX_N");
+    if (gm && atoi(gm) >= 0) c->gemv_max_n = atoi(gm);
+    c->mma_max_n = 128;
+    const char *mm = getenv("SLUICE_INT4_MMA_MAX_N");
+    if (mm && atoi(mm) >= 0) c->mma_max_n = atoi(mm);
+
+    Backend *be = sl_calloc(1, sizeof *be);
+    be->name = "cuda";
+    be->act_bytes = act_f32 ? 4 : 2;
+    be->kv_fp8_bytes = 1;
+    be->impl = c;
+    be->alloc = cuda_alloc_op;
+    be->free = cuda_free_op;
+    be->mem_free = cuda_mem_free_op;
+    be->upload_f32 = cuda_upload_f32_op;
+    be->upload_table = cuda_upload_table_op;
+    be->load_linear = cuda_load_linear_op;
+    be->load_linear_int4 = cuda_load_linear_int4_op;
+    be->random_linear_int4 = cuda_random_linear_int4_op;
+    be->load_linear_fp8 = cuda_load_linear_fp8_op;
+    be->random_linear_fp8 = cuda_random_linear_fp8_op;
+    be->reserve = cuda_reserve_op;
+    be->alloc_linear = cuda_alloc_linear_op;
+    be->fill_normal = cuda_fill_normal_op;
+    be->set_batch = cuda_set_batch_op;
+    be->embed = cuda_embed_op;
+    be->rmsnorm = cuda_rmsnorm_op;
+    be->add_rmsnorm = cuda_add_rmsnorm_op;
+    be->layernorm = cuda_layernorm_op;
+    be->add_layernorm = cuda_add_layernorm_op;
+    be->add = cuda_add_op;
+    be->gelu = cuda_gelu_op;
+    be->linear = cuda_linear_op;
+    be->rope_kv_write = cuda_rope_kv_write_op;
+    be->attention = cuda_attention_op;
+    be->swiglu = cuda_swiglu_op;
+    be->rmsnorm_q = cuda_rmsnorm_q_op;
+    be->add_rmsnorm_q = cuda_add_rmsnorm_q_op;
+    be->swiglu_q = cuda_swiglu_q_op;
+    be->linear_q = cuda_linear_q_op;
+    be->gather_rows = cuda_gather_rows_op;
+    be->logits = cuda_logits_op;
+    be->argmax = cuda_argmax_op;
+    be->host_alloc = cuda_host_alloc_op;
+    be->host_free = cuda_host_free_op;
+    be->destroy = cuda_destroy_op;
+    LOGI("CUDA backend on %s, %.0f GiB%s", prop.name, prop.totalGlobalMem / 1073741824.0,
+         act_f32 ? ", fp32 activations" : "");
+    return be;
+}
+
+void *backend_cuda_stream(Backend *be) { return impl_of(be)->stream; }

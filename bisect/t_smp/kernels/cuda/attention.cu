@@ -1,0 +1,774 @@
+// attention.cu: causal attention over the paged KV cache (prefill and decode).
+//
+// Row i (sequence seq_of[i], position pos[i]) attends to positions [0, pos[i]]
+// of its sequence; the K/V of position t live in cache block
+// block_tables[seq * max_blocks + t / block_size], laid out
+// (n_blocks, n_kv_heads, block_size, head_dim). Same semantics as
+// cpu_paged_attention; bf16 in and out, fp32 softmax and accumulation.
+//
+// Two kernels, both launched by the entry point, each skipping the sequences
+// that are not its kind (so the host never sorts or reads device metadata):
+//
+// - prefill (sequences with >= 2 rows in the call): flash-attention 2 on the
+//   tensor cores (mma.sync m16n8k16 bf16, fp32 accumulators). A CTA takes 64
+//   packed rows x one query head; rows of several sequences in those 64 are
+//   handled one segment at a time. K/V tiles of 64 positions are gathered
+//   through the block table into shared memory with cp.async (double
+//   buffered, zero-filled past the end) and consumed with ldmatrix; the
+//   online softmax runs in the exp2 domain; the causal mask is by absolute
+//   position, so a chunk sees its earlier chunks (already in the cache) and
+//   itself causally. P is rounded to bf16 for the P.V product, as in
+//   FlashAttention. Head dims other than 64/128 are zero-padded in shared
+//   memory to the next supported width (32, 96, 192, 256): correct, not tuned.
+//
+// - decode (sequences with exactly one row): flash-decoding. A CTA owns one
+//   sequence x one kv head (x up to 8 of the query heads sharing it, so each
+//   K/V row is read once per group) x one split of the context. Each K/V row
+//   is read by a group of lanes with 16-byte loads (head_dim 128: 16 lanes,
+//   64: 8 lanes; other head dims 32 lanes x 4 bytes); every lane-group keeps
+//   its own online-softmax state for its tokens, so the main loop has no
+//   barriers; the states are merged through shuffles and shared memory at the
+//   end. With one split the CTA writes the output itself; otherwise it writes
+//   a partial (max, sum, unnormalised acc) into the workspace and a small
+//   reduction kernel combines the splits. The split count is picked from
+//   n_seqs and max_kv_len (enough CTAs to fill the GPU, at least 256
+//   positions each), so a CUDA graph captured with max_kv_len = max_seq_len
+//   stays correct for any shorter context (splits past a sequence's length
+//   exit at once; the last split always runs to the sequence's end).
+#include <cuda_bf16.h>
+#include <math.h>
+#include <stdint.h>
+
+extern "C" {
+#include "common.h" // C linkage for sl_fatal, which CUDA_CHECK calls
+}
+#include "ops_cuda.h"
+
+typedef __nv_bfloat16 bf16;
+
+#define ATT_LOG2E 1.4426950408889634f
+#define ATT_MAX_HD 256 // largest head_dim either kernel supports
+
+// decode
+#define DEC_WARPS 4
+#define DEC_THREADS (32 * DEC_WARPS)
+#define DEC_MAX_GB 8          // query heads per CTA (a GQA group, or part of one)
+#define DEC_MIN_CHUNK 256     // fewest positions worth a split of their own
+#define DEC_TARGET_CTAS 1024  // about 8 CTAs per SM on a 132-SM H100/H200
+#define DEC_REDUCE_THREADS 128
+
+// prefill
+#define PF_BM 64 // query rows per CTA (16 per warp)
+#define PF_BN 64 // key positions per shared-memory tile
+#define PF_THREADS 128
+
+// ----------------------------------------------------------------------------
+// small device helpers
+
+static __device__ __forceinline__ float ex2(float x) { // 2^x, 2^-inf = 0
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// bf16 pair packed in a 32-bit word -> two floats (exact)
+static __device__ __forceinline__ float bf_lo(uint32_t w) { return __uint_as_float(w << 16); }
+static __device__ __forceinline__ float bf_hi(uint32_t w) {
+    return __uint_as_float(w & 0xffff0000u);
+}
+
+static __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); // .x (low half) = lo
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+// Loads VEC bf16 (VEC 8: one 16-byte load; VEC 2: one 4-byte load) as raw words.
+template <int VEC>
+static __device__ __forceinline__ void load_raw(uint32_t w[VEC / 2], const bf16 *p) {
+    if constexpr (VEC == 8) {
+        uint4 v = __ldg(reinterpret_cast<const uint4 *>(p));
+        w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+    } else {
+        static_assert(VEC == 2, "VEC is 8 or 2");
+        w[0] = __ldg(reinterpret_cast<const unsigned int *>(p));
+    }
+}
+
+static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+                 "r"(src_bytes));
+}
+static __device__ __forceinline__ void cp_async4(void *smem, const void *gmem, int src_bytes) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem),
+                 "r"(src_bytes));
+}
+static __device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N> static __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+static __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16 *p) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+static __device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const bf16 *p) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+// c (16x8 fp32) += a (16x16 bf16, row) * b (16x8 bf16, col)
+static __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0,
+                                                 uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// ----------------------------------------------------------------------------
+// decode: split-K flash-decoding, one CTA per (split, kv-head subgroup, sequence)
+//
+// Lane layout: LANES lanes share one K/V row, each holding NCH chunks of VEC
+// elements (element d = (c*LANES + li)*VEC + j); 32/LANES rows per warp at a
+// time, U rows per lane-group per iteration (all loads issued before use).
+
+template <int LANES, int VEC, int NCH, int GB, int U>
+static __global__ void __launch_bounds__(DEC_THREADS)
+    attn_decode_kernel(bf16 *__restrict__ out, float *__restrict__ ws,
+                       const bf16 *__restrict__ qkv, const bf16 *__restrict__ k_cache,
+                       const bf16 *__restrict__ v_cache, const int32_t *__restrict__ pos,
+                       const int32_t *__restrict__ seq_start,
+                       const int32_t *__restrict__ block_tables, int max_blocks, int n_seqs,
+                       int n_heads, int n_kv_heads, int hd, int bs_shift, int n_sub,
+                       int n_splits, int chunk, float scale_log2) {
+    constexpr int TPW = 32 / LANES;      // lane-groups (rows in flight) per warp
+    constexpr int NTG = DEC_WARPS * TPW; // lane-groups per CTA
+    constexpr int EPL = NCH * VEC;       // elements per lane
+    constexpr int HDMAX = LANES * EPL;   // widest head_dim this instance covers
+    __shared__ float sm_acc[DEC_WARPS][GB][HDMAX];
+    __shared__ float sm_m[DEC_WARPS][GB], sm_l[DEC_WARPS][GB];
+
+    const int s = blockIdx.z;
+    const int row = seq_start[s];
+    if (seq_start[s + 1] - row != 1) return; // not a decode sequence: prefill's job
+    const int ctx = pos[row] + 1;
+    const int split = blockIdx.x;
+    const int t_begin = split * chunk;
+    if (t_begin >= ctx) return; // past this sequence's end
+    const int t_end = split == n_splits - 1 ? ctx : min(ctx, t_begin + chunk);
+
+    const int group = n_heads / n_kv_heads;
+    const int kvh = blockIdx.y / n_sub, sub = blockIdx.y % n_sub;
+    const int h0 = kvh * group + sub * GB;      // first query head of this CTA
+    const int gvalid = min(GB, group - sub * GB); // heads of this CTA that exist
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int li = lane % LANES, tgid = warp * TPW + lane / LANES;
+    const int bmask = (1 << bs_shift) - 1;
+    const size_t blk_stride = (size_t)n_kv_heads << bs_shift; // rows per cache block
+    const size_t head_row0 = (size_t)kvh << bs_shift;
+    const int32_t *bt = block_tables + (size_t)s * max_blocks;
+
+    // this lane's slice of q for each head, pre-scaled by scale*log2(e)
+    float q[GB][EPL];
+    const bf16 *qrow = qkv + (size_t)row * (n_heads + 2 * n_kv_heads) * hd;
+#pragma unroll
+    for (int g = 0; g < GB; g++)
+#pragma unroll
+        for (int c = 0; c < NCH; c++) {
+            const int d0 = (c * LANES + li) * VEC;
+            uint32_t w[VEC / 2];
+#pragma unroll
+            for (int j = 0; j < VEC / 2; j++) w[j] = 0;
+            if (g < gvalid && d0 < hd) load_raw<VEC>(w, qrow + (size_t)(h0 + g) * hd + d0);
+#pragma unroll
+            for (int j = 0; j < VEC / 2; j++) {
+                q[g][c * VEC + 2 * j] = bf_lo(w[j]) * scale_log2;
+                q[g][c * VEC + 2 * j + 1] = bf_hi(w[j]) * scale_log2;
+            }
+        }
+
+    float m[GB], l[GB], acc[GB][EPL];
+#pragma unroll
+    for (int g = 0; g < GB; g++) {
+        m[g] = -INFINITY, l[g] = 0.f;
+#pragma unroll
+        for (int e = 0; e < EPL; e++) acc[g][e] = 0.f;
+    }
+
+    // Iterations are uniform across the warp (shuffles inside): a lane-group
+    // whose position is past t_end loads nothing and scores -inf.
+    for (int base = t_begin; base < t_end; base += U * NTG) {
+        uint32_t kw[U][NCH][VEC / 2], vw[U][NCH][VEC / 2];
+        bool valid[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int t = base + u * NTG + tgid;
+            valid[u] = t < t_end;
+#pragma unroll
+            for (int c = 0; c < NCH; c++)
+#pragma unroll
+                for (int j = 0; j < VEC / 2; j++) kw[u][c][j] = vw[u][c][j] = 0;
+            if (valid[u]) {
+                const size_t r = (size_t)bt[t >> bs_shift] * blk_stride + head_row0 + (t & bmask);
+                const bf16 *kp = k_cache + r * hd, *vp = v_cache + r * hd;
+#pragma unroll
+                for (int c = 0; c < NCH; c++) {
+                    const int d0 = (c * LANES + li) * VEC;
+                    if (d0 < hd) {
+                        load_raw<VEC>(kw[u][c], kp + d0);
+                        load_raw<VEC>(vw[u][c], vp + d0);
+                    }
+                }
+            }
+        }
+        // scores, reduced over the LANES lanes that share a row
+        float sc[U][GB];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int g = 0; g < GB; g++) {
+                float dot = 0.f;
+#pragma unroll
+                for (int c = 0; c < NCH; c++)
+#pragma unroll
+                    for (int j = 0; j < VEC / 2; j++) {
+                        dot = fmaf(q[g][c * VEC + 2 * j], bf_lo(kw[u][c][j]), dot);
+                        dot = fmaf(q[g][c * VEC + 2 * j + 1], bf_hi(kw[u][c][j]), dot);
+                    }
+#pragma unroll
+                for (int off = LANES / 2; off > 0; off >>= 1)
+                    dot += __shfl_xor_sync(0xffffffffu, dot, off);
+                sc[u][g] = valid[u] ? dot : -INFINITY;
+            }
+        // online softmax update (exp2 domain)
+#pragma unroll
+        for (int g = 0; g < GB; g++) {
+            float mx = m[g];
+#pragma unroll
+            for (int u = 0; u < U; u++) mx = fmaxf(mx, sc[u][g]);
+            const float ms = mx == -INFINITY ? 0.f : mx;
+            const float alpha = ex2(m[g] - ms);
+            float p[U], psum = 0.f;
+#pragma unroll
+            for (int u = 0; u < U; u++) p[u] = ex2(sc[u][g] - ms), psum += p[u];
+            l[g] = l[g] * alpha + psum;
+            m[g] = mx;
+#pragma unroll
+            for (int c = 0; c < NCH; c++)
+#pragma unroll
+                for (int j = 0; j < VEC / 2; j++) {
+                    float a0 = acc[g][c * VEC + 2 * j] * alpha;
+                    float a1 = acc[g][c * VEC + 2 * j + 1] * alpha;
+#pragma unroll
+                    for (int u = 0; u < U; u++) {
+                        a0 = fmaf(p[u], bf_lo(vw[u][c][j]), a0);
+                        a1 = fmaf(p[u], bf_hi(vw[u][c][j]), a1);
+                    }
+                    acc[g][c * VEC + 2 * j] = a0, acc[g][c * VEC + 2 * j + 1] = a1;
+                }
+        }
+    }
+
+    // merge the lane-groups of this warp (lanes li of every group pair up)
+#pragma unroll
+    for (int off = LANES; off < 32; off <<= 1)
+#pragma unroll
+        for (int g = 0; g < GB; g++) {
+            const float mo = __shfl_xor_sync(0xffffffffu, m[g], off);
+            const float lo = __shfl_xor_sync(0xffffffffu, l[g], off);
+            const float mx = fmaxf(m[g], mo), ms = mx == -INFINITY ? 0.f : mx;
+            const float fa = ex2(m[g] - ms), fb = ex2(mo - ms);
+            l[g] = l[g] * fa + lo * fb;
+            m[g] = mx;
+#pragma unroll
+            for (int e = 0; e < EPL; e++)
+                acc[g][e] = acc[g][e] * fa + __shfl_xor_sync(0xffffffffu, acc[g][e], off) * fb;
+        }
+    if (lane < LANES) {
+#pragma unroll
+        for (int g = 0; g < GB; g++) {
+#pragma unroll
+            for (int c = 0; c < NCH; c++)
+#pragma unroll
+                for (int j = 0; j < VEC; j++) sm_acc[warp][g][(c * LANES + li) * VEC + j] = acc[g][c * VEC + j];
+            if (lane == 0) sm_m[warp][g] = m[g], sm_l[warp][g] = l[g];
+        }
+    }
+    __syncthreads();
+
+    // merge the warps; one thread per (head, d)
+    const size_t n_entries = (size_t)n_seqs * n_heads * n_splits;
+    for (int idx = threadIdx.x; idx < gvalid * hd; idx += DEC_THREADS) {
+        const int g = idx / hd, d = idx - g * hd;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++) mx = fmaxf(mx, sm_m[w][g]);
+        // mx is finite: position t_begin < t_end was scored by some warp
+        float L = 0.f, A = 0.f;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++) {
+            const float f = ex2(sm_m[w][g] - mx);
+            L = fmaf(sm_l[w][g], f, L);
+            A = fmaf(sm_acc[w][g][d], f, A);
+        }
+        const int h = h0 + g;
+        if (n_splits == 1) {
+            out[(size_t)row * n_heads * hd + (size_t)h * hd + d] = __float2bfloat16_rn(A / L);
+        } else {
+            const size_t e = ((size_t)s * n_heads + h) * n_splits + split;
+            ws[2 * n_entries + e * hd + d] = A;
+            if (d == 0) ws[2 * e] = mx, ws[2 * e + 1] = L;
+        }
+    }
+}
+
+// Combines the splits of each (decode sequence, head): out = sum_i w_i acc_i /
+// sum_i w_i l_i with w_i = 2^(m_i - max m). Only splits that started before
+// the sequence's end wrote a partial.
+static __global__ void __launch_bounds__(DEC_REDUCE_THREADS)
+    attn_decode_reduce_kernel(bf16 *__restrict__ out, const float *__restrict__ ws,
+                              const int32_t *__restrict__ pos,
+                              const int32_t *__restrict__ seq_start, int n_seqs, int n_heads,
+                              int hd, int n_splits, int chunk) {
+    const int h = blockIdx.x, s = blockIdx.y;
+    const int row = seq_start[s];
+    if (seq_start[s + 1] - row != 1) return;
+    const int ctx = pos[row] + 1;
+    const int nv = min(n_splits, (ctx + chunk - 1) / chunk);
+    const size_t n_entries = (size_t)n_seqs * n_heads * n_splits;
+    const size_t e0 = ((size_t)s * n_heads + h) * n_splits;
+    float mx = -INFINITY;
+    for (int i = 0; i < nv; i++) mx = fmaxf(mx, ws[2 * (e0 + i)]);
+    float L = 0.f;
+    for (int i = 0; i < nv; i++) L = fmaf(ws[2 * (e0 + i) + 1], ex2(ws[2 * (e0 + i)] - mx), L);
+    const float inv = 1.f / L;
+    for (int d = threadIdx.x; d < hd; d += DEC_REDUCE_THREADS) {
+        float A = 0.f;
+        for (int i = 0; i < nv; i++)
+            A = fmaf(ws[2 * n_entries + (e0 + i) * hd + d], ex2(ws[2 * (e0 + i)] - mx), A);
+        out[(size_t)row * n_heads * hd + (size_t)h * hd + d] = __float2bfloat16_rn(A * inv);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// prefill: flash-attention 2 with mma.sync, one CTA per (64 packed rows, head)
+
+// Copies rows [0, PF_BM or PF_BN) of a tile into shared memory (row stride
+// LDS): row i comes from src_of(i), or is zero-filled when src_of gives NULL.
+// Columns [hd, HDP) are never written (they were zeroed once and stay zero).
+template <int LDS, int NROWS, typename SrcOf>
+static __device__ __forceinline__ void pf_load_tile(bf16 *dst, const bf16 *zero_src, int hd,
+                                                    bool v16, SrcOf src_of) {
+    if (v16) {
+        const int cpr = hd >> 3; // 16-byte chunks per row
+        for (int i = threadIdx.x; i < NROWS * cpr; i += PF_THREADS) {
+            const int r = i / cpr, c = i - r * cpr;
+            const bf16 *src = src_of(r);
+            cp_async16(dst + r * LDS + c * 8, src ? src + c * 8 : zero_src, src ? 16 : 0);
+        }
+    } else {
+        const int cpr = hd >> 1; // 4-byte chunks per row
+        for (int i = threadIdx.x; i < NROWS * cpr; i += PF_THREADS) {
+            const int r = i / cpr, c = i - r * cpr;
+            const bf16 *src = src_of(r);
+            cp_async4(dst + r * LDS + c * 2, src ? src + c * 2 : zero_src, src ? 4 : 0);
+        }
+    }
+}
+
+template <int HDP>
+static __global__ void __launch_bounds__(PF_THREADS)
+    attn_prefill_kernel(bf16 *__restrict__ out, const bf16 *__restrict__ qkv,
+                        const bf16 *__restrict__ k_cache, const bf16 *__restrict__ v_cache,
+                        const int32_t *__restrict__ pos, const int32_t *__restrict__ seq_of,
+                        const int32_t *__restrict__ seq_start,
+                        const int32_t *__restrict__ block_tables, int max_blocks, int n_tokens,
+                        int n_seqs, int n_heads, int n_kv_heads, int hd, int bs_shift,
+                        float scale_log2, int v16) {
+    constexpr int LDS = HDP + 8;     // +16 bytes: ldmatrix rows hit distinct banks
+    constexpr int KSTEPS = HDP / 16; // k-steps of Q.K^T over head_dim
+    constexpr int NT_S = PF_BN / 8;  // n8 tiles of S (key positions)
+    constexpr int NT_O = HDP / 8;    // n8 tiles of O (head_dim)
+    extern __shared__ __align__(16) unsigned char pf_smem[];
+    bf16 *sQ = reinterpret_cast<bf16 *>(pf_smem); // [PF_BM][LDS]
+    bf16 *sK = sQ + PF_BM * LDS;                   // [2][PF_BN][LDS]
+    bf16 *sV = sK + 2 * PF_BN * LDS;               // [2][PF_BN][LDS]
+    __shared__ int s_pos[PF_BM];
+
+    const int h = blockIdx.x;
+    const int R0 = (gridDim.y - 1 - blockIdx.y) * PF_BM; // late rows (long contexts) first
+    const int R1 = min(R0 + PF_BM, n_tokens);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int kvh = h / (n_heads / n_kv_heads);
+    const int stride = (n_heads + 2 * n_kv_heads) * hd;
+    const int bmask = (1 << bs_shift) - 1;
+    const size_t blk_stride = (size_t)n_kv_heads << bs_shift;
+    const size_t head_row0 = (size_t)kvh << bs_shift;
+    const bool v16b = v16 != 0;
+    const bool FAST = v16b && hd == HDP;
+
+    // zero everything once: the padding columns [hd, HDP) stay zero
+    for (int i = threadIdx.x; i < (PF_BM + 4 * PF_BN) * LDS / 8; i += PF_THREADS)
+        reinterpret_cast<uint4 *>(pf_smem)[i] = make_uint4(0, 0, 0, 0);
+    __syncthreads();
+
+    for (int s = seq_of[R0]; s < n_seqs; s++) {
+        const int sb = seq_start[s], se = seq_start[s + 1];
+        if (sb >= R1) break;
+        if (se - sb <= 1) continue; // decode sequence (or empty): not ours
+        const int r0 = max(R0, sb), r1 = min(R1, se); // this segment's rows
+        const int32_t *bt = block_tables + (size_t)s * max_blocks;
+
+        if (threadIdx.x < PF_BM) {
+            const int r = R0 + threadIdx.x;
+            s_pos[threadIdx.x] = r >= r0 && r < r1 ? pos[r] : -1; // -1: masks every key
+        }
+        __syncthreads();
+        int kv_end = 0;
+        for (int i = 0; i < PF_BM; i++) kv_end = max(kv_end, s_pos[i] + 1);
+        const int pA = s_pos[warp * 16 + (lane >> 2)], pB = s_pos[warp * 16 + (lane >> 2) + 8];
+        int wmax = max(pA, pB);
+        wmax = max(wmax, __shfl_xor_sync(0xffffffffu, wmax, 4));
+        wmax = max(wmax, __shfl_xor_sync(0xffffffffu, wmax, 8));
+        wmax = max(wmax, __shfl_xor_sync(0xffffffffu, wmax, 16));
+        const int pmin = min(pA, pB);
+
+        auto q_src = [&](int i) -> const bf16 * {
+            const int r = R0 + i;
+            return r >= r0 && r < r1 ? qkv + (size_t)r * stride + (size_t)h * hd : nullptr;
+        };
+        // K and V rows of positions [k0, k0 + PF_BN): one block-table lookup per
+        // row serves both; past kv_end the rows are zero-filled
+        auto load_kv = [&](int kb, int buf) {
+            const int k0 = kb * PF_BN;
+            bf16 *dk = sK + buf * PF_BN * LDS, *dv = sV + buf * PF_BN * LDS;
+            if (FAST) { // head_dim == HDP, 16-byte chunks: column fixed per thread
+                constexpr int CPR = HDP / 8, RPP = PF_THREADS / CPR;
+                const int c = threadIdx.x % CPR;
+                // threads past RPP * CPR (HDP 96: 120 of 128) would copy a
+                // chunk a second time: an invalid WAW on the async proxy
+                const int r_first = threadIdx.x < RPP * CPR ? threadIdx.x / CPR : PF_BN;
+#pragma unroll
+                for (int r = r_first; r < PF_BN; r += RPP) {
+                    const int t = k0 + r;
+                    if (t < kv_end) {
+                        const size_t off =
+                            ((size_t)bt[t >> bs_shift] * blk_stride + head_row0 + (t & bmask)) *
+                                HDP + c * 8;
+                        cp_async16(dk + r * LDS + c * 8, k_cache + off, 16);
+                        cp_async16(dv + r * LDS + c * 8, v_cache + off, 16);
+                    } else {
+                        cp_async16(dk + r * LDS + c * 8, k_cache, 0);
+                        cp_async16(dv + r * LDS + c * 8, v_cache, 0);
+                    }
+                }
+            } else {
+                auto k_src = [&](int i) -> const bf16 * {
+                    const int t = k0 + i;
+                    if (t >= kv_end) return nullptr;
+                    return k_cache +
+                           ((size_t)bt[t >> bs_shift] * blk_stride + head_row0 + (t & bmask)) * hd;
+                };
+                auto v_src = [&](int i) -> const bf16 * {
+                    const int t = k0 + i;
+                    if (t >= kv_end) return nullptr;
+                    return v_cache +
+                           ((size_t)bt[t >> bs_shift] * blk_stride + head_row0 + (t & bmask)) * hd;
+                };
+                pf_load_tile<LDS, PF_BN>(dk, k_cache, hd, v16b, k_src);
+                pf_load_tile<LDS, PF_BN>(dv, v_cache, hd, v16b, v_src);
+            }
+        };
+        pf_load_tile<LDS, PF_BM>(sQ, qkv, hd, v16b, q_src);
+        load_kv(0, 0);
+        cp_async_commit();
+
+        float o[NT_O][4];
+#pragma unroll
+        for (int j = 0; j < NT_O; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+        float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+        uint32_t qf[KSTEPS][4];
+
+        const int nkb = (kv_end + PF_BN - 1) / PF_BN;
+        for (int kb = 0; kb < nkb; kb++) {
+            const int buf = kb & 1;
+            if (kb + 1 < nkb) load_kv(kb + 1, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>(); // tile kb (and Q) have landed
+            __syncthreads();
+            if (kb == 0) {
+#pragma unroll
+                for (int ks = 0; ks < KSTEPS; ks++)
+                    ldsm_x4(qf[ks], sQ + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS +
+                                        ks * 16 + (lane >> 4) * 8);
+            }
+            const int k0 = kb * PF_BN;
+            if (k0 <= wmax) { // else every row of this warp masks the whole tile
+                const bf16 *Kb = sK + buf * PF_BN * LDS, *Vb = sV + buf * PF_BN * LDS;
+                float sc[NT_S][4];
+#pragma unroll
+                for (int j = 0; j < NT_S; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+#pragma unroll
+                for (int ks = 0; ks < KSTEPS; ks++)
+#pragma unroll
+                    for (int np = 0; np < NT_S / 2; np++) {
+                        uint32_t b[4];
+                        ldsm_x4(b, Kb + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + ks * 16 +
+                                       ((lane >> 3) & 1) * 8);
+                        mma_16816(sc[2 * np], qf[ks], b[0], b[1]);
+                        mma_16816(sc[2 * np + 1], qf[ks], b[2], b[3]);
+                    }
+                // causal mask by absolute position (rows outside the segment: pos -1)
+                if (k0 + PF_BN - 1 > pmin) {
+#pragma unroll
+                    for (int j = 0; j < NT_S; j++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const int t = k0 + j * 8 + (lane & 3) * 2 + e;
+                            if (t > pA) sc[j][e] = -INFINITY;
+                            if (t > pB) sc[j][2 + e] = -INFINITY;
+                        }
+                }
+                // online softmax for the thread's two rows (A: e 0-1, B: e 2-3)
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    float mx = -INFINITY;
+#pragma unroll
+                    for (int j = 0; j < NT_S; j++)
+                        mx = fmaxf(mx, fmaxf(sc[j][2 * r], sc[j][2 * r + 1]));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                    const float mnew = fmaxf(m[r], mx * scale_log2);
+                    const float ms = mnew == -INFINITY ? 0.f : mnew;
+                    const float alpha = ex2(m[r] - ms);
+                    float rs = 0.f;
+#pragma unroll
+                    for (int j = 0; j < NT_S; j++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const float p = ex2(fmaf(sc[j][2 * r + e], scale_log2, -ms));
+                            sc[j][2 * r + e] = p;
+                            rs += p;
+                        }
+                    l[r] = l[r] * alpha + rs; // this thread's columns; summed over the quad at the end
+                    m[r] = mnew;
+#pragma unroll
+                    for (int j = 0; j < NT_O; j++) o[j][2 * r] *= alpha, o[j][2 * r + 1] *= alpha;
+                }
+                // O += P V: the S accumulators of two n8 tiles are one A fragment
+#pragma unroll
+                for (int kk = 0; kk < PF_BN / 16; kk++) {
+                    uint32_t pa[4];
+                    pa[0] = pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]);
+                    pa[1] = pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]);
+                    pa[2] = pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+                    pa[3] = pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+                    for (int dp = 0; dp < NT_O / 2; dp++) {
+                        uint32_t b[4];
+                        ldsm_x4_trans(b, Vb + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS +
+                                             dp * 16 + (lane >> 4) * 8);
+                        mma_16816(o[2 * dp], pa, b[0], b[1]);
+                        mma_16816(o[2 * dp + 1], pa, b[2], b[3]);
+                    }
+                }
+            }
+            __syncthreads(); // everyone is done with buffer `buf` before it is refilled
+        }
+        cp_async_wait<0>();
+
+        // epilogue: finish the row sums over the quad, normalise, store bf16 pairs
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            if ((r == 0 ? pA : pB) < 0) continue; // row outside the segment
+            const int grow = R0 + warp * 16 + (lane >> 2) + 8 * r;
+            const float inv = 1.f / l[r];
+            bf16 *orow = out + (size_t)grow * n_heads * hd + (size_t)h * hd;
+#pragma unroll
+            for (int j = 0; j < NT_O; j++) {
+                const int col = j * 8 + (lane & 3) * 2;
+                if (col < hd)
+                    *reinterpret_cast<uint32_t *>(orow + col) =
+                        pack_bf16x2(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// launchers
+
+static int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+
+// Split count and chunk length of the decode kernel for a call. Enough CTAs
+// to fill the GPU, never fewer than DEC_MIN_CHUNK positions per split. Any
+// n_splits >= 2 implies n_seqs * n_splits < 2 * DEC_TARGET_CTAS, which bounds
+// the workspace (see cuda_attention_workspace_bytes).
+static void decode_splits(int n_seqs, int n_kv_heads, int n_sub, int max_kv_len, int *n_splits,
+                          int *chunk) {
+    if (max_kv_len < 1) max_kv_len = 1;
+    long units = (long)n_seqs * n_kv_heads * n_sub;
+    int ns = ceil_div(DEC_TARGET_CTAS, units);
+    int cap = ceil_div(max_kv_len, DEC_MIN_CHUNK);
+    if (ns > cap) ns = cap;
+    if (ns < 1) ns = 1;
+    int ch = ceil_div(max_kv_len, ns);
+    ch = ceil_div(ch, 64) * 64;
+    *n_splits = ns;
+    *chunk = ch;
+}
+
+template <int LANES, int VEC, int NCH, int U>
+static void launch_decode_hd(int gb, dim3 grid, bf16 *out, float *ws, const bf16 *qkv,
+                             const bf16 *kc, const bf16 *vc, const int32_t *pos,
+                             const int32_t *seq_start, const int32_t *bt, int max_blocks,
+                             int n_seqs, int n_heads, int n_kv_heads, int hd, int bs_shift,
+                             int n_sub, int n_splits, int chunk, float sl2, cudaStream_t st) {
+#define DEC_ARGS                                                                             \
+    out, ws, qkv, kc, vc, pos, seq_start, bt, max_blocks, n_seqs, n_heads, n_kv_heads, hd,   \
+        bs_shift, n_sub, n_splits, chunk, sl2
+    switch (gb) {
+    case 1: attn_decode_kernel<LANES, VEC, NCH, 1, U><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
+    case 2: attn_decode_kernel<LANES, VEC, NCH, 2, U><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
+    case 4: attn_decode_kernel<LANES, VEC, NCH, 4, U><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
+    default: attn_decode_kernel<LANES, VEC, NCH, 8, U><<<grid, DEC_THREADS, 0, st>>>(DEC_ARGS); break;
+    }
+#undef DEC_ARGS
+    CUDA_CHECK_LAUNCH();
+}
+
+static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const bf16 *kc, const bf16 *vc,
+                          const int32_t *pos, const int32_t *seq_start, const int32_t *bt,
+                          int max_blocks, int n_seqs, int max_kv_len, int n_heads,
+                          int n_kv_heads, int hd, int bs_shift, float sl2, bool v16,
+                          cudaStream_t st) {
+    const int group = n_heads / n_kv_heads;
+    // query heads per CTA: the group rounded up to 1, 2, 4 or 8 (groups above 8 take several CTAs)
+    const int gbp = group > 4 ? 8 : group > 2 ? 4 : group;
+    const int n_sub = ceil_div(group, gbp);
+    int n_splits, chunk;
+    decode_splits(n_seqs, n_kv_heads, n_sub, max_kv_len, &n_splits, &chunk);
+    if (n_splits > 1)
+        SL_CHECK(ws != NULL); // sized by cuda_attention_workspace_bytes
+    dim3 grid(n_splits, n_kv_heads * n_sub, n_seqs);
+    if (hd == 128 && v16)
+        launch_decode_hd<16, 8, 1, 4>(gbp, grid, out, ws, qkv, kc, vc, pos, seq_start, bt,
+                                      max_blocks, n_seqs, n_heads, n_kv_heads, hd, bs_shift,
+                                      n_sub, n_splits, chunk, sl2, st);
+    else if (hd == 64 && v16)
+        launch_decode_hd<8, 8, 1, 4>(gbp, grid, out, ws, qkv, kc, vc, pos, seq_start, bt,
+                                     max_blocks, n_seqs, n_heads, n_kv_heads, hd, bs_shift,
+                                     n_sub, n_splits, chunk, sl2, st);
+    else
+        launch_decode_hd<32, 2, ATT_MAX_HD / 64, 2>(gbp, grid, out, ws, qkv, kc, vc, pos,
+                                                    seq_start, bt, max_blocks, n_seqs, n_heads,
+                                                    n_kv_heads, hd, bs_shift, n_sub, n_splits,
+                                                    chunk, sl2, st);
+    if (n_splits > 1) {
+        attn_decode_reduce_kernel<<<dim3(n_heads, n_seqs), DEC_REDUCE_THREADS, 0, st>>>(
+            out, ws, pos, seq_start, n_seqs, n_heads, hd, n_splits, chunk);
+        CUDA_CHECK_LAUNCH();
+    }
+}
+
+template <int HDP>
+static void launch_prefill_hdp(bf16 *out, const bf16 *qkv, const bf16 *kc, const bf16 *vc,
+                               const int32_t *pos, const int32_t *seq_of,
+                               const int32_t *seq_start, const int32_t *bt, int max_blocks,
+                               int n_tokens, int n_seqs, int n_heads, int n_kv_heads, int hd,
+                               int bs_shift, float sl2, bool v16, cudaStream_t st) {
+    const size_t smem = (size_t)(PF_BM + 4 * PF_BN) * (HDP + 8) * sizeof(bf16);
+    static bool attr_set = false; // once per instantiation (not a stream operation)
+    if (!attr_set) {
+        CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel<HDP>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        attr_set = true;
+    }
+    dim3 grid(n_heads, ceil_div(n_tokens, PF_BM));
+    attn_prefill_kernel<HDP><<<grid, PF_THREADS, smem, st>>>(
+        out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,
+        n_kv_heads, hd, bs_shift, sl2, v16 ? 1 : 0);
+    CUDA_CHECK_LAUNCH();
+}
+
+static void launch_prefill(bf16 *out, const bf16 *qkv, const bf16 *kc, const bf16 *vc,
+                           const int32_t *pos, const int32_t *seq_of, const int32_t *seq_start,
+                           const int32_t *bt, int max_blocks, int n_tokens, int n_seqs,
+                           int n_heads, int n_kv_heads, int hd, int bs_shift, float sl2,
+                           bool v16, cudaStream_t st) {
+#define PF_ARGS                                                                              \
+    out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,     \
+        n_kv_heads, hd, bs_shift, sl2, v16, st
+    if (hd <= 32) launch_prefill_hdp<32>(PF_ARGS);
+    else if (hd <= 64) launch_prefill_hdp<64>(PF_ARGS);
+    else if (hd <= 96) launch_prefill_hdp<96>(PF_ARGS);
+    else if (hd <= 128) launch_prefill_hdp<128>(PF_ARGS);
+    else if (hd <= 192) launch_prefill_hdp<192>(PF_ARGS);
+    else launch_prefill_hdp<256>(PF_ARGS);
+#undef PF_ARGS
+}
+
+// ----------------------------------------------------------------------------
+// entry points
+
+// Bytes of split-K partials the decode kernel may write: (max, sum) and
+// head_dim accumulators per (sequence, head, split), fp32. Splits happen only
+// while n_seqs * n_kv_heads < DEC_TARGET_CTAS, so the count of (sequence,
+// split) pairs is below 2 * DEC_TARGET_CTAS whatever max_tokens is, and at
+// most max_tokens * ceil(max_seq_len / DEC_MIN_CHUNK).
+extern "C" size_t cuda_attention_workspace_bytes(int max_tokens, int n_heads, int head_dim,
+                                                 int max_seq_len) {
+    if (max_tokens < 1 || n_heads < 1 || head_dim < 1) return 0;
+    long max_splits = ceil_div(max_seq_len < 1 ? 1 : max_seq_len, DEC_MIN_CHUNK);
+    if (max_splits < 2) return 0; // never splits
+    long pairs = (long)max_tokens * max_splits;
+    if (pairs > 2L * DEC_TARGET_CTAS) pairs = 2L * DEC_TARGET_CTAS;
+    return (size_t)pairs * n_heads * (head_dim + 2) * sizeof(float);
+}
+
+extern "C" void cuda_paged_attention(sl_bf16 *out, const sl_bf16 *qkv, const sl_bf16 *k_cache,
+                                     const sl_bf16 *v_cache, const int32_t *pos,
+                                     const int32_t *seq_of, const int32_t *seq_start,
+                                     const int32_t *kv_len, const int32_t *block_tables,
+                                     int max_blocks, int n_tokens, int n_seqs, int max_kv_len,
+                                     int n_heads, int n_kv_heads, int head_dim, int block_size,
+                                     float scale, void *workspace, cudaStream_t stream) {
+    (void)kv_len; // each row's context is pos[i] + 1, as in cpu_paged_attention
+    if (n_tokens <= 0 || n_seqs <= 0) return;
+    SL_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0);
+    SL_CHECK(head_dim >= 2 && head_dim % 2 == 0 && head_dim <= ATT_MAX_HD);
+    SL_CHECK(block_size > 0 && (block_size & (block_size - 1)) == 0);
+    SL_CHECK(n_seqs <= 65535 && n_tokens <= 65535 * PF_BM); // grid limits
+    int bs_shift = 0;
+    while ((1 << bs_shift) < block_size) bs_shift++;
+    const float sl2 = scale * ATT_LOG2E;
+    // 16-byte paths need head_dim % 8 == 0 and 16-byte aligned bases
+    const bool v16 = head_dim % 8 == 0 &&
+                     (((uintptr_t)qkv | (uintptr_t)k_cache | (uintptr_t)v_cache) & 15) == 0;
+    bf16 *o = reinterpret_cast<bf16 *>(out);
+    const bf16 *q = reinterpret_cast<const bf16 *>(qkv);
+    const bf16 *kc = reinterpret_cast<const bf16 *>(k_cache);
+    const bf16 *vc = reinterpret_cast<const bf16 *>(v_cache);
+    // Some sequence has >= 2 rows unless every row is its own sequence; some
+    // has exactly one unless a single sequence holds all the rows.
+    if (n_tokens > n_seqs)
+        launch_prefill(o, q, kc, vc, pos, seq_of, seq_start, block_tables, max_blocks, n_tokens,
+                       n_seqs, n_heads, n_kv_heads, head_dim, bs_shift, sl2, v16, stream);
+    if (!(n_seqs == 1 && n_tokens > 1))
+        launch_decode(o, reinterpret_cast<float *>(workspace), q, kc, vc, pos, seq_start,
+                      block_tables, max_blocks, n_seqs, max_kv_len, n_heads, n_kv_heads,
+                      head_dim, bs_shift, sl2, v16, stream);
+}

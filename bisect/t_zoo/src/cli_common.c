@@ -1,0 +1,100 @@
+// cli_common.c: what several subcommands share: number parsing, choosing
+// the backend, and sizing the KV pool.
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+// ----------------------------------------------------------------------------
+// number parsing shared by the subcommands
+
+int cli_int(const char *cmd, const char *flag, const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end) {
+        fprintf(stderr, "sluice %s: %s: '%s' is not an integer\n", cmd, flag, s);
+        return -1;
+    }
+    if (v < lo || v > hi) {
+        fprintf(stderr, "sluice %s: %s: %ld is outside [%ld, %ld]\n", cmd, flag, v, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_float(const char *cmd, const char *flag, const char *s, double lo, double hi,
+              double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) {
+        fprintf(stderr, "sluice %s: %s: '%s' is not a finite number\n", cmd, flag, s);
+        return -1;
+    }
+    if (v < lo || v > hi) {
+        fprintf(stderr, "sluice %s: %s: %g is outside [%g, %g]\n", cmd, flag, v, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// backend and KV pool
+
+Backend *cli_backend_create(const char *name, int threads, int device, sl_err *err) {
+    if (!strcmp(name, "cpu")) return backend_cpu_create(threads);
+#ifdef SLUICE_CUDA
+    if (!strcmp(name, "cuda") || !strcmp(name, "auto")) {
+        sl_err e2 = {{0}};
+        Backend *be = backend_cuda_create(device, &e2);
+        if (be) return be;
+        if (!strcmp(name, "cuda")) {
+            sl_errf(err, "--backend cuda: %s", e2.msg);
+            return NULL;
+        }
+        LOGI("no usable GPU (%s); using the CPU backend", e2.msg);
+        return backend_cpu_create(threads);
+    }
+#else
+    if (!strcmp(name, "auto")) return backend_cpu_create(threads);
+    if (!strcmp(name, "cuda")) {
+        sl_errf(err, "--backend cuda: this build has no CUDA backend (nvcc was not found when "
+                     "it was built)");
+        return NULL;
+    }
+#endif
+    sl_errf(err, "--backend: '%s' is not one of auto, cpu, cuda", name);
+    return NULL;
+}
+
+int cli_size_kv(Model *m, EngineOptions *eo, long kv_blocks, double kv_mem_gb,
+                double kv_fraction, sl_err *err) {
+    Backend *be = m->be;
+    size_t bb = model_kv_block_bytes(m, eo->block_size);
+    long full = (eo->max_seq_len + eo->block_size - 1) / eo->block_size;
+    long want = full * eo->max_batch; // every sequence at full length: no point in more
+    if (kv_blocks <= 0) {
+        double budget;
+        if (!strcmp(be->name, "cpu")) {
+            budget = kv_mem_gb * (double)(1ull << 30);
+        } else {
+            // A share of what is free after the weights and activations, less
+            // room for the per-step buffers reserve() takes after the pool.
+            budget = kv_fraction * (double)be->mem_free(be) - (double)(512u << 20);
+        }
+        kv_blocks = budget > 0 ? (long)(budget / (double)bb) : 0;
+        if (kv_blocks > want) kv_blocks = want;
+    }
+    if (kv_blocks < 1 || kv_blocks > (1L << 30))
+        return sl_errf(err, "not enough memory for the KV cache: a block of %d tokens takes "
+                            "%.1f MiB (--kv-blocks, --kv-fraction, --kv-mem-gb set the pool)",
+                       eo->block_size, bb / 1048576.0);
+    eo->kv_blocks = (int)kv_blocks;
+    return 0;
+}
