@@ -50,13 +50,15 @@ bench)
             --backend cuda --output "$OUT/bench-$1-$2-$3.json" 2>&1 | tee "$OUT/bench-$1-$2-$3.log" | tail -9
     done ;;
 bench-dtypes)
-    # FP8 (weights + activations + KV) and INT4 (W4A16) next to BF16, one run each
+    # FP8 (weights + activations + KV; per-channel/dynamic and per-tensor/static
+    # scales) and INT4 (W4A16) next to BF16, one run each
     n=${DT_REQ:-2000}
-    for spec in "bf16 auto" "fp8 fp8" "int4 auto"; do
-        set -- $spec
-        timeout 300 build/sluice bench --arch llama-3.1-8b --isl 128 --osl 128 --requests $n \
-            --backend cuda --dtype $1 --kv-dtype $2 ${DT_ARGS:-} --output "$OUT/bench-8b-$1-kv$2.json" 2>&1 \
-            | tee "$OUT/bench-8b-$1-kv$2.log" | grep -E "sluice bench|output tokens/s|TPOT|memory"
+    for spec in "bf16:--dtype bf16" "fp8-pt-kvfp8:--dtype fp8 --fp8-per-tensor --kv-dtype fp8" \
+                "fp8-pc-kvfp8:--dtype fp8 --kv-dtype fp8" "int4:--dtype int4"; do
+        label=${spec%%:*}; args=${spec#*:}
+        timeout 300 build/sluice bench --arch llama-3.1-8b --isl ${DT_ISL:-128} --osl ${DT_OSL:-128} \
+            --requests $n --backend cuda $args ${DT_ARGS:-} --output "$OUT/bench-8b-$label.json" 2>&1 \
+            | tee "$OUT/bench-8b-$label.log" | grep -E "sluice bench|output tokens/s|TPOT|memory|rror" | head -5
     done ;;
 golden-f32)
     [ -f build/golden-prompts.h5 ] || bash "$0" golden >/dev/null
