@@ -1025,10 +1025,20 @@ static void cuda_graph_end_op(Backend *be) {
     c->graph_steps++;
 }
 
+// Mode 0 also destroys the captured graphs: graphs that hold NCCL kernels
+// must be gone before the NCCL communicator is finalised (cli_tp_detach).
 static void cuda_set_graph_mode_op(Backend *be, int mode) {
     CudaImpl *c = impl_of(be);
     SL_CHECK(mode >= 0 && mode <= 2);
     c->graph_mode = mode;
+    if (mode == 0) {
+        CUDA_CHECK(cudaStreamSynchronize(c->stream));
+        for (int i = 0; i < MAX_BUCKETS; i++)
+            if (c->graphs[i].exec) {
+                CUDA_CHECK(cudaGraphExecDestroy(c->graphs[i].exec));
+                c->graphs[i].exec = NULL;
+            }
+    }
 }
 
 static void cuda_graph_stats_op(Backend *be, long *captured, long *replayed) {

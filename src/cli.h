@@ -60,7 +60,8 @@ int cli_size_kv(Model *m, EngineOptions *eo, long kv_blocks, double kv_mem_gb,
 // cli_tp_detach. A no-op when comm->tp == 1. Collective over the group.
 int cli_tp_attach(Comm *comm, Backend *be, ModelOptions *mo, EngineOptions *eo, void **state,
                   sl_err *err);
-void cli_tp_detach(void *state);
+// Drops be's CUDA graphs (they may hold NCCL kernels), then the communicator.
+void cli_tp_detach(Backend *be, void *state);
 // The KV pool of every rank of a tensor-parallel group must hold the same
 // number of blocks (each rank schedules the same batches): the group's minimum.
 void cli_tp_agree_kv(Comm *comm, EngineOptions *eo);

@@ -410,7 +410,7 @@ fail:
     free(json_text);
     engine_stats_free(&st);
     model_free(m);
-    cli_tp_detach(tp_state);
+    cli_tp_detach(be, tp_state);
     if (be) be->destroy(be);
     return rc;
 }

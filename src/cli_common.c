@@ -177,8 +177,10 @@ int cli_tp_attach(Comm *comm, Backend *be, ModelOptions *mo, EngineOptions *eo, 
 #endif
 }
 
-void cli_tp_detach(void *state) {
+void cli_tp_detach(Backend *be, void *state) {
 #ifdef SLUICE_CUDA
+    if (!state) return;
+    if (be && be->set_graph_mode) be->set_graph_mode(be, 0);
     nccl_tp_destroy(state);
 #else
     (void)state;

@@ -896,7 +896,7 @@ fail:
     json_decref(cfg_json);
     engine_stats_free(&st);
     model_free(m);
-    cli_tp_detach(tp_state);
+    cli_tp_detach(be, tp_state);
     if (be) be->destroy(be);
     h5_prompts_free(&ps);
     tok_free(tok);
