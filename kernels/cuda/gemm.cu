@@ -322,7 +322,9 @@ extern "C" void cuda_gemm_linear_ex(cuda_gemm *g, void *y, GemmOut ytype, const 
         plan_build(g, p, &k);
         g->count++;
     }
-    if (bias)
+    // (the fallback's plan has no bias epilogue: cuda_fp8_scale_rows adds the
+    // bias, and cuBLASLt refuses a bias pointer there, "unsupported value")
+    if (bias && !p->fallback)
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                                     sizeof bias));
     if (p->fallback) {
