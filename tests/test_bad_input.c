@@ -595,6 +595,33 @@ static const BadCase g_cases[] = {
      "bench --backend cpu --requests 1 --isl 4 --osl 1 --model {D}/m --output {D}/out.json", 1,
      {"m/config.json", "invalid JSON"}},
 
+    // --- number formats, CUDA graphs, quantize ------------------------------------
+    {"run: --dtype fp16", NULL, NULL, RUN_GP "--dtype fp16", 2, {"--dtype", "'fp16'"}},
+    {"run: --kv-dtype int8", NULL, NULL, RUN_GP "--kv-dtype int8", 2, {"--kv-dtype", "'int8'"}},
+    {"run: --cuda-graphs maybe", NULL, NULL, RUN_GP "--cuda-graphs maybe", 2,
+     {"--cuda-graphs", "'maybe'"}},
+    {"bench: --dtype int4 with --model", NULL, NULL, BENCH_G "--dtype int4", 2,
+     {"--dtype int4", "--arch"}},
+    {"bench: --int4-group 48", NULL, NULL, BENCH_G "--int4-group 48", 2,
+     {"--int4-group", "48 is not a multiple of 32"}},
+    {"bench: --dtype fp4", NULL, NULL, BENCH_G "--dtype fp4", 2, {"--dtype", "'fp4'"}},
+    {"bench: --cuda-graphs x", NULL, NULL, BENCH_G "--cuda-graphs x", 2, {"--cuda-graphs", "'x'"}},
+    {"bench: --tp 2 on one rank", NULL, NULL, BENCH_G "--tp 2", 2,
+     {"--tp 2 needs exactly 2 ranks"}},
+    {"quantize: no scheme", NULL, NULL, "quantize --model {G} --output {O}", 2,
+     {"choose a scheme"}},
+    {"quantize: --fp8 without --model", NULL, NULL, "quantize --fp8 --output {O}", 2,
+     {"--model and --output are required"}},
+    {"quantize: --format gguf", NULL, NULL, "quantize --fp8 --model {G} --output {O} --format gguf",
+     2, {"--format", "'gguf'"}},
+    {"quantize: --fp8 missing model dir", NULL, NULL,
+     "quantize --fp8 --model {D}/nope --output {O}", 1, {"nope/config.json"}},
+    {"quantize: --int4-awq without --calib", NULL, NULL,
+     "quantize --int4-awq --model {G} --output {O}", 2, {"--int4-awq needs --calib"}},
+    {"quantize: --int4-rtn --group 48", NULL, NULL,
+     "quantize --int4-rtn --model {G} --output {O} --group 48", 1,
+     {"--group 48", "multiple of 32"}},
+
     // --- prompts files ----------------------------------------------------------
     {"h5: float prompt_tokens", mk_h5, "prompt_tokens:f32:5,6,7;prompt_offsets:i64:0,3",
      RUN_GH, 1, {"p.h5", "'prompt_tokens' must be an integer dataset, found float"}},
@@ -962,7 +989,8 @@ static void run_group(const char *const *prefixes) {
 }
 
 static void test_flags(void) {
-    static const char *const p[] = {"run:", "sluice:", "prep:", "export:", "bench:", NULL};
+    static const char *const p[] = {"run:", "sluice:", "prep:", "export:", "bench:", "quantize:",
+                                    NULL};
     run_group(p);
 }
 static void test_prompt_files(void) {
@@ -980,7 +1008,7 @@ static void test_config_tokenizer(void) {
 
 // Every row belongs to exactly one group, and the matrix is as big as promised.
 static void test_table_complete(void) {
-    static const char *const all[] = {"run:", "sluice:", "prep:", "export:", "bench:", "h5:",
+    static const char *const all[] = {"run:", "sluice:", "prep:", "export:", "bench:", "quantize:", "h5:",
                                       "jsonl:", "text:", "st:", "index:", "config:",
                                       "generation_config:", "tokenizer:", NULL};
     for (int i = 0; i < g_ncases; i++) {
