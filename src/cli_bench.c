@@ -246,6 +246,12 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     }
 
     int int4 = !strcmp(dtype, "int4");
+    if (!int4 && strcmp(dtype, "auto") && strcmp(dtype, "bf16") && strcmp(dtype, "f32") &&
+        strcmp(dtype, "fp32") && strcmp(dtype, "fp8")) {
+        fprintf(stderr, "sluice bench: --dtype: '%s' is not one of auto, bf16, f32, fp8, int4\n",
+                dtype);
+        return EXIT_USAGE;
+    }
     if (int4 && model_dir) {
         fprintf(stderr, "sluice bench: --dtype int4 makes random weights of --arch; with --model "
                         "the checkpoint's own format is used (an AWQ checkpoint runs INT4)\n");
