@@ -21,9 +21,10 @@
 //   - --dtype f32 on the GPU reproduces the 8 golden greedy continuations
 //     exactly (the bf16 path cannot: near-ties).
 //   - FP8 weights / FP8 KV on the GPU against the CPU's exact emulation:
-//     logits within relative L2 REL_TOL at every step of the first 16 of the
-//     golden trajectory, top-1 agreeing at 80% of them (the GPU adds bf16
-//     activation rounding on top of FP8; see REL_TOL).
+//     with fp32 activations on the GPU, logits within relative L2
+//     REL_TOL_F32 at every step of the first 16 of the golden trajectory and
+//     top-1 equal at 98% of them; with bf16 activations (the real path)
+//     within the looser bounds of REL_TOL_MEAN / REL_TOL_MAX.
 //   - random FP8 weights generated on the device (the bench path) run a step
 //     with finite logits.
 // Without a GPU every test prints "skipped: no CUDA device" and passes.
@@ -46,13 +47,19 @@
 
 #define BLOCK 16
 #define MAXT 256
-// GPU vs the CPU's FP8 emulation: the GPU's bf16 activations move some values
-// across an e4m3 rounding boundary, and a flipped code is a 6% error on that
-// element, so the two drift further apart than bf16 vs fp32 (3e-2 in
-// test_gpu_model). Not yet measured on a GPU: the bound is set for "a broken
-// FP8 path" (wrong scale, wrong code, unwritten buffer: rel L2 ~1 or NaN),
-// and the figures the test prints should be recorded the first time it runs.
-#define REL_TOL 1e-1
+// GPU vs the CPU's FP8 emulation. With fp32 activations on the GPU
+// (backend_cuda_create_ex(.., act_f32 = 1)) the two compute the same FP8
+// codes and differ only in summation order: REL_TOL_F32 is the twin check.
+// With bf16 activations some values cross an e4m3 rounding boundary (a
+// flipped code is a 6% error on that element), so the two drift apart more
+// than bf16 vs fp32 alone (3e-2 in test_gpu_model). Measured on an H200
+// (2026-11-21): mean rel L2 7.5e-2 / max 1.2e-1 (FP8 weights) and 8.7e-2 /
+// 1.8e-1 (weights + KV), top-1 agreeing at 92% / 88% of steps. The bf16
+// bounds below catch a broken path (wrong scale or code, an unwritten
+// buffer: rel L2 ~1 or NaN), not drift.
+#define REL_TOL_F32 1e-3
+#define REL_TOL_MEAN 1.5e-1
+#define REL_TOL_MAX 3e-1
 
 static const int NS[] = {1, 3, 37, 300};
 #define N_NS (int)(sizeof NS / sizeof NS[0])
@@ -727,9 +734,9 @@ static void test_model_f32_golden(void) {
 
 // FP8 weights and/or FP8 KV: GPU vs the CPU's exact emulation along the golden
 // trajectory (teacher-forced).
-static void check_fp8_model(int weight_fp8, int kv_fp8) {
+static void check_fp8_model(int weight_fp8, int kv_fp8, int act_f32) {
     sl_err err = {{0}};
-    Backend *gb = backend_cuda_create(0, &err);
+    Backend *gb = backend_cuda_create_ex(0, act_f32, &err);
     CU_ASSERT_FATAL(gb != NULL);
     Runner gpu, cpu;
     ModelOptions o = {.weight_fp8 = weight_fp8, .kv_fp8 = kv_fp8};
@@ -755,23 +762,30 @@ static void check_fp8_model(int weight_fp8, int kv_fp8) {
             agree += argmax(gpu.logits, gpu.vocab) == argmax(cpu.logits, cpu.vocab);
         }
     }
-    printf("    weights %s, KV %s: GPU vs CPU emulation rel L2 mean %.2e max %.2e, top-1 agree %d/%d\n",
-           weight_fp8 ? "fp8" : "bf16", kv_fp8 ? "fp8" : "bf16", sum / steps, worst, agree, steps);
-    CU_ASSERT(worst < REL_TOL);
-    CU_ASSERT(agree >= steps * 80 / 100);
+    printf("    weights %s, KV %s, %s activations: GPU vs CPU emulation rel L2 mean %.2e max "
+           "%.2e, top-1 agree %d/%d\n", weight_fp8 ? "fp8" : "bf16", kv_fp8 ? "fp8" : "bf16",
+           act_f32 ? "fp32" : "bf16", sum / steps, worst, agree, steps);
+    if (act_f32) {
+        CU_ASSERT(worst < REL_TOL_F32);
+        CU_ASSERT(agree >= steps * 98 / 100);
+    } else {
+        CU_ASSERT(sum / steps < REL_TOL_MEAN);
+        CU_ASSERT(worst < REL_TOL_MAX);
+        CU_ASSERT(agree >= steps * 80 / 100);
+    }
     json_decref(root);
     runner_close(&gpu);
     runner_close(&cpu);
 }
 
 static void test_model_fp8_weights(void) {
-    if (tu_gpu_ready()) check_fp8_model(1, 0);
+    if (tu_gpu_ready()) check_fp8_model(1, 0, 1), check_fp8_model(1, 0, 0);
 }
 static void test_model_fp8_kv(void) {
-    if (tu_gpu_ready()) check_fp8_model(0, 1);
+    if (tu_gpu_ready()) check_fp8_model(0, 1, 1), check_fp8_model(0, 1, 0);
 }
 static void test_model_fp8_full(void) {
-    if (tu_gpu_ready()) check_fp8_model(1, 1);
+    if (tu_gpu_ready()) check_fp8_model(1, 1, 1), check_fp8_model(1, 1, 0);
 }
 
 // The bench path: random FP8 weights made on the device, a prefill and a decode step.

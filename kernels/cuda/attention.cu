@@ -35,6 +35,8 @@
 //   positions each), so a CUDA graph captured with max_kv_len = max_seq_len
 //   stays correct for any shorter context (splits past a sequence's length
 //   exit at once; the last split always runs to the sequence's end).
+#include <climits>
+#include <cstdlib>
 #include <cuda_bf16.h>
 #include <math.h>
 #include <stdint.h>
@@ -59,7 +61,7 @@ typedef __nv_bfloat16 bf16;
 #define DEC_REDUCE_THREADS 128
 
 // prefill
-#define PF_BM 64 // query rows per CTA (16 per warp)
+#define PF_BM 64 // query rows per CTA with one m16 tile per warp (PfShape: up to 2)
 #define PF_BN 64 // key positions per shared-memory tile
 #define PF_THREADS 128
 
@@ -403,7 +405,7 @@ static __global__ void __launch_bounds__(DEC_REDUCE_THREADS)
 }
 
 // ----------------------------------------------------------------------------
-// prefill: flash-attention 2 with mma.sync, one CTA per (64 packed rows, head)
+// prefill: flash-attention 2 with mma.sync, one CTA per (64 or 128 packed rows, head)
 
 // Copies rows [0, PF_BM or PF_BN) of a tile into shared memory (row stride
 // LDS): row i comes from src_of(i), or is zero-filled when src_of gives NULL.
@@ -462,7 +464,14 @@ static __device__ __forceinline__ void pf_load_tile_fp8(bf16 *dst, int hd, bool 
     }
 }
 
-template <int HDP, typename KT>
+// Rows per CTA: MT m16 tiles per warp, 4 warps. With two tiles per warp (128
+// rows) every K/V fragment a warp reads from shared memory feeds twice the
+// MMAs; with one (64 rows) the kernel is bound by shared-memory bandwidth.
+// Head dims above 128 keep one tile: the O accumulators would not fit in
+// registers. SLUICE_PREFILL_MT=1 selects one tile everywhere (to compare).
+template <int MT> struct PfRows { static constexpr int BM = 16 * (PF_THREADS / 32) * MT; };
+
+template <int HDP, int MT, typename KT>
 static __global__ void __launch_bounds__(PF_THREADS)
     attn_prefill_kernel(bf16 *__restrict__ out, const bf16 *__restrict__ qkv,
                         const KT *__restrict__ k_cache, const KT *__restrict__ v_cache,
@@ -472,20 +481,22 @@ static __global__ void __launch_bounds__(PF_THREADS)
                         int n_seqs, int n_heads, int n_kv_heads, int hd, int bs_shift,
                         float scale_log2, int v16, float v_mul, int window,
                         const float *__restrict__ alibi) {
+    constexpr int BM = PfRows<MT>::BM;
     constexpr int LDS = HDP + 8;     // +16 bytes: ldmatrix rows hit distinct banks
     constexpr int KSTEPS = HDP / 16; // k-steps of Q.K^T over head_dim
     constexpr int NT_S = PF_BN / 8;  // n8 tiles of S (key positions)
     constexpr int NT_O = HDP / 8;    // n8 tiles of O (head_dim)
     extern __shared__ __align__(16) unsigned char pf_smem[];
-    bf16 *sQ = reinterpret_cast<bf16 *>(pf_smem); // [PF_BM][LDS]
-    bf16 *sK = sQ + PF_BM * LDS;                   // [2][PF_BN][LDS]
+    bf16 *sQ = reinterpret_cast<bf16 *>(pf_smem); // [BM][LDS]
+    bf16 *sK = sQ + BM * LDS;                      // [2][PF_BN][LDS]
     bf16 *sV = sK + 2 * PF_BN * LDS;               // [2][PF_BN][LDS]
-    __shared__ int s_pos[PF_BM];
+    __shared__ int s_pos[BM];
 
     const int h = blockIdx.x;
-    const int R0 = (gridDim.y - 1 - blockIdx.y) * PF_BM; // late rows (long contexts) first
-    const int R1 = min(R0 + PF_BM, n_tokens);
+    const int R0 = (gridDim.y - 1 - blockIdx.y) * BM; // late rows (long contexts) first
+    const int R1 = min(R0 + BM, n_tokens);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wrow = warp * 16 * MT; // the warp's first row in the tile
     const int kvh = h / (n_heads / n_kv_heads);
     const int stride = (n_heads + 2 * n_kv_heads) * hd;
     const int bmask = (1 << bs_shift) - 1;
@@ -495,7 +506,7 @@ static __global__ void __launch_bounds__(PF_THREADS)
     const bool FAST = v16b && hd == HDP;
 
     // zero everything once: the padding columns [hd, HDP) stay zero
-    for (int i = threadIdx.x; i < (PF_BM + 4 * PF_BN) * LDS / 8; i += PF_THREADS)
+    for (int i = threadIdx.x; i < (BM + 4 * PF_BN) * LDS / 8; i += PF_THREADS)
         reinterpret_cast<uint4 *>(pf_smem)[i] = make_uint4(0, 0, 0, 0);
     __syncthreads();
 
@@ -506,19 +517,25 @@ static __global__ void __launch_bounds__(PF_THREADS)
         const int r0 = max(R0, sb), r1 = min(R1, se); // this segment's rows
         const int32_t *bt = block_tables + (size_t)s * max_blocks;
 
-        if (threadIdx.x < PF_BM) {
-            const int r = R0 + threadIdx.x;
-            s_pos[threadIdx.x] = r >= r0 && r < r1 ? pos[r] : -1; // -1: masks every key
+        for (int i = threadIdx.x; i < BM; i += PF_THREADS) {
+            const int r = R0 + i;
+            s_pos[i] = r >= r0 && r < r1 ? pos[r] : -1; // -1: masks every key
         }
         __syncthreads();
         int kv_end = 0;
-        for (int i = 0; i < PF_BM; i++) kv_end = max(kv_end, s_pos[i] + 1);
-        const int pA = s_pos[warp * 16 + (lane >> 2)], pB = s_pos[warp * 16 + (lane >> 2) + 8];
-        int wmax = max(pA, pB);
+        for (int i = 0; i < BM; i++) kv_end = max(kv_end, s_pos[i] + 1);
+        // the thread's rows: A = lane / 4 and B = A + 8 of each m16 tile
+        int pA[MT], pB[MT], wmax = -1, pmin = INT_MAX;
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            pA[mt] = s_pos[wrow + mt * 16 + (lane >> 2)];
+            pB[mt] = s_pos[wrow + mt * 16 + (lane >> 2) + 8];
+            wmax = max(wmax, max(pA[mt], pB[mt]));
+            pmin = min(pmin, min(pA[mt], pB[mt]));
+        }
         wmax = max(wmax, __shfl_xor_sync(0xffffffffu, wmax, 4));
         wmax = max(wmax, __shfl_xor_sync(0xffffffffu, wmax, 8));
         wmax = max(wmax, __shfl_xor_sync(0xffffffffu, wmax, 16));
-        const int pmin = min(pA, pB);
 
         auto q_src = [&](int i) -> const bf16 * {
             const int r = R0 + i;
@@ -570,15 +587,18 @@ static __global__ void __launch_bounds__(PF_THREADS)
                                          v_src);
             }
         };
-        pf_load_tile<LDS, PF_BM>(sQ, qkv, hd, v16b, q_src);
+        pf_load_tile<LDS, BM>(sQ, qkv, hd, v16b, q_src);
         load_kv(0, 0);
         cp_async_commit();
 
-        float o[NT_O][4];
+        float o[MT][NT_O][4], m[MT][2], l[MT][2];
 #pragma unroll
-        for (int j = 0; j < NT_O; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-        float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-        uint32_t qf[KSTEPS][4];
+        for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+            for (int j = 0; j < NT_O; j++) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
+            m[mt][0] = m[mt][1] = -INFINITY;
+            l[mt][0] = l[mt][1] = 0.f;
+        }
 
         const int nkb = (kv_end + PF_BN - 1) / PF_BN;
         for (int kb = 0; kb < nkb; kb++) {
@@ -587,93 +607,117 @@ static __global__ void __launch_bounds__(PF_THREADS)
             cp_async_commit();
             cp_async_wait<1>(); // tile kb (and Q) have landed
             __syncthreads();
-            if (kb == 0) {
-#pragma unroll
-                for (int ks = 0; ks < KSTEPS; ks++)
-                    ldsm_x4(qf[ks], sQ + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS +
-                                        ks * 16 + (lane >> 4) * 8);
-            }
             const int k0 = kb * PF_BN;
             if (k0 <= wmax) { // else every row of this warp masks the whole tile
                 const bf16 *Kb = sK + buf * PF_BN * LDS, *Vb = sV + buf * PF_BN * LDS;
-                float sc[NT_S][4];
+                float sc[MT][NT_S][4];
 #pragma unroll
-                for (int j = 0; j < NT_S; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+                for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int ks = 0; ks < KSTEPS; ks++)
+                    for (int j = 0; j < NT_S; j++)
+                        sc[mt][j][0] = sc[mt][j][1] = sc[mt][j][2] = sc[mt][j][3] = 0.f;
+#pragma unroll
+                for (int ks = 0; ks < KSTEPS; ks++) {
+                    // Q fragments come from shared memory at each k-step (two
+                    // tiles of them held across the loop would not fit in registers)
+                    uint32_t qf[MT][4];
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++)
+                        ldsm_x4(qf[mt], sQ + (wrow + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) *
+                                                 LDS + ks * 16 + (lane >> 4) * 8);
 #pragma unroll
                     for (int np = 0; np < NT_S / 2; np++) {
                         uint32_t b[4];
                         ldsm_x4(b, Kb + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + ks * 16 +
                                        ((lane >> 3) & 1) * 8);
-                        mma_16816(sc[2 * np], qf[ks], b[0], b[1]);
-                        mma_16816(sc[2 * np + 1], qf[ks], b[2], b[3]);
+#pragma unroll
+                        for (int mt = 0; mt < MT; mt++) {
+                            mma_16816(sc[mt][2 * np], qf[mt], b[0], b[1]);
+                            mma_16816(sc[mt][2 * np + 1], qf[mt], b[2], b[3]);
+                        }
                     }
+                }
                 // causal mask by absolute position (rows outside the segment: pos -1)
                 // ALiBi: + slope * (t - pos), in units of the unscaled scores
                 if (alibi) {
                     const float sa = alibi[h] * ATT_LOG2E / scale_log2;
 #pragma unroll
-                    for (int j = 0; j < NT_S; j++)
+                    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            const int t = k0 + j * 8 + (lane & 3) * 2 + e;
-                            sc[j][e] = fmaf(sa, (float)(t - pA), sc[j][e]);
-                            sc[j][2 + e] = fmaf(sa, (float)(t - pB), sc[j][2 + e]);
-                        }
+                        for (int j = 0; j < NT_S; j++)
+#pragma unroll
+                            for (int e = 0; e < 2; e++) {
+                                const int t = k0 + j * 8 + (lane & 3) * 2 + e;
+                                sc[mt][j][e] = fmaf(sa, (float)(t - pA[mt]), sc[mt][j][e]);
+                                sc[mt][j][2 + e] = fmaf(sa, (float)(t - pB[mt]), sc[mt][j][2 + e]);
+                            }
                 }
                 // and, with a sliding window, keys at or before pos - window
                 if (k0 + PF_BN - 1 > pmin || (window > 0 && k0 <= wmax - window)) {
 #pragma unroll
-                    for (int j = 0; j < NT_S; j++)
+                    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            const int t = k0 + j * 8 + (lane & 3) * 2 + e;
-                            if (t > pA || (window > 0 && t <= pA - window)) sc[j][e] = -INFINITY;
-                            if (t > pB || (window > 0 && t <= pB - window)) sc[j][2 + e] = -INFINITY;
-                        }
+                        for (int j = 0; j < NT_S; j++)
+#pragma unroll
+                            for (int e = 0; e < 2; e++) {
+                                const int t = k0 + j * 8 + (lane & 3) * 2 + e;
+                                const int a = pA[mt], bb = pB[mt];
+                                if (t > a || (window > 0 && t <= a - window)) sc[mt][j][e] = -INFINITY;
+                                if (t > bb || (window > 0 && t <= bb - window))
+                                    sc[mt][j][2 + e] = -INFINITY;
+                            }
                 }
                 // online softmax for the thread's two rows (A: e 0-1, B: e 2-3)
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
 #pragma unroll
                 for (int r = 0; r < 2; r++) {
                     float mx = -INFINITY;
 #pragma unroll
                     for (int j = 0; j < NT_S; j++)
-                        mx = fmaxf(mx, fmaxf(sc[j][2 * r], sc[j][2 * r + 1]));
+                        mx = fmaxf(mx, fmaxf(sc[mt][j][2 * r], sc[mt][j][2 * r + 1]));
                     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
                     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                    const float mnew = fmaxf(m[r], mx * scale_log2);
+                    const float mnew = fmaxf(m[mt][r], mx * scale_log2);
                     const float ms = mnew == -INFINITY ? 0.f : mnew;
-                    const float alpha = ex2(m[r] - ms);
+                    const float alpha = ex2(m[mt][r] - ms);
                     float rs = 0.f;
 #pragma unroll
                     for (int j = 0; j < NT_S; j++)
 #pragma unroll
                         for (int e = 0; e < 2; e++) {
-                            const float p = ex2(fmaf(sc[j][2 * r + e], scale_log2, -ms));
-                            sc[j][2 * r + e] = p;
+                            const float p = ex2(fmaf(sc[mt][j][2 * r + e], scale_log2, -ms));
+                            sc[mt][j][2 * r + e] = p;
                             rs += p;
                         }
-                    l[r] = l[r] * alpha + rs; // this thread's columns; summed over the quad at the end
-                    m[r] = mnew;
+                    // this thread's columns; summed over the quad at the end
+                    l[mt][r] = l[mt][r] * alpha + rs;
+                    m[mt][r] = mnew;
 #pragma unroll
-                    for (int j = 0; j < NT_O; j++) o[j][2 * r] *= alpha, o[j][2 * r + 1] *= alpha;
+                    for (int j = 0; j < NT_O; j++)
+                        o[mt][j][2 * r] *= alpha, o[mt][j][2 * r + 1] *= alpha;
                 }
                 // O += P V: the S accumulators of two n8 tiles are one A fragment
 #pragma unroll
                 for (int kk = 0; kk < PF_BN / 16; kk++) {
-                    uint32_t pa[4];
-                    pa[0] = pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]);
-                    pa[1] = pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]);
-                    pa[2] = pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-                    pa[3] = pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+                    uint32_t pa[MT][4];
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        pa[mt][0] = pack_bf16x2(sc[mt][2 * kk][0], sc[mt][2 * kk][1]);
+                        pa[mt][1] = pack_bf16x2(sc[mt][2 * kk][2], sc[mt][2 * kk][3]);
+                        pa[mt][2] = pack_bf16x2(sc[mt][2 * kk + 1][0], sc[mt][2 * kk + 1][1]);
+                        pa[mt][3] = pack_bf16x2(sc[mt][2 * kk + 1][2], sc[mt][2 * kk + 1][3]);
+                    }
 #pragma unroll
                     for (int dp = 0; dp < NT_O / 2; dp++) {
                         uint32_t b[4];
                         ldsm_x4_trans(b, Vb + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS +
                                              dp * 16 + (lane >> 4) * 8);
-                        mma_16816(o[2 * dp], pa, b[0], b[1]);
-                        mma_16816(o[2 * dp + 1], pa, b[2], b[3]);
+#pragma unroll
+                        for (int mt = 0; mt < MT; mt++) {
+                            mma_16816(o[mt][2 * dp], pa[mt], b[0], b[1]);
+                            mma_16816(o[mt][2 * dp + 1], pa[mt], b[2], b[3]);
+                        }
                     }
                 }
             }
@@ -683,24 +727,28 @@ static __global__ void __launch_bounds__(PF_THREADS)
 
         // epilogue: finish the row sums over the quad, normalise, store bf16 pairs
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-        }
+        for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            if ((r == 0 ? pA : pB) < 0) continue; // row outside the segment
-            const int grow = R0 + warp * 16 + (lane >> 2) + 8 * r;
-            const float inv = v_mul / l[r]; // v_mul: an FP8 cache's v_scale
-            bf16 *orow = out + (size_t)grow * n_heads * hd + (size_t)h * hd;
-#pragma unroll
-            for (int j = 0; j < NT_O; j++) {
-                const int col = j * 8 + (lane & 3) * 2;
-                if (col < hd)
-                    *reinterpret_cast<uint32_t *>(orow + col) =
-                        pack_bf16x2(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+            for (int r = 0; r < 2; r++) {
+                l[mt][r] += __shfl_xor_sync(0xffffffffu, l[mt][r], 1);
+                l[mt][r] += __shfl_xor_sync(0xffffffffu, l[mt][r], 2);
             }
-        }
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                if ((r == 0 ? pA[mt] : pB[mt]) < 0) continue; // row outside the segment
+                const int grow = R0 + wrow + mt * 16 + (lane >> 2) + 8 * r;
+                const float inv = v_mul / l[mt][r]; // v_mul: an FP8 cache's v_scale
+                bf16 *orow = out + (size_t)grow * n_heads * hd + (size_t)h * hd;
+#pragma unroll
+                for (int j = 0; j < NT_O; j++) {
+                    const int col = j * 8 + (lane & 3) * 2;
+                    if (col < hd)
+                        *reinterpret_cast<uint32_t *>(orow + col) =
+                            pack_bf16x2(o[mt][j][2 * r] * inv, o[mt][j][2 * r + 1] * inv);
+                }
+            }
     }
 }
 
@@ -782,6 +830,28 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, c
     }
 }
 
+template <int HDP, int MT, typename KT>
+static void launch_prefill_mt(bf16 *out, const bf16 *qkv, const KT *kc, const KT *vc,
+                               const int32_t *pos, const int32_t *seq_of,
+                               const int32_t *seq_start, const int32_t *bt, int max_blocks,
+                               int n_tokens, int n_seqs, int n_heads, int n_kv_heads, int hd,
+                               int bs_shift, float sl2, float v_mul, bool v16, int window,
+                               const float *alibi, cudaStream_t st) {
+    constexpr int BM = PfRows<MT>::BM;
+    const size_t smem = (size_t)(BM + 4 * PF_BN) * (HDP + 8) * sizeof(bf16);
+    static bool attr_set = false; // once per instantiation (not a stream operation)
+    if (!attr_set) {
+        CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel<HDP, MT, KT>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        attr_set = true;
+    }
+    dim3 grid(n_heads, ceil_div(n_tokens, BM));
+    attn_prefill_kernel<HDP, MT, KT><<<grid, PF_THREADS, smem, st>>>(
+        out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,
+        n_kv_heads, hd, bs_shift, sl2, v16 ? 1 : 0, v_mul, window, alibi);
+    CUDA_CHECK_LAUNCH();
+}
+
 template <int HDP, typename KT>
 static void launch_prefill_hdp(bf16 *out, const bf16 *qkv, const KT *kc, const KT *vc,
                                const int32_t *pos, const int32_t *seq_of,
@@ -789,18 +859,22 @@ static void launch_prefill_hdp(bf16 *out, const bf16 *qkv, const KT *kc, const K
                                int n_tokens, int n_seqs, int n_heads, int n_kv_heads, int hd,
                                int bs_shift, float sl2, float v_mul, bool v16, int window,
                                const float *alibi, cudaStream_t st) {
-    const size_t smem = (size_t)(PF_BM + 4 * PF_BN) * (HDP + 8) * sizeof(bf16);
-    static bool attr_set = false; // once per instantiation (not a stream operation)
-    if (!attr_set) {
-        CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel<HDP, KT>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        attr_set = true;
+    static int one_tile = -1; // SLUICE_PREFILL_MT=1, read once
+    if (one_tile < 0) {
+        const char *e = getenv("SLUICE_PREFILL_MT");
+        one_tile = e && atoi(e) == 1;
     }
-    dim3 grid(n_heads, ceil_div(n_tokens, PF_BM));
-    attn_prefill_kernel<HDP, KT><<<grid, PF_THREADS, smem, st>>>(
-        out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,
-        n_kv_heads, hd, bs_shift, sl2, v16 ? 1 : 0, v_mul, window, alibi);
-    CUDA_CHECK_LAUNCH();
+#define PF_ARGS                                                                              \
+    out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,     \
+        n_kv_heads, hd, bs_shift, sl2, v_mul, v16, window, alibi, st
+    if constexpr (HDP <= 128) {
+        if (!one_tile) {
+            launch_prefill_mt<HDP, 2, KT>(PF_ARGS);
+            return;
+        }
+    }
+    launch_prefill_mt<HDP, 1, KT>(PF_ARGS);
+#undef PF_ARGS
 }
 
 template <typename KT>

@@ -16,7 +16,8 @@ row() { printf '%-44s %s\n' "$1" "$2"; }
 for w in $what; do
 case $w in
 tests)
-    for t in build/tests/test_gpu_*; do
+    for t in ${GPU_TESTS:-build/tests/test_gpu_*}; do
+        case $t in build/*) ;; *) t=build/tests/$t ;; esac
         SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD timeout ${TEST_TIMEOUT:-240} "$t" >"$OUT/$(basename "$t").log" 2>&1
         row "$(basename "$t")" "$(grep -E '^[0-9]+ passed' "$OUT/$(basename "$t").log" | tail -1) (exit $?)"
     done ;;
@@ -59,6 +60,57 @@ bench-dtypes)
         timeout 300 build/sluice bench --arch llama-3.1-8b --isl ${DT_ISL:-128} --osl ${DT_OSL:-128} \
             --requests $n --backend cuda $args ${DT_ARGS:-} --output "$OUT/bench-8b-$label.json" 2>&1 \
             | tee "$OUT/bench-8b-$label.log" | grep -E "sluice bench|output tokens/s|TPOT|memory|rror" | head -5
+    done ;;
+bench-int4)
+    # W4A16 (group 128, zero points) on the 8B shape at batch 1, 16 and 256,
+    # with an FP8 KV cache too, then the Falcon-180B shape on this one GPU
+    for spec in "llama-3.1-8b 1 8" "llama-3.1-8b 16 64" "llama-3.1-8b 256 2000" \
+                "llama-3.1-8b 256 2000 --kv-dtype fp8" "falcon-180b 256 ${N180:-768}"; do
+        set -- $spec; a=$1 mb=$2 n=$3; shift 3
+        timeout 300 build/sluice bench --arch $a --isl 128 --osl 128 --requests $n --max-batch $mb \
+            --backend cuda --dtype int4 "$@" --output "$OUT/bench-int4-$a-b$mb$*.json" 2>&1 \
+            | tee "$OUT/bench-int4-$a-b$mb.log" | grep -E "sluice bench|output tokens/s|TPOT|memory|rror" | head -5
+    done ;;
+bench-zoo)
+    # every family's flagship shape, BF16 (and FP8 weights), 128/128, one GPU
+    for a in ${ZOO_ARCHS:-gpt2-xl gpt-j-6b falcon-7b falcon-40b mpt-7b bloom-7b1 mistral-7b qwen2-7b phi-3-mini gemma-7b}; do
+        for dt in ${ZOO_DTYPES:-bf16 fp8}; do
+            timeout 200 build/sluice bench --arch $a --isl 128 --osl 128 --requests ${ZOO_REQ:-1000} \
+                --backend cuda --dtype $dt --output "$OUT/bench-zoo-$a-$dt.json" >"$OUT/bench-zoo-$a-$dt.log" 2>&1
+            row "zoo $a $dt" "$(grep -E 'output tokens/s' "$OUT/bench-zoo-$a-$dt.log" | head -1) $(grep -m1 -E 'rror' "$OUT/bench-zoo-$a-$dt.log")"
+        done
+    done ;;
+bench-fp8)
+    # FP8 weights + activations (per-tensor, static) + FP8 KV against the
+    # issue's three shapes; BF16 at the same shapes and batch for comparison
+    for spec in "128 128 3000" "2048 128 500" "128 2048 ${N_LONGOUT:-500}"; do
+        set -- $spec
+        for dt in "fp8:--dtype fp8 --fp8-per-tensor --kv-dtype fp8" "bf16:--dtype bf16"; do
+            l=${dt%%:*}; a=${dt#*:}
+            timeout 240 build/sluice bench --arch llama-3.1-8b --isl $1 --osl $2 --requests $3 \
+                --backend cuda $a --max-batch ${FP8_MB:-512} ${FP8_ARGS:-} \
+                --output "$OUT/bench-fp8-$l-$1-$2.json" >"$OUT/bench-fp8-$l-$1-$2.log" 2>&1
+            row "8b $l $1/$2 mb ${FP8_MB:-512}" "$(grep -E 'output tokens/s' "$OUT/bench-fp8-$l-$1-$2.log" | head -1) $(grep -m1 -E 'rror' "$OUT/bench-fp8-$l-$1-$2.log")"
+        done
+    done ;;
+kbench)
+    # the kernel benchmarks of the GPU tests (attention: decode GB/s against a
+    # device copy, prefill TFLOP/s; with the 64-row prefill tiles too)
+    for t in test_gpu_attention test_gpu_kernels test_gpu_gemm test_gpu_int4; do
+        SLUICE_GPU_BENCH=1 SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD timeout 120 build/tests/$t \
+            >"$OUT/kbench-$t.log" 2>&1
+        grep -iE "GB/s|TFLOP|copy" "$OUT/kbench-$t.log" | head -30
+    done
+    SLUICE_PREFILL_MT=1 SLUICE_GPU_BENCH=1 SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD timeout 120 \
+        build/tests/test_gpu_attention >"$OUT/kbench-attention-mt1.log" 2>&1
+    grep -E "prefill" "$OUT/kbench-attention-mt1.log" | sed 's/^/64-row tiles: /' ;;
+bench-2k-ab)
+    # 2048/128 BF16 with the 128-row prefill tiles (default) and the 64-row ones
+    for mt in 2 1; do
+        SLUICE_PREFILL_MT=$mt timeout 240 build/sluice bench --arch llama-3.1-8b --isl 2048 --osl 128 \
+            --requests 500 --backend cuda --output "$OUT/bench-8b-2048-128-mt$mt.json" \
+            >"$OUT/bench-8b-2048-128-mt$mt.log" 2>&1
+        row "8b bf16 2048/128, prefill MT=$mt" "$(grep -E 'output tokens/s' "$OUT/bench-8b-2048-128-mt$mt.log")"
     done ;;
 golden-f32)
     [ -f build/golden-prompts.h5 ] || bash "$0" golden >/dev/null
