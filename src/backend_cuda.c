@@ -21,7 +21,9 @@
 // cuBLASLt FP8 GEMMs; their input comes as e4m3 codes + per-row scales
 // straight from the norm / SwiGLU kernels (*_q ops), or is quantised into a
 // scratch buffer (the attention output). The KV cache is the activation dtype
-// or FP8 E4M3 (AttnShape.kv_fp8).
+// or FP8 E4M3 (AttnShape.kv_fp8). The ops of every family (the model zoo's
+// LayerNorm, GELU, add and partial rotary too) take both as parameters;
+// INT4 layers alone are bf16-only.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -599,40 +601,34 @@ static void cuda_add_rmsnorm_op(Backend *be, void *out, void *x, const void *r, 
     cuda_rmsnorm_ex(out, NULL, NULL, x, r, w, n, dim, eps, c->act_f32, 0.0f, c->stream);
 }
 
-// The zoo's extra kernels (LayerNorm, GELU, add, partial rotary) exist for
-// bf16 activations and a bf16 KV cache; fp32 mode covers the Llama family.
-static void need_bf16(const CudaImpl *c, int kv_fp8, const char *what) {
-    if (!c->act_f32 && !kv_fp8) return;
-    char msg[256];
-    snprintf(msg, sizeof msg, "%s runs with bf16 activations and KV cache only on the CUDA "
-             "backend (--dtype f32 / --kv-dtype fp8 cover the Llama-style families)", what);
-    SL_FATAL("sluice", msg, what);
-}
-
+// The model zoo's ops (LayerNorm, GELU, the residual add, partial rotary)
+// take the activation type like the Llama ops, so --dtype f32 covers every
+// family; the partial rotary also writes an FP8 KV cache.
 static void cuda_layernorm_op(Backend *be, void *out, const void *x, const void *w,
                               const void *b, int n, int dim, float eps) {
     if (n <= 0) return;
-    need_bf16(impl_of(be), 0, "LayerNorm");
-    cuda_layernorm(out, x, w, b, n, dim, eps, impl_of(be)->stream);
+    CudaImpl *c = impl_of(be);
+    // the plain form never writes x (it may run in place: out == x)
+    cuda_layernorm_ex(out, (void *)x, NULL, w, b, n, dim, eps, c->act_f32, c->stream);
 }
 
 static void cuda_add_layernorm_op(Backend *be, void *out, void *x, const void *r, const void *w,
                                   const void *b, int n, int dim, float eps) {
     if (n <= 0) return;
-    need_bf16(impl_of(be), 0, "LayerNorm");
-    cuda_add_layernorm(out, x, r, w, b, n, dim, eps, impl_of(be)->stream);
+    CudaImpl *c = impl_of(be);
+    cuda_layernorm_ex(out, x, r, w, b, n, dim, eps, c->act_f32, c->stream);
 }
 
 static void cuda_add_op(Backend *be, void *x, const void *r, size_t n) {
-    need_bf16(impl_of(be), 0, "the residual add of parallel layers");
-    cuda_add(x, r, n, impl_of(be)->stream);
+    CudaImpl *c = impl_of(be);
+    cuda_add_ex(x, r, n, c->act_f32, c->stream);
 }
 
 static void cuda_gelu_op(Backend *be, void *out, const void *in, int n, int hidden, int gated,
                          int tanh_approx) {
     if (n <= 0) return;
-    need_bf16(impl_of(be), 0, "GELU");
-    cuda_gelu(out, in, n, hidden, gated, tanh_approx, impl_of(be)->stream);
+    CudaImpl *c = impl_of(be);
+    cuda_gelu_ex(out, in, n, hidden, gated, tanh_approx, c->act_f32, c->stream);
 }
 
 // INT4: the GEMV for decode-sized steps, the tensor-core W4A16 GEMM for
@@ -732,10 +728,10 @@ static void cuda_rope_kv_write_op(Backend *be, void *qkv, void *k_cache, void *v
     CudaImpl *c = impl_of(be);
     int rd = s->no_rotary ? 0 : s->rotary_dim > 0 ? s->rotary_dim : s->head_dim;
     if (rd != s->head_dim || s->rope_interleaved) { // partial / GPT-J / no rotary
-        need_bf16(c, s->kv_fp8, "partial or interleaved rotary (GPT-J, GPT-NeoX)");
-        cuda_rope_kv_write_partial(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq,
-                                   b->n_tokens, s->n_heads, s->n_kv_heads, s->head_dim,
-                                   s->block_size, rd, s->rope_interleaved, c->stream);
+        cuda_rope_kv_write_partial_ex(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq,
+                                      b->n_tokens, s->n_heads, s->n_kv_heads, s->head_dim,
+                                      s->block_size, rd, s->rope_interleaved, c->act_f32,
+                                      s->kv_fp8, s->k_scale, s->v_scale, c->stream);
     } else {
         cuda_rope_kv_write_ex(qkv, k_cache, v_cache, b->pos, b->slots, inv_freq, b->n_tokens,
                               s->n_heads, s->n_kv_heads, s->head_dim, s->block_size, c->act_f32,

@@ -152,6 +152,25 @@ void cuda_rope_kv_write_ex(void *qkv, void *k_cache, void *v_cache, const int32_
                            int n_kv_heads, int head_dim, int block_size, int act_f32, int kv_fp8,
                            float k_scale, float v_scale, cudaStream_t stream);
 
+// The model zoo's ops with the activation type as a parameter (act_f32: fp32,
+// the --dtype f32 mode; else bf16); same semantics as the bf16 entry points
+// above, which they call for bf16. Twins: cpu_layernorm / cpu_add_layernorm,
+// cpu_add, cpu_gelu, cpu_rope_kv_write_ex (+ cpu_kv_round_fp8).
+// LayerNorm: r NULL is the plain form (out may equal x), else x += r first
+// (rounded to the activation type; out may alias r, not x).
+void cuda_layernorm_ex(void *out, void *x, const void *r, const float *w, const float *b, int n,
+                       int dim, float eps, int act_f32, cudaStream_t stream);
+void cuda_add_ex(void *x, const void *r, size_t n, int act_f32, cudaStream_t stream);
+void cuda_gelu_ex(void *out, const void *in, int n, int hidden, int gated, int tanh_approx,
+                  int act_f32, cudaStream_t stream);
+// Partial / interleaved rotary (rotary_dim 0: none) writing a cache of the
+// activation type or, with kv_fp8, e4m3(k / k_scale), e4m3(v / v_scale).
+void cuda_rope_kv_write_partial_ex(void *qkv, void *k_cache, void *v_cache, const int32_t *pos,
+                                   const int32_t *slots, const float *inv_freq, int n,
+                                   int n_heads, int n_kv_heads, int head_dim, int block_size,
+                                   int rotary_dim, int interleaved, int act_f32, int kv_fp8,
+                                   float k_scale, float v_scale, cudaStream_t stream);
+
 // cuda_paged_attention with the activation type and the cache type as
 // parameters. bf16 activations use the tensor-core prefill and split-K decode
 // kernels (an FP8 cache is decoded to bf16 as it is loaded, k_scale folded
