@@ -71,6 +71,11 @@ bench-int4)
             --backend cuda --dtype int4 "$@" --output "$OUT/bench-int4-$a-b$mb$*.json" 2>&1 \
             | tee "$OUT/bench-int4-$a-b$mb.log" | grep -E "sluice bench|output tokens/s|TPOT|memory|rror" | head -5
     done ;;
+bench-180)
+    # Falcon-180B shape, INT4 weights + FP8 KV cache, on this one GPU
+    timeout ${B180_TIMEOUT:-200} build/sluice bench --arch falcon-180b --isl 128 --osl 128 --requests ${N180:-512} \
+        --max-batch ${MB180:-512} --backend cuda --dtype int4 --kv-dtype fp8 \
+        --output "$OUT/bench-180b-int4-kvfp8.json" 2>&1 | tee "$OUT/bench-180b-int4-kvfp8.log" | tail -9 ;;
 bench-zoo)
     # every family's flagship shape, BF16 (and FP8 weights), 128/128, one GPU
     for a in ${ZOO_ARCHS:-gpt2-xl gpt-j-6b falcon-7b falcon-40b mpt-7b bloom-7b1 mistral-7b qwen2-7b phi-3-mini gemma-7b}; do
