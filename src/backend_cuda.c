@@ -351,6 +351,9 @@ static int cuda_load_linear_int4_op(Backend *be, LinearWeight *w, const uint32_t
                                     sl_err *err) {
     CudaImpl *c = impl_of(be);
     memset(w, 0, sizeof *w);
+    if (c->act_f32)
+        return sl_errf(err, "CUDA backend: INT4 (AWQ) layers run with bf16 activations; "
+                       "--dtype f32 cannot load them (use --dtype auto or bf16)");
     if (out_dim <= 0 || in_dim <= 0 || group <= 0 || group % 32 || in_dim % group)
         return sl_errf(err, "CUDA backend: INT4 linear layer (%d, %d) with group size %d: the "
                        "group must be a positive multiple of 32 dividing %d", out_dim, in_dim,
