@@ -27,6 +27,10 @@ int cli_quantize(int argc, char **argv, Comm *comm); // quantised checkpoints (c
 
 // Parses a whole decimal integer / float flag value; on error prints
 // "sluice <cmd>: --flag: ..." and returns -1.
+// configs/arch/NAME.json (SLUICE_CONFIGS/arch, ./configs/arch, or next to the
+// binary), or NAME itself when it is a path; NULL when none exists. Freed by
+// the caller.
+char *cli_find_arch(const char *name);
 int cli_int(const char *cmd, const char *flag, const char *s, long lo, long hi, long *out);
 int cli_float(const char *cmd, const char *flag, const char *s, double lo, double hi, double *out);
 

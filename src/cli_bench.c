@@ -64,34 +64,6 @@ static void bench_usage(FILE *f) {
         "  --output FILE          also write the results as JSON\n");
 }
 
-// configs/arch/NAME.json next to the binary's tree, in the current directory,
-// or NAME itself when it is a path.
-static char *find_arch(const char *name, const char *argv0) {
-    struct stat st;
-    if (strchr(name, '/') || strstr(name, ".json")) return sl_strdup(name);
-    char buf[4096];
-    const char *env = getenv("SLUICE_CONFIGS");
-    if (env) {
-        snprintf(buf, sizeof buf, "%s/arch/%s.json", env, name);
-        if (stat(buf, &st) == 0) return sl_strdup(buf);
-    }
-    snprintf(buf, sizeof buf, "configs/arch/%s.json", name);
-    if (stat(buf, &st) == 0) return sl_strdup(buf);
-    char exe[2048];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = 0;
-        char *slash = strrchr(exe, '/');
-        if (slash) *slash = 0;
-        snprintf(buf, sizeof buf, "%s/../configs/arch/%s.json", exe, name);
-        if (stat(buf, &st) == 0) return sl_strdup(buf);
-        snprintf(buf, sizeof buf, "%s/../share/sluice/arch/%s.json", exe, name);
-        if (stat(buf, &st) == 0) return sl_strdup(buf);
-    }
-    (void)argv0;
-    return NULL;
-}
-
 static double matmul_params(const ModelConfig *c) {
     double qkv = (double)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim * c->dim;
     double o = (double)c->n_heads * c->head_dim * c->dim;
@@ -275,7 +247,7 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     eo.progress_every = 10;
 
     if (arch) {
-        arch_path = find_arch(arch, argv[0]);
+        arch_path = cli_find_arch(arch);
         if (!arch_path) {
             sl_errf(&err, "--arch %s: no configs/arch/%s.json (run from the source tree or set "
                           "SLUICE_CONFIGS)", arch, arch);

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 #ifdef SLUICE_CUDA
@@ -192,4 +194,31 @@ void cli_tp_agree_kv(Comm *comm, EngineOptions *eo) {
     int64_t v = eo->kv_blocks;
     comm_tp_min_i64(comm, &v);
     eo->kv_blocks = (int)v;
+}
+
+// configs/arch/NAME.json next to the binary's tree, in the current directory,
+// or NAME itself when it is a path.
+char *cli_find_arch(const char *name) {
+    struct stat st;
+    if (strchr(name, '/') || strstr(name, ".json")) return sl_strdup(name);
+    char buf[4096];
+    const char *env = getenv("SLUICE_CONFIGS");
+    if (env) {
+        snprintf(buf, sizeof buf, "%s/arch/%s.json", env, name);
+        if (stat(buf, &st) == 0) return sl_strdup(buf);
+    }
+    snprintf(buf, sizeof buf, "configs/arch/%s.json", name);
+    if (stat(buf, &st) == 0) return sl_strdup(buf);
+    char exe[2048];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) *slash = 0;
+        snprintf(buf, sizeof buf, "%s/../configs/arch/%s.json", exe, name);
+        if (stat(buf, &st) == 0) return sl_strdup(buf);
+        snprintf(buf, sizeof buf, "%s/../share/sluice/arch/%s.json", exe, name);
+        if (stat(buf, &st) == 0) return sl_strdup(buf);
+    }
+    return NULL;
 }

@@ -189,9 +189,135 @@ static void evaluate(EvRunner *ref, EvRunner *cand, const EvCorpus *c, json_t *c
     }
 }
 
+// --arch: random weights of a full-size shape (configs/arch, normal with std
+// 0.02 as in `sluice bench`), cut to each of --depths layers. Each FP8 mode
+// runs against the same random model in fp32: the relative L2 error of the
+// logits at every position, and top-1 agreement. model_init_random draws
+// every tensor from its own stream in a fixed order, so a model of depth L
+// holds the first L layers of the deeper ones, and the rows show how the
+// error grows with depth. CPU backend (FP8 emulated exactly), one sequence of
+// --tokens random ids.
+typedef struct {
+    const char *name;
+    int w, k, pt; // FP8 weights, FP8 KV, per-tensor weight scale + static activation scale
+} EvMode;
+
+static int ev_random(EvRunner *r, Backend *be, const ModelConfig *cfg, int tokens,
+                     const EvMode *md, uint64_t seed, sl_err *err) {
+    memset(r, 0, sizeof *r);
+    r->be = be;
+    r->ctx = tokens;
+    ModelOptions mo = {.max_tokens = tokens, .max_seqs = tokens, .tp_size = 1};
+    if (md) mo.weight_fp8 = md->w, mo.kv_fp8 = md->k, mo.fp8_per_tensor = md->pt;
+    if (model_init_random(&r->m, cfg, be, &mo, seed, err)) return -1;
+    model_kv_alloc(r->m, (tokens + 15) / 16 + 1, 16);
+    r->vocab = cfg->vocab_size;
+    r->logits = sl_malloc(sizeof(float) * (size_t)r->vocab * tokens);
+    return 0;
+}
+
+static int eval_arch(const char *arch, const char *depths, int tokens, uint64_t seed,
+                     int threads, sl_err *err) {
+    char *path = cli_find_arch(arch);
+    if (!path)
+        return sl_errf(err, "--arch %s: no configs/arch/%s.json (run from the source tree or "
+                            "set SLUICE_CONFIGS)", arch, arch);
+    ModelConfig cfg;
+    char *text = sl_read_file(path, NULL, err);
+    int bad = !text || config_parse(&cfg, text, NULL, path, err);
+    free(text);
+    if (bad) {
+        free(path);
+        return -1;
+    }
+    int dl[32], nd = 0;
+    for (const char *p = depths; *p;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 1 || v > cfg.n_layers || nd == 32 || (*end && *end != ',')) {
+            sl_errf(err, "--depths '%s': want up to 32 comma-separated layer counts in "
+                         "1..%d (%s has %d layers)", depths, cfg.n_layers, arch, cfg.n_layers);
+            free(path);
+            return -1;
+        }
+        dl[nd++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    if (nd == 0) {
+        free(path);
+        return sl_errf(err, "--depths: empty list");
+    }
+    if (tokens > cfg.max_seq_len) tokens = cfg.max_seq_len;
+    cfg.max_seq_len = tokens; // per-step buffers for this run only
+    int32_t *ids = sl_malloc(sizeof(int32_t) * tokens);
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (int i = 0; i < tokens; i++) { // xorshift64: ids in [3, vocab)
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        ids[i] = 3 + (int32_t)(x % (uint64_t)(cfg.vocab_size - 3));
+    }
+    static const EvMode modes[] = {
+        {"FP8 KV cache (scale 1)", 0, 1, 0},
+        {"FP8 weights, per-channel + dynamic per-token activations", 1, 0, 0},
+        {"FP8 weights, per-tensor + static activation scale 8/448", 1, 0, 1},
+        {"full FP8 (per-tensor weights + KV)", 1, 1, 1},
+    };
+    Backend *be = backend_cpu_create(threads);
+    printf("sluice eval: random weights of %s (%s), cut to depth L; %d random token ids, "
+           "seed %llu; reference: the same weights in fp32; cpu backend (FP8 emulated "
+           "exactly)\n\n| depth L | mode | logits rel L2, mean over positions | max | top-1 "
+           "agreement |\n|---|---|---|---|---|\n",
+           arch, path, tokens, (unsigned long long)seed);
+    float *ref = sl_malloc(sizeof(float) * (size_t)cfg.vocab_size * tokens);
+    int rc = 0;
+    for (int d = 0; d < nd && !rc; d++) {
+        ModelConfig c = cfg;
+        c.n_layers = dl[d];
+        EvRunner r;
+        if (ev_random(&r, be, &c, tokens, NULL, seed, err)) {
+            rc = -1;
+            break;
+        }
+        ev_step(&r, ids, 0, tokens, 1);
+        memcpy(ref, r.logits, sizeof(float) * (size_t)cfg.vocab_size * tokens);
+        ev_close(&r);
+        for (size_t mi = 0; mi < sizeof modes / sizeof modes[0]; mi++) {
+            if (ev_random(&r, be, &c, tokens, &modes[mi], seed, err)) {
+                rc = -1;
+                break;
+            }
+            ev_step(&r, ids, 0, tokens, 1);
+            double sum = 0, worst = 0;
+            int agree = 0;
+            for (int t = 0; t < tokens; t++) {
+                const float *a = r.logits + (size_t)t * r.vocab, *b = ref + (size_t)t * r.vocab;
+                double num = 0, den = 0;
+                for (int v = 0; v < r.vocab; v++) {
+                    double e = (double)a[v] - b[v];
+                    num += e * e;
+                    den += (double)b[v] * b[v];
+                }
+                double rel = sqrt(num / (den > 0 ? den : 1));
+                sum += rel;
+                if (!(rel <= worst)) worst = rel; // NaN sticks
+                agree += ev_argmax(a, r.vocab) == ev_argmax(b, r.vocab);
+            }
+            printf("| %d | %s | %.2e | %.2e | %d/%d |\n", dl[d], modes[mi].name, sum / tokens,
+                   worst, agree, tokens);
+            fflush(stdout);
+            ev_close(&r);
+        }
+    }
+    free(ref);
+    free(ids);
+    free(path);
+    be->destroy(be);
+    return rc;
+}
+
 static void eval_usage(FILE *f) {
     fprintf(f,
         "usage: sluice eval --model DIR --corpus FILE [--corpus FILE ...] [options]\n"
+        "       sluice eval --arch NAME [--depths 1,2,4] [--tokens N] [--seed S]\n"
         "\n"
         "Accuracy of --dtype / --kv-dtype against the BF16 checkpoint computed in fp32 on\n"
         "the CPU: teacher-forced top-1 agreement and mean KL over the corpus, greedy\n"
@@ -207,26 +333,36 @@ static void eval_usage(FILE *f) {
         "  --ctx N            tokens per teacher-forced chunk (default 256)\n"
         "  --max-chunks N     at most N chunks (default 64)\n"
         "  --golden FILE      golden greedy file (default DIR/golden_greedy.json)\n"
-        "  --threads N        CPU threads\n");
+        "  --threads N        CPU threads\n"
+        "\n"
+        "With --arch: random weights (normal, std 0.02) of configs/arch/NAME.json cut to\n"
+        "each --depths layer count; the relative logits error and top-1 agreement of the\n"
+        "FP8 modes against the same weights in fp32, on the CPU (FP8 emulated exactly).\n"
+        "  --depths LIST      comma-separated layer counts (default 1,2,4)\n"
+        "  --tokens N         random prompt length (default 32)\n"
+        "  --seed S           seed of the weights and the prompt (default 1)\n");
 }
 
 int cli_eval(int argc, char **argv, Comm *comm) {
     enum { E_MODEL = 1000, E_CORPUS, E_DTYPE, E_KV, E_TABLE, E_BACKEND, E_CTX, E_MAXC, E_GOLDEN,
-           E_THREADS, E_CAND, E_HELP };
+           E_THREADS, E_CAND, E_ARCH, E_DEPTHS, E_TOKENS, E_SEED, E_HELP };
     static const struct option lo[] = {
         {"model", required_argument, 0, E_MODEL},   {"corpus", required_argument, 0, E_CORPUS},
         {"dtype", required_argument, 0, E_DTYPE},   {"kv-dtype", required_argument, 0, E_KV},
         {"table", no_argument, 0, E_TABLE},         {"backend", required_argument, 0, E_BACKEND},
         {"ctx", required_argument, 0, E_CTX},       {"max-chunks", required_argument, 0, E_MAXC},
         {"golden", required_argument, 0, E_GOLDEN}, {"threads", required_argument, 0, E_THREADS},
-        {"candidate", required_argument, 0, E_CAND},
+        {"candidate", required_argument, 0, E_CAND}, {"arch", required_argument, 0, E_ARCH},
+        {"depths", required_argument, 0, E_DEPTHS}, {"tokens", required_argument, 0, E_TOKENS},
+        {"seed", required_argument, 0, E_SEED},
         {"help", no_argument, 0, E_HELP},           {0, 0, 0, 0},
     };
     const char *cand_dir = NULL;
     const char *dir = NULL, *dtype = "bf16", *kv = "auto", *backend = "cpu", *golden = NULL;
     char *corpus[EV_MAX_CORPUS];
     int nc = 0, table = 0;
-    long ctx = 256, maxc = 64, threads = 0;
+    long ctx = 256, maxc = 64, threads = 0, tokens = 32, seed = 1;
+    const char *arch = NULL, *depths = "1,2,4";
     optind = 1;
     opterr = 0;
     for (;;) {
@@ -249,12 +385,30 @@ int cli_eval(int argc, char **argv, Comm *comm) {
         case E_MAXC: if (cli_int("eval", "--max-chunks", optarg, 1, 1 << 20, &maxc)) return EXIT_USAGE; break;
         case E_GOLDEN: golden = optarg; break;
         case E_CAND: cand_dir = optarg; break;
+        case E_ARCH: arch = optarg; break;
+        case E_DEPTHS: depths = optarg; break;
+        case E_TOKENS: if (cli_int("eval", "--tokens", optarg, 1, 4096, &tokens)) return EXIT_USAGE; break;
+        case E_SEED: if (cli_int("eval", "--seed", optarg, 0, 1L << 40, &seed)) return EXIT_USAGE; break;
         case E_THREADS: if (cli_int("eval", "--threads", optarg, 1, 4096, &threads)) return EXIT_USAGE; break;
         case E_HELP: eval_usage(stdout); return EXIT_OK;
         default:
             fprintf(stderr, "sluice eval: unknown option '%s' (try --help)\n", argv[optind - 1]);
             return EXIT_USAGE;
         }
+    }
+    if (arch) {
+        if (dir || nc) {
+            fprintf(stderr, "sluice eval: --arch makes its own random model; it takes no "
+                            "--model or --corpus\n");
+            return EXIT_USAGE;
+        }
+        sl_err aerr = {{0}};
+        if (eval_arch(arch, depths, (int)tokens, (uint64_t)seed, (int)threads, &aerr)) {
+            fprintf(stderr, "sluice eval: %s\n", aerr.msg);
+            return EXIT_FAIL;
+        }
+        (void)comm;
+        return EXIT_OK;
     }
     if (!cand_dir) cand_dir = dir;
     if (!dir || nc == 0) {

@@ -618,6 +618,14 @@ static const BadCase g_cases[] = {
      "quantize --fp8 --model {D}/nope --output {O}", 1, {"nope/config.json"}},
     {"quantize: --int4-awq without --calib", NULL, NULL,
      "quantize --int4-awq --model {G} --output {O}", 2, {"--int4-awq needs --calib"}},
+    {"eval: --arch nosuch", NULL, NULL, "eval --arch nosuch", 1,
+     {"--arch nosuch", "no configs/arch/nosuch.json"}},
+    {"eval: --arch with --model", NULL, NULL, "eval --arch llama-3.1-8b --model {G}", 2,
+     {"--arch makes its own random model"}},
+    {"eval: --depths beyond the model", NULL, NULL,
+     "eval --arch {G}/config.json --depths 1,99", 1, {"--depths '1,99'", "layer counts in 1.."}},
+    {"eval: --depths not a number", NULL, NULL, "eval --arch {G}/config.json --depths 1,x", 1,
+     {"--depths '1,x'"}},
     {"quantize: --int4-rtn --group 48", NULL, NULL,
      "quantize --int4-rtn --model {G} --output {O} --group 48", 1,
      {"--group 48", "multiple of 32"}},
@@ -989,8 +997,8 @@ static void run_group(const char *const *prefixes) {
 }
 
 static void test_flags(void) {
-    static const char *const p[] = {"run:", "sluice:", "prep:", "export:", "bench:", "quantize:",
-                                    NULL};
+    static const char *const p[] = {"run:",   "sluice:",   "prep:", "export:",
+                                    "bench:", "quantize:", "eval:", NULL};
     run_group(p);
 }
 static void test_prompt_files(void) {
@@ -1008,7 +1016,7 @@ static void test_config_tokenizer(void) {
 
 // Every row belongs to exactly one group, and the matrix is as big as promised.
 static void test_table_complete(void) {
-    static const char *const all[] = {"run:", "sluice:", "prep:", "export:", "bench:", "quantize:", "h5:",
+    static const char *const all[] = {"run:", "sluice:", "prep:", "export:", "bench:", "quantize:", "eval:", "h5:",
                                       "jsonl:", "text:", "st:", "index:", "config:",
                                       "generation_config:", "tokenizer:", NULL};
     for (int i = 0; i < g_ncases; i++) {
