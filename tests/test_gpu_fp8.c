@@ -45,9 +45,10 @@
 #include "gpu_testutil.h"
 #include "model.h"
 #include "testutil.h"
+#include "model_runner.h"
 
-#define BLOCK 16
-#define MAXT 256
+#define BLOCK TU_BLOCK
+#define MAXT TU_MAXT
 // GPU vs the CPU's FP8 emulation. The FP8 kernels are checked code for code
 // against their CPU twins above; a whole model cannot be, because every FP8
 // linear layer re-quantises its input: a last-bit difference in an
@@ -619,78 +620,7 @@ static void test_attention_fp8_f32(void) {
 // ----------------------------------------------------------------------------
 // the model
 
-typedef struct {
-    Model *m;
-    Backend *be;
-    float *logits;
-    int vocab;
-} Runner;
-
 static const char *tiny = "tests/models/tiny-code-llama";
-
-static int runner_open(Runner *r, Backend *be, const ModelOptions *o) {
-    sl_err err = {{0}};
-    memset(r, 0, sizeof *r);
-    r->be = be;
-    ModelOptions mo = *o;
-    mo.max_tokens = MAXT;
-    mo.max_seqs = 4;
-    mo.tp_size = 1;
-    if (model_load(&r->m, tu_path(tiny), be, &mo, &err)) {
-        fprintf(stderr, "model_load on %s: %s\n", be->name, err.msg);
-        return -1;
-    }
-    model_kv_alloc(r->m, MAXT / BLOCK + 2, BLOCK);
-    r->vocab = r->m->cfg.vocab_size;
-    r->logits = sl_malloc(sizeof(float) * r->vocab * 4);
-    return 0;
-}
-
-static void runner_close(Runner *r) {
-    model_free(r->m);
-    if (r->be) r->be->destroy(r->be);
-    free(r->logits);
-}
-
-static void runner_step(Runner *r, const int32_t *seq, int start, int n) {
-    static int32_t pos[MAXT], seq_of[MAXT], slots[MAXT], bt[MAXT / BLOCK + 2];
-    int32_t seq_start[2] = {0, n}, kv_len[1] = {start + n}, last = n - 1;
-    int nb = (start + n + BLOCK - 1) / BLOCK;
-    for (int i = 0; i < nb; i++) bt[i] = i;
-    for (int i = 0; i < n; i++) {
-        pos[i] = start + i;
-        seq_of[i] = 0;
-        slots[i] = start + i;
-    }
-    Batch b = {.n_tokens = n, .n_seqs = 1, .tokens = (int32_t *)seq + start, .pos = pos,
-               .seq_of = seq_of, .slots = slots, .seq_start = seq_start, .kv_len = kv_len,
-               .block_tables = bt, .max_blocks = nb, .n_logits = 1, .logit_rows = &last};
-    model_forward(r->m, &b, r->logits);
-}
-
-static int argmax(const float *v, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
-}
-
-static double rel_l2(const float *got, const float *ref, int n) {
-    double num = 0, den = 0;
-    for (int i = 0; i < n; i++) {
-        double d = (double)got[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
-static int json_ints(json_t *a, int32_t *out, int cap) {
-    int n = (int)json_array_size(a);
-    CU_ASSERT_FATAL(n <= cap);
-    for (int i = 0; i < n; i++) out[i] = (int32_t)json_integer_value(json_array_get(a, i));
-    return n;
-}
 
 static json_t *golden_cases(json_t **root) {
     json_error_t je;
@@ -710,7 +640,7 @@ static void test_model_f32_golden(void) {
     CU_ASSERT_FATAL(be != NULL);
     Runner r;
     ModelOptions o = {0};
-    CU_ASSERT_FATAL(runner_open(&r, be, &o) == 0);
+    CU_ASSERT_FATAL(runner_open(&r, be, tu_path(tiny), &o, 0) == 0);
     json_t *root;
     json_t *cases = golden_cases(&root);
     CU_ASSERT_FATAL(json_array_size(cases) == 8);
@@ -747,9 +677,9 @@ static void check_fp8_model(int weight_fp8, int kv_fp8, int act_f32) {
     CU_ASSERT_FATAL(gb != NULL);
     Runner gpu, cpu, ref;
     ModelOptions o = {.weight_fp8 = weight_fp8, .kv_fp8 = kv_fp8}, none = {0};
-    CU_ASSERT_FATAL(runner_open(&gpu, gb, &o) == 0);
-    CU_ASSERT_FATAL(runner_open(&cpu, backend_cpu_create(0), &o) == 0);
-    CU_ASSERT_FATAL(runner_open(&ref, backend_cpu_create(0), &none) == 0); // unquantised, fp32
+    CU_ASSERT_FATAL(runner_open(&gpu, gb, tu_path(tiny), &o, 0) == 0);
+    CU_ASSERT_FATAL(runner_open(&cpu, backend_cpu_create(0), tu_path(tiny), &o, 0) == 0);
+    CU_ASSERT_FATAL(runner_open(&ref, backend_cpu_create(0), tu_path(tiny), &none, 0) == 0); // unquantised, fp32
     json_t *root;
     json_t *cases = golden_cases(&root);
     double worst = 0, sum = 0, gpu_ref = 0, cpu_ref = 0;

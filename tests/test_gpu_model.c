@@ -43,9 +43,10 @@
 #include "model.h"
 #include "gpu_testutil.h"
 #include "testutil.h"
+#include "model_runner.h"
 
-#define BLOCK 16
-#define MAXT 256
+#define BLOCK TU_BLOCK
+#define MAXT TU_MAXT
 #define REL_TOL 3e-2
 
 
@@ -66,69 +67,6 @@ static const char *tiny_dir(void) {
 // ----------------------------------------------------------------------------
 // a one-backend driver
 
-typedef struct {
-    Model *m;
-    Backend *be;
-    float *logits; // (max_seqs, vocab)
-    int vocab;
-} Runner;
-
-static int runner_open(Runner *r, Backend *be, const char *dir, int max_seqs, int kv_blocks) {
-    sl_err err = {{0}};
-    memset(r, 0, sizeof *r);
-    r->be = be;
-    ModelOptions mo = {.max_tokens = MAXT, .max_seqs = max_seqs, .tp_size = 1};
-    if (model_load(&r->m, dir, be, &mo, &err)) {
-        fprintf(stderr, "model_load(%s) on %s: %s\n", dir, be->name, err.msg);
-        return -1;
-    }
-    model_kv_alloc(r->m, kv_blocks, BLOCK);
-    r->vocab = r->m->cfg.vocab_size;
-    r->logits = malloc(sizeof(float) * (size_t)r->vocab * max_seqs);
-    return 0;
-}
-
-static void runner_close(Runner *r) {
-    model_free(r->m);
-    if (r->be) r->be->destroy(r->be);
-    free(r->logits);
-}
-
-// One sequence on blocks 0, 1, ...: rows [start, start+n) of seq as one step;
-// the last row's logits land in r->logits.
-static void runner_step(Runner *r, const int32_t *seq, int start, int n) {
-    static int32_t pos[MAXT], seq_of[MAXT], slots[MAXT], bt[1024 / BLOCK + 2];
-    int32_t seq_start[2] = {0, n}, kv_len[1] = {start + n}, last = n - 1;
-    int nb = (start + n + BLOCK - 1) / BLOCK;
-    for (int i = 0; i < nb; i++) bt[i] = i;
-    for (int i = 0; i < n; i++) {
-        pos[i] = start + i;
-        seq_of[i] = 0;
-        slots[i] = start + i;
-    }
-    Batch b = {.n_tokens = n, .n_seqs = 1, .tokens = (int32_t *)seq + start, .pos = pos,
-               .seq_of = seq_of, .slots = slots, .seq_start = seq_start, .kv_len = kv_len,
-               .block_tables = bt, .max_blocks = nb, .n_logits = 1, .logit_rows = &last};
-    model_forward(r->m, &b, r->logits);
-}
-
-static int argmax(const float *v, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
-}
-
-static double rel_l2(const float *got, const float *ref, int n) {
-    double num = 0, den = 0;
-    for (int i = 0; i < n; i++) {
-        double d = (double)got[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
 static float max_abs_diff(const float *a, const float *b, int n) {
     float m = 0;
     for (int i = 0; i < n; i++) {
@@ -136,13 +74,6 @@ static float max_abs_diff(const float *a, const float *b, int n) {
         if (!(d <= m)) m = d; // NaN wins
     }
     return m;
-}
-
-static int json_ints(json_t *a, int32_t *out, int cap) {
-    int n = (int)json_array_size(a);
-    CU_ASSERT_FATAL(n <= cap);
-    for (int i = 0; i < n; i++) out[i] = (int32_t)json_integer_value(json_array_get(a, i));
-    return n;
 }
 
 // ----------------------------------------------------------------------------
@@ -208,11 +139,9 @@ static int open_pair(Runner *gpu, Runner *cpu, const char *dir, int max_seqs, in
         fprintf(stderr, "  backend_cuda_create: %s\n", err.msg);
         return -1;
     }
-    if (runner_open(gpu, gb, dir, max_seqs, kv_blocks)) {
-        gb->destroy(gb);
-        return -1;
-    }
-    if (runner_open(cpu, backend_cpu_create(0), dir, max_seqs, kv_blocks)) {
+    ModelOptions mo = {.max_seqs = max_seqs};
+    if (runner_open(gpu, gb, dir, &mo, kv_blocks)) return -1;
+    if (runner_open(cpu, backend_cpu_create(0), dir, &mo, kv_blocks)) {
         runner_close(gpu);
         return -1;
     }

@@ -48,6 +48,7 @@
 #include "gpu_testutil.h"
 #include "model.h"
 #include "testutil.h"
+#include "model_runner.h"
 
 // bf16 output vs fp32 twin: two bf16 ulps relative (see test_gpu_kernels.c),
 // plus an absolute floor for values that cancel towards zero.
@@ -423,8 +424,8 @@ static void test_rope_ex_kv_fp8(void) {
 // ----------------------------------------------------------------------------
 // whole models: the zoo fixtures on the CUDA backend
 
-#define BLOCK 16
-#define MAXT 256
+#define BLOCK TU_BLOCK
+#define MAXT TU_MAXT
 // fp32 on both sides: GEMMs (cuBLASLt, true fp32) and reductions summed in
 // another order, ~1e-7 relative per op. Perturbing k and v by 1e-6 relative
 // on the CPU moves these fixtures' logits by rel L2 <= 1.3e-6 (1e-5: 1.2e-5),
@@ -449,79 +450,6 @@ static void test_rope_ex_kv_fp8(void) {
 #define KV8_F32_REL_TOL 1e-2
 #define KV8_F32_MEAN_TOL 1e-3
 
-typedef struct {
-    Model *m;
-    Backend *be;
-    float *logits; // (vocab): the last row of a step
-    int vocab;
-} Runner;
-
-static int runner_open(Runner *r, Backend *be, const char *dir, int kv_fp8) {
-    sl_err err = {{0}};
-    memset(r, 0, sizeof *r);
-    r->be = be;
-    ModelOptions mo = {.max_tokens = MAXT, .max_seqs = 4, .tp_size = 1, .kv_fp8 = kv_fp8};
-    if (model_load(&r->m, dir, be, &mo, &err)) {
-        fprintf(stderr, "  model_load(%s) on %s: %s\n", dir, be->name, err.msg);
-        be->destroy(be);
-        r->be = NULL;
-        return -1;
-    }
-    model_kv_alloc(r->m, MAXT / BLOCK + 2, BLOCK);
-    r->vocab = r->m->cfg.vocab_size;
-    r->logits = sl_malloc(sizeof(float) * r->vocab);
-    return 0;
-}
-
-static void runner_close(Runner *r) {
-    model_free(r->m);
-    if (r->be) r->be->destroy(r->be);
-    free(r->logits);
-}
-
-// One sequence on blocks 0, 1, ...: rows [start, start+n) of seq as one step;
-// the last row's logits land in r->logits.
-static void runner_step(Runner *r, const int32_t *seq, int start, int n) {
-    static int32_t pos[MAXT], seq_of[MAXT], slots[MAXT], bt[MAXT / BLOCK + 2];
-    int32_t seq_start[2] = {0, n}, kv_len[1] = {start + n}, last = n - 1;
-    int nb = (start + n + BLOCK - 1) / BLOCK;
-    for (int i = 0; i < nb; i++) bt[i] = i;
-    for (int i = 0; i < n; i++) {
-        pos[i] = start + i;
-        seq_of[i] = 0;
-        slots[i] = start + i;
-    }
-    Batch b = {.n_tokens = n, .n_seqs = 1, .tokens = (int32_t *)seq + start, .pos = pos,
-               .seq_of = seq_of, .slots = slots, .seq_start = seq_start, .kv_len = kv_len,
-               .block_tables = bt, .max_blocks = nb, .n_logits = 1, .logit_rows = &last};
-    model_forward(r->m, &b, r->logits);
-}
-
-static int argmax(const float *v, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
-}
-
-// Relative L2 distance; NaN anywhere makes it NaN (and every bound fail).
-static double rel_l2(const float *got, const float *ref, int n) {
-    double num = 0, den = 0;
-    for (int i = 0; i < n; i++) {
-        double d = (double)got[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
-static int json_ints(json_t *a, int32_t *out, int cap) {
-    int n = (int)json_array_size(a);
-    CU_ASSERT_FATAL(n <= cap);
-    for (int i = 0; i < n; i++) out[i] = (int32_t)json_integer_value(json_array_get(a, i));
-    return n;
-}
-
 static json_t *load_golden(const char *dir) {
     char path[1100];
     snprintf(path, sizeof path, "%s/golden.json", dir);
@@ -539,8 +467,9 @@ static int open_pair(Runner *gpu, Runner *cpu, const char *dir, int act_f32, int
         fprintf(stderr, "  backend_cuda_create_ex: %s\n", err.msg);
         return -1;
     }
-    if (runner_open(gpu, gb, dir, kv_fp8)) return -1;
-    if (runner_open(cpu, backend_cpu_create(0), dir, kv_fp8)) {
+    ModelOptions mo = {.kv_fp8 = kv_fp8};
+    if (runner_open(gpu, gb, dir, &mo, 0)) return -1;
+    if (runner_open(cpu, backend_cpu_create(0), dir, &mo, 0)) {
         runner_close(gpu);
         return -1;
     }
