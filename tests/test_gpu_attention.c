@@ -58,14 +58,6 @@
 // ----------------------------------------------------------------------------
 // host/device helpers
 
-static float bf16r(float f) { return sl_bf16_to_f32(sl_f32_to_bf16(f)); }
-
-static void *dev_alloc(size_t bytes) {
-    void *p = NULL;
-    CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 1));
-    return p;
-}
-
 // Device copy of host f32 values (already bf16-exact) as bf16.
 static sl_bf16 *dev_bf16(const float *f, size_t n) {
     sl_bf16 *h = sl_malloc(n * sizeof *h + 2);

@@ -75,26 +75,6 @@ static const int NS[] = {1, 3, 37, 300};
 // ----------------------------------------------------------------------------
 // helpers
 
-static float bf16r(float f) { return sl_bf16_to_f32(sl_f32_to_bf16(f)); }
-
-static void *dev_alloc(size_t bytes) {
-    void *p = NULL;
-    CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 1));
-    return p;
-}
-
-static void *dev_poisoned(size_t bytes) {
-    void *p = dev_alloc(bytes);
-    CUDA_CHECK(cudaMemset(p, 0xFF, bytes ? bytes : 1));
-    return p;
-}
-
-static void *dev_copy(const void *src, size_t bytes) {
-    void *d = dev_alloc(bytes);
-    CUDA_CHECK(cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice));
-    return d;
-}
-
 static void get(void *dst, const void *src, size_t bytes) {
     CUDA_CHECK(cudaDeviceSynchronize());
     CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));

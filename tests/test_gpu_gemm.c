@@ -30,13 +30,6 @@ static void rand_bf16(float *v, uint16_t *bits, size_t n, float scale, uint64_t 
     }
 }
 
-static void *dev_copy(const void *host, size_t bytes) {
-    void *p = NULL;
-    CU_ASSERT_FATAL(cudaMalloc(&p, bytes) == cudaSuccess);
-    CU_ASSERT_FATAL(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice) == cudaSuccess);
-    return p;
-}
-
 // ----------------------------------------------------------------------------
 // correctness
 

@@ -28,13 +28,6 @@
 #include "model.h"
 #include "testutil.h"
 
-static void *dev_copy(const void *host, size_t bytes) {
-    void *p = NULL;
-    CU_ASSERT_FATAL(cudaMalloc(&p, bytes ? bytes : 16) == cudaSuccess);
-    if (bytes) CU_ASSERT_FATAL(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice) == cudaSuccess);
-    return p;
-}
-
 typedef struct {
     int out, in, g, zp;
     uint32_t *q;

@@ -49,24 +49,9 @@ static const int NS[] = {1, 3, 37, 300};
 // ----------------------------------------------------------------------------
 // host/device helpers
 
-static float bf16r(float f) { return sl_bf16_to_f32(sl_f32_to_bf16(f)); }
-
 // f[0, n) = bf16-rounded scale * N(0, 1).
 static void fill_bf16(float *f, size_t n, uint64_t *rng, float scale) {
     for (size_t i = 0; i < n; i++) f[i] = bf16r(scale * tu_rand_normal(rng));
-}
-
-static void *dev_alloc(size_t bytes) {
-    void *p = NULL;
-    CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 1));
-    return p;
-}
-
-// Device memory of `bytes`, every byte 0xFF (NaN as bf16 and as fp32).
-static void *dev_poisoned(size_t bytes) {
-    void *p = dev_alloc(bytes);
-    CUDA_CHECK(cudaMemset(p, 0xFF, bytes ? bytes : 1));
-    return p;
 }
 
 // Uploads host fp32 values (already bf16-exact) as bf16 into dst.
@@ -80,12 +65,6 @@ static void put_bf16(sl_bf16 *dst, const float *src, size_t n) {
 static sl_bf16 *dev_bf16(const float *src, size_t n) {
     sl_bf16 *d = dev_alloc(sizeof(sl_bf16) * n);
     put_bf16(d, src, n);
-    return d;
-}
-
-static void *dev_copy(const void *src, size_t bytes) {
-    void *d = dev_alloc(bytes);
-    CUDA_CHECK(cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice));
     return d;
 }
 

@@ -74,32 +74,12 @@ static const int NS[] = {1, 3, 37, 300};
 // ----------------------------------------------------------------------------
 // host/device helpers
 
-static float bf16r(float f) { return sl_bf16_to_f32(sl_f32_to_bf16(f)); }
-
 // shift + scale * N(0,1), rounded to bf16 unless f32 (the values the GPU gets)
 static void fill_act(float *f, size_t n, uint64_t *rng, float scale, float shift, int f32) {
     for (size_t i = 0; i < n; i++) {
         float v = shift + scale * tu_rand_normal(rng);
         f[i] = f32 ? v : bf16r(v);
     }
-}
-
-static void *dev_alloc(size_t bytes) {
-    void *p = NULL;
-    CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 1));
-    return p;
-}
-
-static void *dev_poisoned(size_t bytes) {
-    void *p = dev_alloc(bytes);
-    CUDA_CHECK(cudaMemset(p, 0xFF, bytes ? bytes : 1));
-    return p;
-}
-
-static void *dev_copy(const void *src, size_t bytes) {
-    void *d = dev_alloc(bytes);
-    CUDA_CHECK(cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice));
-    return d;
 }
 
 // Host fp32 values (bf16-exact unless f32) uploaded in the activation type.
