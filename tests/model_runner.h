@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "common.h"
@@ -76,6 +77,20 @@ static inline void runner_step(Runner *r, const int32_t *seq, int start, int n) 
                .seq_of = seq_of, .slots = slots, .seq_start = seq_start, .kv_len = kv_len,
                .block_tables = bt, .max_blocks = nb, .n_logits = 1, .logit_rows = &last};
     model_forward(r->m, &b, r->logits);
+}
+
+// The demo model's directory (tests/models or models), or NULL.
+static inline const char *tiny_dir(void) {
+    static char path[1024];
+    const char *cands[] = {"tests/models/tiny-code-llama", "models/tiny-code-llama"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/config.json", tu_path(cands[i]));
+        if (access(path, R_OK) == 0) {
+            snprintf(path, sizeof path, "%s", tu_path(cands[i]));
+            return path;
+        }
+    }
+    return NULL;
 }
 
 static inline int argmax(const float *v, int n) {

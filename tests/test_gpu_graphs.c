@@ -38,6 +38,7 @@
 #include "gpu_testutil.h"
 #include "model.h"
 #include "testutil.h"
+#include "model_runner.h"
 
 #define BLOCK 16
 #define NSEQ 5
@@ -47,18 +48,6 @@
 #define TOPN 3
 #define NSTEPS 10
 
-static const char *tiny_dir(void) {
-    static char path[1024];
-    const char *cands[] = {"tests/models/tiny-code-llama", "models/tiny-code-llama"};
-    for (int i = 0; i < 2; i++) {
-        snprintf(path, sizeof path, "%s/config.json", tu_path(cands[i]));
-        if (access(path, R_OK) == 0) {
-            snprintf(path, sizeof path, "%s", tu_path(cands[i]));
-            return path;
-        }
-    }
-    return NULL;
-}
 
 // which sequences decode at each step
 static const char *k_steps[NSTEPS] = {"01234", "01234", "024", "13", "0",

@@ -50,19 +50,6 @@
 #define REL_TOL 3e-2
 
 
-// The demo model may live in tests/models or models.
-static const char *tiny_dir(void) {
-    static char path[1024];
-    const char *cands[] = {"tests/models/tiny-code-llama", "models/tiny-code-llama"};
-    for (int i = 0; i < 2; i++) {
-        snprintf(path, sizeof path, "%s/config.json", tu_path(cands[i]));
-        if (access(path, R_OK) == 0) {
-            snprintf(path, sizeof path, "%s", tu_path(cands[i]));
-            return path;
-        }
-    }
-    return NULL;
-}
 
 // ----------------------------------------------------------------------------
 // a one-backend driver
