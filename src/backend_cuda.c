@@ -87,9 +87,13 @@ typedef struct {
     // in reserve for the largest INT4 layer) and run cuBLASLt.
     int gemv_max_n;
     int mma_max_n; // calls of up to this many rows run the tensor-core W4A16 GEMM
+    int int4_v1;   // SLUICE_INT4_KERNELS=v1: the first-generation GEMV and GEMM
     size_t int4_max_elems; // largest out_dim * in_dim of an INT4 layer loaded
+    int int4_max_out;      // largest out_dim of an INT4 layer loaded
     sl_bf16 *int4_scratch;
     size_t int4_scratch_elems;
+    float *int4_ws;        // split-K workspace of cuda_w4a16_gemm_tc, sized in reserve
+    size_t int4_ws_floats;
 
     Batch batch;    // the device view returned by set_batch
     int max_kv_len; // of the current step (host value for launch sizes); -1: the
@@ -336,6 +340,7 @@ static void note_linear(CudaImpl *c, const LinearWeight *w) {
     }
     if (w->fmt == WFMT_INT4 && (size_t)w->out_dim * w->in_dim > c->int4_max_elems)
         c->int4_max_elems = (size_t)w->out_dim * w->in_dim;
+    if (w->fmt == WFMT_INT4 && w->out_dim > c->int4_max_out) c->int4_max_out = w->out_dim;
 }
 
 static void *dev_copy(const void *host, size_t bytes) {
@@ -490,6 +495,16 @@ static void cuda_reserve_op(Backend *be, int max_tokens, int max_seqs, int max_s
         c->int4_scratch = dev_alloc(se * sizeof(sl_bf16));
         c->int4_scratch_elems = se;
     }
+    // the tensor-core W4A16 GEMM's split-K partials (steps of gemv_max_n + 1
+    // to mma_max_n rows; a bounded size, see cuda_w4a16_tc_workspace_floats)
+    int mma_rows = max_tokens < c->mma_max_n ? max_tokens : c->mma_max_n;
+    size_t wf = !c->int4_v1 && mma_rows > c->gemv_max_n
+                    ? cuda_w4a16_tc_workspace_floats(mma_rows, c->int4_max_out) : 0;
+    if (wf > c->int4_ws_floats) {
+        if (c->int4_ws) CUDA_CHECK(cudaFree(c->int4_ws));
+        c->int4_ws = dev_alloc(wf * sizeof(float));
+        c->int4_ws_floats = wf;
+    }
     qx_size(c);
     if (!c->ids_pin) {
         c->ids_dev = dev_alloc(sizeof(int32_t) * (size_t)max_seqs);
@@ -642,16 +657,25 @@ static void int4_linear(CudaImpl *c, void *y, const void *x, const LinearWeight 
     if (n <= c->gemv_max_n) {
         for (int i = 0; i < n; i += W4A16_GEMV_MAX_N) {
             int k = n - i < W4A16_GEMV_MAX_N ? n - i : W4A16_GEMV_MAX_N;
-            cuda_w4a16_gemv((sl_bf16 *)y + (size_t)i * w->out_dim,
-                            (const sl_bf16 *)x + (size_t)i * w->in_dim, w->data, w->scale,
-                            w->zeros, w->bias, k, w->in_dim, w->out_dim, w->group_size,
-                            c->stream);
+            sl_bf16 *yi = (sl_bf16 *)y + (size_t)i * w->out_dim;
+            const sl_bf16 *xi = (const sl_bf16 *)x + (size_t)i * w->in_dim;
+            if (c->int4_v1)
+                cuda_w4a16_gemv(yi, xi, w->data, w->scale, w->zeros, w->bias, k, w->in_dim,
+                                w->out_dim, w->group_size, c->stream);
+            else
+                cuda_w4a16_gemv_tc(yi, xi, w->data, w->scale, w->zeros, w->bias, k, w->in_dim,
+                                   w->out_dim, w->group_size, c->stream);
         }
         return;
     }
     if (n <= c->mma_max_n && !((uintptr_t)x & 15)) {
-        cuda_w4a16_gemm(y, x, w->data, w->scale, w->zeros, w->bias, n, w->in_dim, w->out_dim,
-                        w->group_size, c->stream);
+        if (c->int4_v1)
+            cuda_w4a16_gemm(y, x, w->data, w->scale, w->zeros, w->bias, n, w->in_dim,
+                            w->out_dim, w->group_size, c->stream);
+        else // no split (ws NULL) if the call is larger than reserve planned for
+            cuda_w4a16_gemm_tc(y, x, w->data, w->scale, w->zeros, w->bias, n, w->in_dim,
+                               w->out_dim, w->group_size, c->int4_ws, c->int4_ws_floats,
+                               c->stream);
         return;
     }
     size_t elems = (size_t)w->out_dim * w->in_dim;
@@ -1064,6 +1088,7 @@ static void cuda_destroy_op(Backend *be) {
         if (c->meta_copied) CUDA_CHECK(cudaEventDestroy(c->meta_copied));
         if (c->attn_ws) CUDA_CHECK(cudaFree(c->attn_ws));
         if (c->int4_scratch) CUDA_CHECK(cudaFree(c->int4_scratch));
+        if (c->int4_ws) CUDA_CHECK(cudaFree(c->int4_ws));
         if (c->logits_dev) CUDA_CHECK(cudaFree(c->logits_dev));
         if (c->logits_pin) CUDA_CHECK(cudaFreeHost(c->logits_pin));
         if (c->ids_dev) CUDA_CHECK(cudaFree(c->ids_dev));
@@ -1132,12 +1157,20 @@ Backend *backend_cuda_create_ex(int device, int act_f32, sl_err *err) {
     // SLUICE_INT4_GEMV_MAX_N: the largest step (rows) INT4 layers run through
     // the decode GEMV (in calls of up to 8 rows). 8 by default; tune per GPU
     // with the table of tests/test_gpu_int4 (SLUICE_GPU_BENCH=1).
-    // SLUICE_INT4_MMA_MAX_N: up to this many rows, the tensor-core W4A16 GEMM
-    // (default 128); above, dequantise to bf16 + cuBLASLt. 0 turns it off.
+    // SLUICE_INT4_MMA_MAX_N: up to this many rows, the tensor-core W4A16 GEMM;
+    // above, dequantise to bf16 + cuBLASLt. 0 turns it off.
+    // SLUICE_INT4_KERNELS=v1 runs the first-generation GEMV and GEMM
+    // (w4a16.cu, w4a16_mma.cu) instead of w4a16_tc.cu's, for A/B comparisons.
+    const char *kv = getenv("SLUICE_INT4_KERNELS");
+    c->int4_v1 = kv && strcmp(kv, "v1") == 0;
     c->gemv_max_n = W4A16_GEMV_MAX_N;
     const char *gm = getenv("SLUICE_INT4_GEMV_MAX_N");
     if (gm && atoi(gm) >= 0) c->gemv_max_n = atoi(gm);
-    c->mma_max_n = 128;
+    // v1: 128, measured (H200) to beat dequantise + cuBLASLt only up to there.
+    // v2: 256 is a GUESS, not yet measured: the tc GEMM reads the packed
+    // weights once per 64 rows where the dequantise path writes and reads the
+    // whole bf16 matrix; re-tune from test_gpu_int4's SLUICE_GPU_BENCH table.
+    c->mma_max_n = c->int4_v1 ? 128 : 256;
     const char *mm = getenv("SLUICE_INT4_MMA_MAX_N");
     if (mm && atoi(mm) >= 0) c->mma_max_n = atoi(mm);
 

@@ -2,17 +2,24 @@
 // backend's INT4 linear layers against the CPU twins (kernels/cpu/int4_cpu.c),
 // and their speed.
 //
-// Random INT4 weights (cpu_int4_fill_random), asymmetric and symmetric,
-// groups 32/64/128; bf16-exact activations; shapes not multiples of any tile
-// (n 1..8 for the GEMV, out 72/383/4104, in 96/640/4224 (not a multiple of the
-// GEMV's 1024-input tile)); with and without bias. Outputs are poisoned
-// (0xFF = NaN) before every run; the first mismatches are printed.
+// Both generations of kernels: v1 (w4a16.cu GEMV, w4a16_mma.cu GEMM) and the
+// tensor-core v2 (w4a16_tc.cu GEMV and split-K GEMM).
 //
-// SLUICE_GPU_BENCH=1 adds a table: the GEMV's GB/s (packed weights + scales +
-// zeros per call) against the device-to-device copy bandwidth, and the
-// large-batch path (dequantise + cuBLASLt) against bf16 cuBLASLt, for the
-// Llama-3.1-8B shapes; it prints the n at which the backend should switch
-// (SLUICE_INT4_GEMV_MAX_N).
+// Random INT4 weights (cpu_int4_fill_random), asymmetric and symmetric,
+// groups 32/64/96/128/256 (v2's three load widths: 1, 2, 4 words); bf16-exact
+// activations; shapes not multiples of any tile (n 1..8 for the GEMVs, 1..200
+// for the GEMMs (batch tiles of 16/32/64), out 72/130/200/383/1000/4104 (not
+// multiples of 16 or 128), in 96/640/1152/2560/4224 (not multiples of the v1
+// GEMV's 1024-input tile)); with and without bias; the v2 GEMM with and
+// without its split-K workspace. Outputs are poisoned (0xFF = NaN) before
+// every run; the first mismatches are printed.
+//
+// SLUICE_GPU_BENCH=1 adds a table, v1 beside v2: the GEMVs' GB/s (packed
+// weights + scales + zeros per call) against the device-to-device copy
+// bandwidth, then per n the GEMVs (in calls of 8 rows), both tensor-core
+// GEMMs, dequantise + cuBLASLt and bf16 cuBLASLt, for the Llama-3.1-8B/70B
+// shapes; it shows where the backend should switch paths
+// (SLUICE_INT4_GEMV_MAX_N, SLUICE_INT4_MMA_MAX_N).
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -79,11 +86,19 @@ static long compare_bf16(const char *what, const uint16_t *got, const float *ref
 // ----------------------------------------------------------------------------
 // kernels
 
+// out, in, group: every group width of both generations, out not a multiple
+// of 16 (the v2 row tile), in not a multiple of 1024 (v1's tile) nor of 128
+// at group 64 / 96 (v2's chunk is 32 * words per lane)
+static const int q4_shapes[][3] = {{72, 128, 128}, {383, 640, 64},   {4104, 4224, 128},
+                                   {130, 96, 32},  {200, 1152, 96}, {1000, 2560, 256},
+                                   {4104, 4224, 64}};
+#define N_Q4_SHAPES ((int)(sizeof q4_shapes / sizeof q4_shapes[0]))
+
 static void test_gemv_vs_cpu(void) {
     if (!tu_gpu_ready()) return;
-    static const int shapes[][3] = {{72, 128, 128}, {383, 640, 64}, {4104, 4224, 128}, {130, 96, 32}};
+    const int (*shapes)[3] = q4_shapes;
     uint64_t seed = 1;
-    for (int sh = 0; sh < 4; sh++)
+    for (int sh = 0; sh < N_Q4_SHAPES; sh++)
         for (int zp = 0; zp < 2; zp++) {
             int out = shapes[sh][0], in = shapes[sh][1], g = shapes[sh][2];
             HostQ4 h = host_q4(out, in, g, zp, seed++);
@@ -104,15 +119,19 @@ static void test_gemv_vs_cpu(void) {
                 for (int wb = 0; wb < 2; wb++) {
                     if (n > 2 && n < nmax && wb) continue; // bias at n = 1, 2, 8
                     cpu_w4a16_linear(ref, x, h.q, h.s, h.z, wb ? bias : NULL, n, in, out, g);
-                    CU_ASSERT_FATAL(cudaMemset(dy, 0xFF, 2 * (size_t)nmax * out) == cudaSuccess);
-                    cuda_w4a16_gemv(dy, dx, dq, ds, dz, wb ? db : NULL, n, in, out, g, 0);
-                    CU_ASSERT_FATAL(cudaDeviceSynchronize() == cudaSuccess);
-                    CU_ASSERT_FATAL(cudaMemcpy(yb, dy, 2 * (size_t)n * out,
-                                               cudaMemcpyDeviceToHost) == cudaSuccess);
-                    char what[96];
-                    snprintf(what, sizeof what, "gemv n %d out %d in %d g %d %s%s", n, out, in, g,
-                             zp ? "asym" : "sym", wb ? " +bias" : "");
-                    CU_ASSERT_EQUAL(compare_bf16(what, yb, ref, (size_t)n * out), 0);
+                    for (int v = 1; v <= 2; v++) { // v1 GEMV, then the tensor-core GEMV
+                        CU_ASSERT_FATAL(cudaMemset(dy, 0xFF, 2 * (size_t)nmax * out) ==
+                                        cudaSuccess);
+                        if (v == 1) cuda_w4a16_gemv(dy, dx, dq, ds, dz, wb ? db : NULL, n, in, out, g, 0);
+                        else cuda_w4a16_gemv_tc(dy, dx, dq, ds, dz, wb ? db : NULL, n, in, out, g, 0);
+                        CU_ASSERT_FATAL(cudaDeviceSynchronize() == cudaSuccess);
+                        CU_ASSERT_FATAL(cudaMemcpy(yb, dy, 2 * (size_t)n * out,
+                                                   cudaMemcpyDeviceToHost) == cudaSuccess);
+                        char what[96];
+                        snprintf(what, sizeof what, "gemv v%d n %d out %d in %d g %d %s%s", v, n,
+                                 out, in, g, zp ? "asym" : "sym", wb ? " +bias" : "");
+                        CU_ASSERT_EQUAL(compare_bf16(what, yb, ref, (size_t)n * out), 0);
+                    }
                 }
             cudaFree(dq), cudaFree(ds), cudaFree(dz), cudaFree(dx), cudaFree(db), cudaFree(dy);
             free(x), free(ref), free(bias), free(xb), free(yb);
@@ -126,12 +145,16 @@ static void test_gemv_vs_cpu(void) {
 // tolerance 4e-2 (8 sigma: no false alarm over ~1e6 outputs) + 2^-7 |ref|
 // (the output's bf16 rounding and the relative part). A wrong fragment or
 // group is off by O(|y|).
+// The v2 GEMM (cuda_w4a16_gemm_tc) keeps the weights exact: compare_bf16's
+// tight tolerance, with and without the split-K workspace. n covers its
+// batch tiles (16, 32, 64 rows), partial tiles and several tiles.
 static void test_mma_vs_cpu(void) {
     if (!tu_gpu_ready()) return;
-    static const int shapes[][3] = {{72, 128, 128}, {383, 640, 64}, {4104, 4224, 128}, {130, 96, 32}};
-    static const int ns[] = {1, 9, 64, 65, 200};
+    const int (*shapes)[3] = q4_shapes;
+    static const int ns[] = {1, 9, 16, 17, 33, 64, 65, 130, 200};
+    const int n_ns = (int)(sizeof ns / sizeof ns[0]);
     uint64_t seed = 100;
-    for (int sh = 0; sh < 4; sh++)
+    for (int sh = 0; sh < N_Q4_SHAPES; sh++)
         for (int zp = 0; zp < 2; zp++) {
             int out = shapes[sh][0], in = shapes[sh][1], g = shapes[sh][2], nmax = 200;
             HostQ4 h = host_q4(out, in, g, zp, seed++);
@@ -145,11 +168,27 @@ static void test_mma_vs_cpu(void) {
             void *ds = dev_copy(h.s, 2 * (size_t)out * (in / g));
             void *dz = zp ? dev_copy(h.z, (size_t)out * (in / g)) : NULL;
             void *dx = dev_copy(xb, 2 * (size_t)nmax * in), *db = dev_copy(bias, 4 * (size_t)out);
-            void *dy = NULL;
+            void *dy = NULL, *dws = NULL;
             CU_ASSERT_FATAL(cudaMalloc(&dy, 2 * (size_t)nmax * out) == cudaSuccess);
-            for (int t = 0; t < 5; t++) {
+            size_t wsf = cuda_w4a16_tc_workspace_floats(nmax, out);
+            CU_ASSERT_FATAL(cudaMalloc(&dws, 4 * wsf) == cudaSuccess);
+            CU_ASSERT_FATAL(cudaMemset(dws, 0xFF, 4 * wsf) == cudaSuccess); // NaN: partials must be written
+            for (int t = 0; t < n_ns; t++) {
                 int n = ns[t], wb = t & 1;
                 cpu_w4a16_linear(ref, x, h.q, h.s, h.z, wb ? bias : NULL, n, in, out, g);
+                for (int split = 0; split < 2; split++) {
+                    CU_ASSERT_FATAL(cudaMemset(dy, 0xFF, 2 * (size_t)nmax * out) == cudaSuccess);
+                    cuda_w4a16_gemm_tc(dy, dx, dq, ds, dz, wb ? db : NULL, n, in, out, g,
+                                       split ? dws : NULL, split ? wsf : 0, 0);
+                    CU_ASSERT_FATAL(cudaDeviceSynchronize() == cudaSuccess);
+                    CU_ASSERT_FATAL(cudaMemcpy(yb, dy, 2 * (size_t)n * out,
+                                               cudaMemcpyDeviceToHost) == cudaSuccess);
+                    char what[112];
+                    snprintf(what, sizeof what, "gemm_tc n %d out %d in %d g %d %s%s%s", n, out,
+                             in, g, zp ? "asym" : "sym", wb ? " +bias" : "",
+                             split ? " split-K" : "");
+                    CU_ASSERT_EQUAL(compare_bf16(what, yb, ref, (size_t)n * out), 0);
+                }
                 CU_ASSERT_FATAL(cudaMemset(dy, 0xFF, 2 * (size_t)nmax * out) == cudaSuccess);
                 cuda_w4a16_gemm(dy, dx, dq, ds, dz, wb ? db : NULL, n, in, out, g, 0);
                 CU_ASSERT_FATAL(cudaDeviceSynchronize() == cudaSuccess);
@@ -165,9 +204,70 @@ static void test_mma_vs_cpu(void) {
                 CU_ASSERT_EQUAL(bad, 0);
             }
             cudaFree(dq), cudaFree(ds), cudaFree(dz), cudaFree(dx), cudaFree(db), cudaFree(dy);
+            cudaFree(dws);
             free(x), free(ref), free(bias), free(xb), free(yb);
             host_q4_free(&h);
         }
+}
+
+// The v2 GEMM with its split-K workspace is deterministic (two runs agree bit
+// for bit) and CUDA-graph capturable (no allocation, no host sync): a
+// captured call replays to the same bits; so does the v2 GEMV.
+static void test_tc_graph_deterministic(void) {
+    if (!tu_gpu_ready()) return;
+    int out = 4104, in = 4224, g = 128, n = 33;
+    HostQ4 h = host_q4(out, in, g, 1, 77);
+    float *x = malloc(4 * (size_t)n * in), *bias = malloc(4 * (size_t)out);
+    uint16_t *xb = malloc(2 * (size_t)n * in), *y[3];
+    uint64_t rng = 4242;
+    rand_bf16(x, xb, (size_t)n * in, 1.0f, &rng);
+    for (int i = 0; i < out; i++) bias[i] = tu_rand_normal(&rng);
+    void *dq = dev_copy(h.q, 4 * (size_t)out * (in / 8));
+    void *ds = dev_copy(h.s, 2 * (size_t)out * (in / g));
+    void *dz = dev_copy(h.z, (size_t)out * (in / g));
+    void *dx = dev_copy(xb, 2 * (size_t)n * in), *db = dev_copy(bias, 4 * (size_t)out);
+    void *dy = NULL, *dws = NULL;
+    size_t wsf = cuda_w4a16_tc_workspace_floats(n, out), ybytes = 2 * (size_t)n * out;
+    CU_ASSERT_FATAL(cudaMalloc(&dy, ybytes) == cudaSuccess);
+    CU_ASSERT_FATAL(cudaMalloc(&dws, 4 * wsf) == cudaSuccess);
+    cudaStream_t st;
+    CU_ASSERT_FATAL(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking) == cudaSuccess);
+    for (int v = 0; v < 2; v++) { // v = 0: the GEMM (n 33, split), 1: the GEMV (n 8)
+        int nn = v ? 8 : n;
+        for (int r = 0; r < 3; r++) {
+            y[r] = malloc(ybytes);
+            CU_ASSERT_FATAL(cudaMemsetAsync(dy, 0xFF, ybytes, st) == cudaSuccess);
+            cudaGraph_t graph = NULL;
+            cudaGraphExec_t exec = NULL;
+            if (r == 2) CU_ASSERT_FATAL(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal) ==
+                                        cudaSuccess);
+            if (v) cuda_w4a16_gemv_tc(dy, dx, dq, ds, dz, db, nn, in, out, g, st);
+            else cuda_w4a16_gemm_tc(dy, dx, dq, ds, dz, db, nn, in, out, g, dws, wsf, st);
+            if (r == 2) {
+                CU_ASSERT_FATAL(cudaStreamEndCapture(st, &graph) == cudaSuccess);
+                CU_ASSERT_FATAL(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+                CU_ASSERT_FATAL(cudaGraphLaunch(exec, st) == cudaSuccess);
+            }
+            CU_ASSERT_FATAL(cudaStreamSynchronize(st) == cudaSuccess);
+            CU_ASSERT_FATAL(cudaMemcpy(y[r], dy, ybytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+            if (exec) cudaGraphExecDestroy(exec);
+            if (graph) cudaGraphDestroy(graph);
+        }
+        size_t cmp = 2 * (size_t)nn * out;
+        CU_ASSERT_EQUAL(memcmp(y[0], y[1], cmp), 0);
+        CU_ASSERT_EQUAL(memcmp(y[0], y[2], cmp), 0);
+        float *ref = malloc(4 * (size_t)nn * out);
+        cpu_w4a16_linear(ref, x, h.q, h.s, h.z, bias, nn, in, out, g);
+        CU_ASSERT_EQUAL(compare_bf16(v ? "gemv_tc graph" : "gemm_tc graph", y[2], ref,
+                                     (size_t)nn * out), 0);
+        free(ref);
+        for (int r = 0; r < 3; r++) free(y[r]);
+    }
+    cudaStreamDestroy(st);
+    cudaFree(dq), cudaFree(ds), cudaFree(dz), cudaFree(dx), cudaFree(db), cudaFree(dy);
+    cudaFree(dws);
+    free(x), free(bias), free(xb);
+    host_q4_free(&h);
 }
 
 // The dequantised bf16 matrix is the CPU's fp32 value rounded once.
@@ -225,10 +325,11 @@ static void test_fill_random(void) {
 
 // ----------------------------------------------------------------------------
 // the backend: every path of be->linear (GEMV for n <= 8, the tensor-core
-// GEMM up to 128 rows, dequantise + cuBLASLt above), with bias
+// GEMM up to SLUICE_INT4_MMA_MAX_N rows (v1: 128, v2: 256), dequantise +
+// cuBLASLt above), with bias, for both generations (SLUICE_INT4_KERNELS)
 
-static void test_backend_linear(void) {
-    if (!tu_gpu_ready()) return;
+// One backend created with SLUICE_INT4_KERNELS as the caller set it (v: 1 or 2).
+static void backend_linear_check(int v) {
     sl_err err = {{0}};
     Backend *be = backend_cuda_create(0, &err);
     CU_ASSERT_PTR_NOT_NULL_FATAL(be);
@@ -240,9 +341,9 @@ static void test_backend_linear(void) {
         for (int i = 0; i < out; i++) bias[i] = tu_rand_normal(&rng);
         LinearWeight w;
         CU_ASSERT_FATAL(be->load_linear_int4(be, &w, h.q, h.s, h.z, bias, out, in, g, &err) == 0);
-        be->reserve(be, 200, 8, 64, 16, 1, 64); // sizes the dequantisation scratch
-        static const int ns[] = {1, 5, 8, 9, 77, 200};
-        for (int t = 0; t < 6; t++) {
+        be->reserve(be, 300, 8, 64, 16, 1, 64); // sizes the scratch and the split-K workspace
+        static const int ns[] = {1, 5, 8, 9, 77, 200, 300};
+        for (int t = 0; t < 7; t++) {
             int n = ns[t];
             float *x = malloc(4 * (size_t)n * in), *ref = malloc(4 * (size_t)n * out);
             uint16_t *xb = malloc(2 * (size_t)n * in), *yb = malloc(2 * (size_t)n * out);
@@ -256,9 +357,10 @@ static void test_backend_linear(void) {
             CU_ASSERT_FATAL(cudaMemcpy(yb, dy, 2 * (size_t)n * out, cudaMemcpyDeviceToHost) ==
                             cudaSuccess);
             char what[64];
-            snprintf(what, sizeof what, "backend linear n %d %s", n, zp ? "asym" : "sym");
-            // both GEMM paths round the weights to bf16: see test_mma_vs_cpu
-            if (n > W4A16_GEMV_MAX_N) { // weights rounded to bf16 on both GEMM paths
+            snprintf(what, sizeof what, "backend v%d linear n %d %s", v, n, zp ? "asym" : "sym");
+            // v1's GEMM and the dequantise path round the weights to bf16 (see
+            // test_mma_vs_cpu); v2's GEMM does not, but the path is the backend's pick
+            if (n > W4A16_GEMV_MAX_N) {
                 long bad = 0;
                 for (size_t i = 0; i < (size_t)n * out; i++) {
                     float gv = sl_bf16_to_f32(yb[i]), d = fabsf(gv - ref[i]);
@@ -280,6 +382,20 @@ static void test_backend_linear(void) {
         host_q4_free(&h);
     }
     be->destroy(be);
+}
+
+static void test_backend_linear(void) {
+    if (!tu_gpu_ready()) return;
+    const char *kenv = getenv("SLUICE_INT4_KERNELS");
+    char *saved = kenv ? strdup(kenv) : NULL;
+    for (int v = 1; v <= 2; v++) {
+        if (v == 1) setenv("SLUICE_INT4_KERNELS", "v1", 1);
+        else unsetenv("SLUICE_INT4_KERNELS");
+        printf("    kernels v%d\n", v);
+        backend_linear_check(v);
+    }
+    if (saved) setenv("SLUICE_INT4_KERNELS", saved, 1), free(saved);
+    else unsetenv("SLUICE_INT4_KERNELS");
 }
 
 // ----------------------------------------------------------------------------
@@ -374,7 +490,8 @@ static float time_median(bench_fn fn, void *ctx, cudaStream_t st) {
 typedef struct {
     int n, out, in, g;
     void *q, *s, *z, *x, *y, *wb, *src, *dst;
-    size_t copy_bytes;
+    float *ws; // v2 GEMM split-K workspace
+    size_t ws_floats, copy_bytes;
     cuda_gemm *gemm;
     cudaStream_t st;
 } BenchCtx;
@@ -382,6 +499,10 @@ typedef struct {
 static void run_gemv(void *p) {
     BenchCtx *c = p;
     cuda_w4a16_gemv(c->y, c->x, c->q, c->s, c->z, NULL, c->n, c->in, c->out, c->g, c->st);
+}
+static void run_gemv_tc(void *p) {
+    BenchCtx *c = p;
+    cuda_w4a16_gemv_tc(c->y, c->x, c->q, c->s, c->z, NULL, c->n, c->in, c->out, c->g, c->st);
 }
 static void run_deq_gemm(void *p) {
     BenchCtx *c = p;
@@ -393,6 +514,11 @@ static void run_mma(void *p) {
     BenchCtx *c = p;
     cuda_w4a16_gemm(c->y, c->x, c->q, c->s, c->z, NULL, c->n, c->in, c->out, c->g, c->st);
 }
+static void run_mma_tc(void *p) {
+    BenchCtx *c = p;
+    cuda_w4a16_gemm_tc(c->y, c->x, c->q, c->s, c->z, NULL, c->n, c->in, c->out, c->g, c->ws,
+                       c->ws_floats, c->st);
+}
 static void run_bf16_gemm(void *p) {
     BenchCtx *c = p;
     LinearWeight w = {.fmt = WFMT_BF16, .out_dim = c->out, .in_dim = c->in, .data = c->wb};
@@ -401,6 +527,19 @@ static void run_bf16_gemm(void *p) {
 static void run_copy(void *p) {
     BenchCtx *c = p;
     cudaMemcpyAsync(c->dst, c->src, c->copy_bytes, cudaMemcpyDeviceToDevice, c->st);
+}
+
+// The GEMV fn in calls of 8 rows for c->n rows (how the backend runs it).
+static float time_gemv_in_8s(bench_fn fn, BenchCtx *c) {
+    float total = 0;
+    for (int i = 0; i < c->n; i += 8) {
+        BenchCtx d = *c;
+        d.n = c->n - i < 8 ? c->n - i : 8;
+        d.x = (char *)c->x + (size_t)i * c->in * 2;
+        d.y = (char *)c->y + (size_t)i * c->out * 2;
+        total += time_median(fn, &d, c->st);
+    }
+    return total;
 }
 
 static void test_int4_bench(void) {
@@ -423,50 +562,59 @@ static void test_int4_bench(void) {
     double copy_gbs = 2.0 * c.copy_bytes / (cms * 1e-3) / 1e9;
     cudaFree(c.src), cudaFree(c.dst);
     printf("\nW4A16 on %s; device-to-device copy %.0f GB/s (read + write)\n", prop.name, copy_gbs);
+    printf("v1 = w4a16.cu GEMV / w4a16_mma.cu GEMM (SLUICE_INT4_KERNELS=v1); "
+           "v2 = w4a16_tc.cu (default)\n");
     static const int shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
-    printf("  GEMV (group 128, zero points): GB/s = packed weights + scales + zeros per call\n");
-    printf("  %6s %6s %3s  %9s  %8s  %6s\n", "out", "in", "n", "median us", "GB/s", "of copy");
     for (int s = 0; s < 4; s++) {
         c.out = shapes[s][0], c.in = shapes[s][1], c.g = 128;
         size_t nw = (size_t)c.out * c.in / 8, ng = (size_t)c.out * c.in / c.g;
         cudaMalloc(&c.q, 4 * nw), cudaMalloc(&c.s, 2 * ng), cudaMalloc(&c.z, ng);
         cudaMalloc(&c.x, 2 * 1024 * (size_t)c.in), cudaMalloc(&c.y, 2 * 1024 * (size_t)c.out);
         cudaMalloc(&c.wb, 2 * (size_t)c.out * c.in);
+        c.ws_floats = cuda_w4a16_tc_workspace_floats(1024, c.out);
+        cudaMalloc((void **)&c.ws, 4 * c.ws_floats);
         cuda_int4_fill_random(c.q, c.s, c.z, c.out, c.in, c.g, 1, 0.0025f, c.st);
         cudaMemsetAsync(c.x, 0x3C, 2 * 1024 * (size_t)c.in, c.st);
         cudaMemsetAsync(c.wb, 0x3C, 2 * (size_t)c.out * c.in, c.st);
         double bytes = 4.0 * nw + 3.0 * ng;
+        printf("\n  %d x %d, group 128, zero points. GEMV: GB/s = packed weights + scales + "
+               "zeros per call (%.1f MB)\n", c.out, c.in, bytes / 1e6);
+        printf("  %3s  %9s %7s %6s  %9s %7s %6s  %7s\n", "n", "v1 us", "GB/s", "copy", "v2 us",
+               "GB/s", "copy", "v2/v1");
         for (int n = 1; n <= W4A16_GEMV_MAX_N; n *= 2) {
             c.n = n;
-            float ms = time_median(run_gemv, &c, c.st);
-            double gbs = bytes / (ms * 1e-3) / 1e9;
-            printf("  %6d %6d %3d  %9.1f  %8.0f  %5.0f%%\n", c.out, c.in, n, ms * 1e3, gbs,
-                   100.0 * gbs / copy_gbs);
+            float m1 = time_median(run_gemv, &c, c.st), m2 = time_median(run_gemv_tc, &c, c.st);
+            double g1 = bytes / (m1 * 1e-3) / 1e9, g2 = bytes / (m2 * 1e-3) / 1e9;
+            printf("  %3d  %9.1f %7.0f %5.0f%%  %9.1f %7.0f %5.0f%%  %6.2fx\n", n, m1 * 1e3, g1,
+                   100.0 * g1 / copy_gbs, m2 * 1e3, g2, 100.0 * g2 / copy_gbs, m1 / m2);
         }
-        printf("    n, GEMV-in-8s / tensor-core W4A16 / dequantise+cuBLASLt / bf16 cuBLASLt (us)\n");
-        static const int nbig[] = {8, 16, 32, 64, 128, 256, 1024};
-        for (int t = 0; t < 7; t++) {
+        printf("  per n (us): GEMV in calls of 8 rows (v1, v2), tensor-core W4A16 GEMM (v1, v2), "
+               "dequantise+cuBLASLt, bf16 cuBLASLt; GEMM TFLOP/s (v1, v2)\n");
+        printf("  %5s %8s %8s  %8s %8s  %8s %8s  %6s %6s  %s\n", "n", "gemv1", "gemv2", "mma1",
+               "mma2", "deq+blas", "bf16", "TF1", "TF2", "fastest INT4");
+        static const int nbig[] = {8, 16, 32, 64, 128, 256, 512, 1024};
+        for (int t = 0; t < 8; t++) {
             c.n = nbig[t];
-            float g8 = 0;
-            for (int i = 0; i < c.n; i += 8) { // the GEMV in calls of 8 rows
-                BenchCtx d = c;
-                d.n = 8;
-                d.x = (char *)c.x + (size_t)i * c.in * 2;
-                d.y = (char *)c.y + (size_t)i * c.out * 2;
-                g8 += time_median(run_gemv, &d, c.st);
-            }
-            float mm = time_median(run_mma, &c, c.st);
+            float g1 = time_gemv_in_8s(run_gemv, &c), g2 = time_gemv_in_8s(run_gemv_tc, &c);
+            float m1 = time_median(run_mma, &c, c.st), m2 = time_median(run_mma_tc, &c, c.st);
             float dq = time_median(run_deq_gemm, &c, c.st), bf = time_median(run_bf16_gemm, &c, c.st);
-            const char *best = g8 <= mm && g8 <= dq ? "GEMV" : mm <= dq ? "W4A16 mma" : "dequantise";
-            printf("    %4d  %8.1f  %8.1f  %8.1f  %8.1f   fastest INT4: %s; mma %.0f TFLOP/s\n", c.n,
-                   g8 * 1e3, mm * 1e3, dq * 1e3, bf * 1e3, best,
-                   2.0 * c.n * c.out * c.in / (mm * 1e-3) / 1e12);
+            float best = g1;
+            const char *bn = "GEMV v1";
+            if (g2 < best) best = g2, bn = "GEMV v2";
+            if (m1 < best) best = m1, bn = "mma v1";
+            if (m2 < best) best = m2, bn = "mma v2";
+            if (dq < best) best = dq, bn = "dequantise";
+            double fl = 2.0 * c.n * c.out * c.in;
+            printf("  %5d %8.1f %8.1f  %8.1f %8.1f  %8.1f %8.1f  %6.0f %6.0f  %s\n", c.n, g1 * 1e3,
+                   g2 * 1e3, m1 * 1e3, m2 * 1e3, dq * 1e3, bf * 1e3, fl / (m1 * 1e-3) / 1e12,
+                   fl / (m2 * 1e-3) / 1e12, bn);
         }
         cudaFree(c.q), cudaFree(c.s), cudaFree(c.z), cudaFree(c.x), cudaFree(c.y), cudaFree(c.wb);
+        cudaFree(c.ws);
     }
-    printf("  (the backend runs the GEMV up to SLUICE_INT4_GEMV_MAX_N rows, default %d, the "
-           "tensor-core GEMM up to SLUICE_INT4_MMA_MAX_N, default 128, then dequantise+cuBLASLt)\n",
-           W4A16_GEMV_MAX_N);
+    printf("\n  (the backend runs the GEMV up to SLUICE_INT4_GEMV_MAX_N rows, default %d, the "
+           "tensor-core GEMM up to SLUICE_INT4_MMA_MAX_N, default 128 for v1 and 256 for v2, "
+           "then dequantise+cuBLASLt)\n", W4A16_GEMV_MAX_N);
     cuda_gemm_destroy(c.gemm);
     cudaStreamDestroy(c.st);
 }
@@ -474,6 +622,7 @@ static void test_int4_bench(void) {
 int main(void) {
     static const tu_test tests[] = {{"gemv_vs_cpu", test_gemv_vs_cpu},
                                     {"mma_gemm_vs_cpu", test_mma_vs_cpu},
+                                    {"tc_graph_deterministic", test_tc_graph_deterministic},
                                     {"dequant_vs_cpu", test_dequant_vs_cpu},
                                     {"fill_random_vs_cpu", test_fill_random},
                                     {"backend_linear_both_paths", test_backend_linear},

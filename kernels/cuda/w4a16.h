@@ -8,10 +8,12 @@
 //
 // Three paths, chosen per call by the CUDA backend (backend_cuda.c) from the
 // number of rows n:
-//   - decode (n <= W4A16_GEMV_MAX_N): cuda_w4a16_gemv streams the packed
-//     weights once and multiplies on the CUDA cores, accumulating in fp32;
-//   - mid-size (n <= SLUICE_INT4_MMA_MAX_N, default 128): cuda_w4a16_gemm,
-//     tensor cores (mma.sync) on weights dequantised in registers;
+//   - decode (n <= W4A16_GEMV_MAX_N): cuda_w4a16_gemv_tc (v1:
+//     cuda_w4a16_gemv on the CUDA cores) streams the packed weights once,
+//     accumulating in fp32;
+//   - mid-size (n <= SLUICE_INT4_MMA_MAX_N, default 256; v1: 128):
+//     cuda_w4a16_gemm_tc (v1: cuda_w4a16_gemm), tensor cores (mma.sync) on
+//     weights dequantised in registers;
 //   - large (long prefill chunks): cuda_int4_dequant_bf16 expands the weight
 //     to a bf16 scratch matrix, then the ordinary cuBLASLt GEMM (gemm.h) runs.
 #ifndef SLUICE_W4A16_H
@@ -41,6 +43,34 @@ void cuda_w4a16_gemv(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qweight,
 void cuda_w4a16_gemm(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qweight,
                      const uint16_t *scales, const uint8_t *zeros, const float *bias, int n,
                      int in_dim, int out_dim, int group, cudaStream_t stream);
+
+// The second-generation kernels (kernels/cuda/w4a16_tc.cu): tensor cores with
+// the weights as the MMA's A operand, dequantised in registers to the exact
+// integers q - z, the group scale applied in fp32 (the weights are not
+// rounded to bf16: both match the CPU twin up to the order of fp32 sums).
+// The backend runs these by default and the kernels above with
+// SLUICE_INT4_KERNELS=v1.
+//
+// Decode GEMV: like cuda_w4a16_gemv (n in [1, W4A16_GEMV_MAX_N], x 16-byte
+// aligned). Deterministic; no workspace.
+void cuda_w4a16_gemv_tc(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qweight,
+                        const uint16_t *scales, const uint8_t *zeros, const float *bias, int n,
+                        int in_dim, int out_dim, int group, cudaStream_t stream);
+
+// GEMM for any n >= 1 (x 16-byte aligned). ws (ws_floats fp32, device) is the
+// split-K workspace, or NULL (no split: fewer blocks on small layers). With a
+// split, fp32 partials go to ws and a second kernel adds them in a fixed order
+// (deterministic). The workspace is the caller's, sized once: no allocation,
+// no host synchronisation (CUDA-graph capturable).
+void cuda_w4a16_gemm_tc(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qweight,
+                        const uint16_t *scales, const uint8_t *zeros, const float *bias, int n,
+                        int in_dim, int out_dim, int group, float *ws, size_t ws_floats,
+                        cudaStream_t stream);
+
+// The workspace (floats) that lets cuda_w4a16_gemm_tc use its full split for
+// every call of up to max_n rows on layers of up to max_out outputs (a
+// bounded size: at most 2.2 M floats, 8.6 MB).
+size_t cuda_w4a16_tc_workspace_floats(int max_n, int max_out);
 
 // dst (out, in) bf16 = bf16(cpu_int4_dequant(W)): fp32 (q - z) * s, rounded once.
 void cuda_int4_dequant_bf16(sl_bf16 *dst, const uint32_t *qweight, const uint16_t *scales,
