@@ -1166,11 +1166,10 @@ Backend *backend_cuda_create_ex(int device, int act_f32, sl_err *err) {
     c->gemv_max_n = W4A16_GEMV_MAX_N;
     const char *gm = getenv("SLUICE_INT4_GEMV_MAX_N");
     if (gm && atoi(gm) >= 0) c->gemv_max_n = atoi(gm);
-    // v1: 128, measured (H200) to beat dequantise + cuBLASLt only up to there.
-    // v2: 256 is a GUESS, not yet measured: the tc GEMM reads the packed
-    // weights once per 64 rows where the dequantise path writes and reads the
-    // whole bf16 matrix; re-tune from test_gpu_int4's SLUICE_GPU_BENCH table.
-    c->mma_max_n = c->int4_v1 ? 128 : 256;
+    // 128 for both, measured on an H200 (test_gpu_int4, SLUICE_GPU_BENCH=1):
+    // v2 crosses dequantise + cuBLASLt between n = 110 (6144 x 4096) and 150
+    // (4096 x 4096); at 256 it is 1.5-1.7x slower, at 64 1.4-2x faster.
+    c->mma_max_n = 128;
     const char *mm = getenv("SLUICE_INT4_MMA_MAX_N");
     if (mm && atoi(mm) >= 0) c->mma_max_n = atoi(mm);
 

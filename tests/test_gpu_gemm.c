@@ -9,6 +9,7 @@
 // SLUICE_GPU_BENCH=1 adds a TFLOP/s table (CUDA events, median of 20).
 // Without a GPU every test prints "skipped: no CUDA device" and passes, unless
 // SLUICE_REQUIRE_GPU=1.
+#include <cublasLt.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -177,6 +178,117 @@ static int cmp_float(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+
+// Does cuBLASLt's first heuristic choice leave speed behind on the prefill
+// shapes of the 8B model? Times up to 16 of the heuristic's candidates for
+// bf16 y = x @ W^T (the layout gemm.cu uses) and prints the first one's
+// TFLOP/s beside the best one's. A measurement only (SLUICE_GPU_BENCH=1).
+static float time_algo(cublasLtHandle_t lt, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a,
+                       cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t d,
+                       const cublasLtMatmulAlgo_t *algo, void *dw, void *dx, void *dy, void *ws,
+                       size_t ws_bytes, cudaStream_t st, cudaEvent_t e0, cudaEvent_t e1) {
+    const float one = 1.0f, zero = 0.0f;
+    for (int i = 0; i < 2; i++)
+        if (cublasLtMatmul(lt, op, &one, dw, a, dx, b, &zero, dy, d, dy, d, algo, ws, ws_bytes,
+                           st) != CUBLAS_STATUS_SUCCESS)
+            return -1.0f;
+    float ms[9];
+    for (int r = 0; r < 9; r++) {
+        cudaEventRecord(e0, st);
+        cublasLtMatmul(lt, op, &one, dw, a, dx, b, &zero, dy, d, dy, d, algo, ws, ws_bytes, st);
+        cudaEventRecord(e1, st);
+        cudaEventSynchronize(e1);
+        cudaEventElapsedTime(&ms[r], e0, e1);
+    }
+    qsort(ms, 9, sizeof(float), cmp_float);
+    return ms[4];
+}
+
+static void gemm_algo_sweep(int fp8) {
+    static const int shapes[][3] = {{8192, 6144, 4096},  {8192, 4096, 4096},
+                                    {8192, 28672, 4096}, {8192, 4096, 14336},
+                                    {8448, 28672, 4096}, {4352, 28672, 4096}};
+    const size_t ws_bytes = (size_t)32 << 20;
+    cudaStream_t st;
+    cudaStreamCreate(&st);
+    cublasLtHandle_t lt;
+    cublasLtCreate(&lt);
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    void *ws;
+    cudaMalloc(&ws, ws_bytes);
+    float *dscale;
+    const float unit = 1.0f;
+    cudaMalloc((void **)&dscale, sizeof(float));
+    cudaMemcpy(dscale, &unit, sizeof unit, cudaMemcpyHostToDevice);
+    const cudaDataType_t it = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+    const size_t eb = fp8 ? 1 : 2;
+    printf("\ncuBLASLt candidates (%s inputs, bf16 out, TN, fp32 compute%s): first heuristic "
+           "choice vs the fastest of up to 16\n", fp8 ? "e4m3" : "bf16",
+           fp8 ? ", per-tensor scales, fast accumulation" : "");
+    printf("  %6s %6s %6s  %5s  %9s  %9s  %4s\n", "n", "out", "in", "algos", "first TF",
+           "best TF", "rank");
+    for (int s = 0; s < 6; s++) {
+        int n = shapes[s][0], out = shapes[s][1], in = shapes[s][2];
+        void *dw, *dx, *dy;
+        cudaMalloc(&dw, (size_t)out * in * eb);
+        cudaMalloc(&dx, (size_t)n * in * eb);
+        cudaMalloc(&dy, (size_t)n * out * 2);
+        cudaMemset(dw, 0x3C, (size_t)out * in * eb);
+        cudaMemset(dx, 0x3C, (size_t)n * in * eb);
+        cublasLtMatmulDesc_t op;
+        cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+        cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+        if (fp8) {
+            int8_t fa = 1;
+            cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fa, sizeof fa);
+            cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &dscale,
+                                           sizeof dscale);
+            cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &dscale,
+                                           sizeof dscale);
+        }
+        cublasLtMatrixLayout_t a, b, d;
+        cublasLtMatrixLayoutCreate(&a, it, in, out, in);
+        cublasLtMatrixLayoutCreate(&b, it, in, n, in);
+        cublasLtMatrixLayoutCreate(&d, CUDA_R_16BF, out, n, out);
+        cublasLtMatmulPreference_t pref;
+        cublasLtMatmulPreferenceCreate(&pref);
+        uint64_t wsb = ws_bytes;
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb,
+                                             sizeof wsb);
+        cublasLtMatmulHeuristicResult_t res[16];
+        int found = 0;
+        cublasLtMatmulAlgoGetHeuristic(lt, op, a, b, d, d, pref, 16, res, &found);
+        float first = -1.0f, best = 1e30f;
+        int rank = -1;
+        for (int i = 0; i < found; i++) {
+            float t = time_algo(lt, op, a, b, d, &res[i].algo, dw, dx, dy, ws, ws_bytes, st, e0, e1);
+            if (i == 0) first = t;
+            if (t > 0 && t < best) best = t, rank = i;
+        }
+        double fl = 2.0 * n * out * in / 1e12;
+        printf("  %6d %6d %6d  %5d  %9.1f  %9.1f  %4d\n", n, out, in, found,
+               first > 0 ? fl / (first * 1e-3) : 0.0, rank >= 0 ? fl / (best * 1e-3) : 0.0, rank);
+        cublasLtMatmulPreferenceDestroy(pref);
+        cublasLtMatrixLayoutDestroy(a);
+        cublasLtMatrixLayoutDestroy(b);
+        cublasLtMatrixLayoutDestroy(d);
+        cublasLtMatmulDescDestroy(op);
+        cudaFree(dw);
+        cudaFree(dx);
+        cudaFree(dy);
+    }
+    cudaFree(ws);
+    cudaFree(dscale);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cublasLtDestroy(lt);
+    cudaStreamDestroy(st);
+}
+
 static void test_gemm_bench(void) {
     const char *on = getenv("SLUICE_GPU_BENCH");
     if (!on || strcmp(on, "1") != 0) {
@@ -233,6 +345,8 @@ static void test_gemm_bench(void) {
     cudaEventDestroy(e1);
     cuda_gemm_destroy(g);
     cudaStreamDestroy(st);
+    gemm_algo_sweep(0);
+    gemm_algo_sweep(1);
 }
 
 int main(void) {

@@ -64,8 +64,9 @@ bench-dtypes)
 bench-int4)
     # W4A16 (group 128, zero points) on the 8B shape at batch 1, 16 and 256,
     # with an FP8 KV cache too, then the Falcon-180B shape on this one GPU
-    for spec in "llama-3.1-8b 1 8" "llama-3.1-8b 16 64" "llama-3.1-8b 256 2000" \
-                "llama-3.1-8b 256 2000 --kv-dtype fp8" "falcon-180b 256 ${N180:-768}"; do
+    specs=${B4_SPECS:-"llama-3.1-8b 1 8,llama-3.1-8b 16 64,llama-3.1-8b 256 2000,llama-3.1-8b 256 2000 --kv-dtype fp8,falcon-180b 256 ${N180:-768}"}
+    IFS=, read -ra speclist <<<"$specs"
+    for spec in "${speclist[@]}"; do
         set -- $spec; a=$1 mb=$2 n=$3; shift 3
         timeout 300 build/sluice bench --arch $a --isl 128 --osl 128 --requests $n --max-batch $mb \
             --backend cuda --dtype int4 "$@" --output "$OUT/bench-int4-$a-b$mb$*.json" 2>&1 \
@@ -285,7 +286,9 @@ profile)
     # prefill-heavy step and a decode step of 2048/128, a decode step of 128/128.
     # Steps' wall time comes from the same run's bench summary (PROFILE_ARGS:
     # extra bench flags, e.g. --dtype fp8).
-    for spec in "2048 128 256 2500 prefill" "2048 128 256 30000 decode" "128 128 512 8000 decode"; do
+    specs=${PROFILE_SPECS:-"2048 128 256 2500 prefill,2048 128 256 30000 decode,128 128 512 8000 decode"}
+    IFS=, read -ra speclist <<<"$specs"
+    for spec in "${speclist[@]}"; do
         set -- $spec
         timeout 400 ncu --csv --metrics gpu__time_duration.sum --cache-control none \
             --launch-skip $4 --launch-count 400 build/sluice bench --arch llama-3.1-8b --isl $1 \
