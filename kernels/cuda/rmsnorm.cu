@@ -83,10 +83,15 @@ static __device__ __forceinline__ float inv_rms(float ss, int dim, float eps) {
 // of float4. Row i = blockIdx.x * blockDim.y + threadIdx.y; thread tx owns
 // vectors tx + k * blockDim.x, k < RMS_VPT. Rows past n still reach the
 // barrier in row_sum, doing nothing else.
-template <bool ADD>
-static __global__ void rmsnorm_vec_kernel(uint4 *out, uint4 *x, const uint4 *r,
+//
+// FP8: instead of out, write e4m3 codes (8 per thread and vector, as uint2)
+// to q_out and the row's scale to scales: static_scale if > 0, else the
+// row's absmax / 448 (one more pass over the registers and a block max).
+template <bool ADD, bool FP8>
+static __global__ void rmsnorm_vec_kernel(uint4 *out, uint2 *__restrict__ q_out,
+                                          float *__restrict__ scales, uint4 *x, const uint4 *r,
                                           const float4 *__restrict__ w, int n, int dim,
-                                          float eps) {
+                                          float eps, float static_scale) {
     int nvec = dim / 8;
     int i = blockIdx.x * blockDim.y + threadIdx.y;
     bool row_ok = i < n;
@@ -127,19 +132,54 @@ static __global__ void rmsnorm_vec_kernel(uint4 *out, uint4 *x, const uint4 *r,
     }
 
     float inv = inv_rms(row_sum(ss), dim, eps);
-    if (!row_ok) return;
     // w is shared by every row, so its loads hit L1/L2.
+    auto normed = [&](int k, int c, float o[8]) {
+        float4 w0 = w[2 * c], w1 = w[2 * c + 1];
+        const float wf[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+        float f[8];
+        bf16x8_to_f32(xv[k], f);
+#pragma unroll
+        for (int e = 0; e < 8; e++) o[e] = wf[e] * (f[e] * inv);
+    };
+    float qinv = 1.0f;
+    if (FP8) {
+        float sc = static_scale;
+        if (!(sc > 0.0f)) { // every thread of the block reaches block_row_max
+            __shared__ float red_max[RMS_MAX_THREADS / 32];
+            float mx = 0.0f;
+            if (row_ok)
+#pragma unroll
+                for (int k = 0; k < RMS_VPT; k++) {
+                    int c = threadIdx.x + k * blockDim.x;
+                    if (c < nvec) {
+                        float o[8];
+                        normed(k, c, o);
+#pragma unroll
+                        for (int e = 0; e < 8; e++) mx = fmaxf(mx, fabsf(o[e]));
+                    }
+                }
+            sc = fp8_dyn_scale(block_row_max(mx, red_max));
+        }
+        qinv = 1.0f / sc;
+        if (row_ok && threadIdx.x == 0) scales[i] = sc;
+    }
+    if (!row_ok) return;
 #pragma unroll
     for (int k = 0; k < RMS_VPT; k++) {
         int c = threadIdx.x + k * blockDim.x;
         if (c < nvec) {
-            float4 w0 = w[2 * c], w1 = w[2 * c + 1];
-            const float wf[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
-            float f[8], o[8];
-            bf16x8_to_f32(xv[k], f);
+            float o[8];
+            normed(k, c, o);
+            if (FP8) {
+                uint32_t q[4];
 #pragma unroll
-            for (int e = 0; e < 8; e++) o[e] = wf[e] * (f[e] * inv);
-            out[base + c] = f32_to_bf16x8(o);
+                for (int e = 0; e < 4; e++)
+                    q[e] = __nv_cvt_float2_to_fp8x2(make_float2(o[2 * e] * qinv, o[2 * e + 1] * qinv),
+                                                    __NV_SATFINITE, __NV_E4M3);
+                q_out[base + c] = make_uint2(q[0] | q[1] << 16, q[2] | q[3] << 16);
+            } else {
+                out[base + c] = f32_to_bf16x8(o);
+            }
         }
     }
 }
@@ -249,10 +289,10 @@ static void rmsnorm_launch(sl_bf16 *out, sl_bf16 *x, const sl_bf16 *r, const flo
     if (vec) {
         dim3 block = rms_block_shape(nvec, RMS_VPT);
         unsigned grid = (unsigned)((n + block.y - 1) / block.y);
-        rmsnorm_vec_kernel<ADD><<<grid, block, 0, stream>>>(
-            reinterpret_cast<uint4 *>(out), reinterpret_cast<uint4 *>(x),
+        rmsnorm_vec_kernel<ADD, false><<<grid, block, 0, stream>>>(
+            reinterpret_cast<uint4 *>(out), NULL, NULL, reinterpret_cast<uint4 *>(x),
             reinterpret_cast<const uint4 *>(r), reinterpret_cast<const float4 *>(w), n, dim,
-            eps);
+            eps, 0.0f);
     } else {
         dim3 block = rms_block_shape(dim, 4);
         unsigned grid = (unsigned)((n + block.y - 1) / block.y);
@@ -314,7 +354,29 @@ extern "C" void cuda_rmsnorm_ex(void *out, uint8_t *q_out, float *scales, void *
         if (fp8) { if (add) RMS_GEN(float, true, true); else RMS_GEN(float, true, false); }
         else { if (add) RMS_GEN(float, false, true); else RMS_GEN(float, false, false); }
     } else {
-        if (add) RMS_GEN(bf16, true, true); else RMS_GEN(bf16, true, false);
+        // bf16 in, FP8 out: the register-resident fast path where it applies
+        uintptr_t addr = (uintptr_t)x | (uintptr_t)w | (add ? (uintptr_t)r : 0);
+        int nvec = dim / 8;
+        if (dim % 8 == 0 && addr % 16 == 0 && (uintptr_t)q_out % 8 == 0 &&
+            nvec <= RMS_VPT * RMS_MAX_THREADS) {
+            dim3 block = rms_block_shape(nvec, RMS_VPT);
+            unsigned grid = (unsigned)((n + block.y - 1) / block.y);
+            uint2 *q = reinterpret_cast<uint2 *>(q_out);
+            uint4 *xv = reinterpret_cast<uint4 *>(x);
+            const uint4 *rv = reinterpret_cast<const uint4 *>(r);
+            const float4 *wv = reinterpret_cast<const float4 *>(w);
+            if (add)
+                rmsnorm_vec_kernel<true, true><<<grid, block, 0, stream>>>(
+                    NULL, q, scales, xv, rv, wv, n, dim, eps, static_scale);
+            else
+                rmsnorm_vec_kernel<false, true><<<grid, block, 0, stream>>>(
+                    NULL, q, scales, xv, rv, wv, n, dim, eps, static_scale);
+            CUDA_CHECK_LAUNCH();
+        } else if (add) {
+            RMS_GEN(bf16, true, true);
+        } else {
+            RMS_GEN(bf16, true, false);
+        }
     }
 #undef RMS_GEN
 }

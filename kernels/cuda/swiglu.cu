@@ -122,6 +122,73 @@ static __global__ void __launch_bounds__(SWIGLU_BLOCK)
     }
 }
 
+// bf16 in, FP8 out, hidden % 8 == 0 and 16-byte aligned gu, 8-byte aligned
+// q: 16-byte loads, 8 codes stored at once. A static scale (s > 0) takes the
+// 2-D grid of swiglu_vec_kernel; a dynamic one a block per row (rows strided)
+// whose first pass finds the row's absmax (the second re-reads the row from
+// L2). The same fp32 math and rounding as swiglu_gen_kernel.
+static __device__ __forceinline__ void silu_mul8(uint4 gv, uint4 uv, float o[8]) {
+    const __nv_bfloat162 *g2 = reinterpret_cast<const __nv_bfloat162 *>(&gv);
+    const __nv_bfloat162 *u2 = reinterpret_cast<const __nv_bfloat162 *>(&uv);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float2 g = __bfloat1622float2(g2[k]), u = __bfloat1622float2(u2[k]);
+        o[2 * k] = silu_mul(g.x, u.x);
+        o[2 * k + 1] = silu_mul(g.y, u.y);
+    }
+}
+
+static __device__ __forceinline__ uint2 e4m3x8(const float o[8], float inv) {
+    uint32_t q[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++)
+        q[e] = __nv_cvt_float2_to_fp8x2(make_float2(o[2 * e] * inv, o[2 * e + 1] * inv),
+                                        __NV_SATFINITE, __NV_E4M3);
+    return make_uint2(q[0] | q[1] << 16, q[2] | q[3] << 16);
+}
+
+static __global__ void swiglu_fp8_static_kernel(uint2 *__restrict__ q, float *__restrict__ scales,
+                                                const uint4 *__restrict__ gu, int n, int hv,
+                                                float s) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= hv) return;
+    const float inv = 1.0f / s;
+    for (int i = blockIdx.y; i < n; i += gridDim.y) {
+        const uint4 *g_row = gu + (size_t)i * 2 * hv;
+        float o[8];
+        silu_mul8(g_row[c], g_row[hv + c], o);
+        q[(size_t)i * hv + c] = e4m3x8(o, inv);
+        if (c == 0) scales[i] = s;
+    }
+}
+
+static __global__ void __launch_bounds__(SWIGLU_BLOCK)
+    swiglu_fp8_dyn_kernel(uint2 *__restrict__ q, float *__restrict__ scales,
+                          const uint4 *__restrict__ gu, int n, int hv) {
+    __shared__ float red[SWIGLU_BLOCK / 32];
+    for (int i = blockIdx.x; i < n; i += gridDim.x) {
+        const uint4 *g_row = gu + (size_t)i * 2 * hv;
+        float mx = 0.0f;
+#pragma unroll 4
+        for (int c = threadIdx.x; c < hv; c += blockDim.x) {
+            float o[8];
+            silu_mul8(g_row[c], g_row[hv + c], o);
+#pragma unroll
+            for (int e = 0; e < 8; e++) mx = fmaxf(mx, fabsf(o[e]));
+        }
+        const float s = fp8_dyn_scale(block_row_max(mx, red));
+        const float inv = 1.0f / s;
+#pragma unroll 4
+        for (int c = threadIdx.x; c < hv; c += blockDim.x) {
+            float o[8];
+            silu_mul8(g_row[c], g_row[hv + c], o);
+            q[(size_t)i * hv + c] = e4m3x8(o, inv);
+        }
+        if (threadIdx.x == 0) scales[i] = s;
+        __syncthreads(); // red is reused by the next row
+    }
+}
+
 extern "C" void cuda_swiglu_ex(void *out, uint8_t *q_out, float *scales, const void *gu, int n,
                                int hidden, int act_f32, float static_scale,
                                cudaStream_t stream) {
@@ -131,6 +198,20 @@ extern "C" void cuda_swiglu_ex(void *out, uint8_t *q_out, float *scales, const v
         return;
     }
     unsigned grid = (unsigned)(n < SWIGLU_MAX_GRID_Y ? n : SWIGLU_MAX_GRID_Y);
+    if (!act_f32 && hidden % 8 == 0 && (uintptr_t)gu % 16 == 0 && (uintptr_t)q_out % 8 == 0) {
+        const int hv = hidden / 8;
+        uint2 *q = reinterpret_cast<uint2 *>(q_out);
+        const uint4 *g = reinterpret_cast<const uint4 *>(gu);
+        if (static_scale > 0.0f) {
+            dim3 g2((unsigned)((hv + SWIGLU_BLOCK - 1) / SWIGLU_BLOCK), grid);
+            swiglu_fp8_static_kernel<<<g2, SWIGLU_BLOCK, 0, stream>>>(q, scales, g, n, hv,
+                                                                      static_scale);
+        } else {
+            swiglu_fp8_dyn_kernel<<<grid, SWIGLU_BLOCK, 0, stream>>>(q, scales, g, n, hv);
+        }
+        CUDA_CHECK_LAUNCH();
+        return;
+    }
 #define SW_GEN(T, F)                                                                   \
     swiglu_gen_kernel<T, F><<<grid, SWIGLU_BLOCK, 0, stream>>>(                        \
         static_cast<T *>(out), q_out, scales, static_cast<const T *>(gu), n, hidden,   \
