@@ -597,6 +597,160 @@ static void test_attention_fp8_f32(void) {
             }
 }
 
+// Decode rows only (the tensor-core FP8 decode kernel for head_dim 64/128,
+// the CUDA-core one for others): many sequences with contexts around the
+// 16/64-position steps and the split length, GQA groups 1, 4, 8 and 29
+// (above 16 heads: two CTAs per kv head), with a sliding window and with
+// ALiBi; block tables shuffled. Against the CPU twin on the decoded cache.
+static void test_attention_fp8_decode(void) {
+    if (!tu_gpu_ready()) return;
+    uint64_t rng = 23;
+    const int hds[] = {128, 64, 80};
+    const int groups[][2] = {{4, 2}, {1, 3}, {8, 1}, {29, 2}}; // (group, n_kv_heads)
+    for (int hi = 0; hi < 3; hi++)
+        for (int gi = 0; gi < 4; gi++)
+            for (int mode = 0; mode < 3; mode++) { // 0 plain, 1 window 100, 2 ALiBi
+                const int hd = hds[hi], nkv = groups[gi][1], nh = groups[gi][0] * nkv, bs = 16;
+                const int S = 9, mb = 40; // up to 640 positions
+                const int lens[9] = {1, 15, 16, 17, 63, 65, 257, 600, 640};
+                const int n = S, stride = (nh + 2 * nkv) * hd, nblk = S * mb;
+                const float ks = 0.03f, vs = 0.05f, scale = 1.0f / sqrtf((float)hd);
+                const int window = mode == 1 ? 100 : 0;
+                size_t ce = (size_t)nblk * nkv * bs * hd, qe = (size_t)n * stride;
+                int32_t *bt = sl_malloc(sizeof(int32_t) * nblk), pos[9], seq_of[9], seq_start[10], kvl[9];
+                for (int b = 0; b < nblk; b++) bt[b] = (int32_t)(((long)b * 37) % nblk);
+                for (int i = 0; i < S; i++) {
+                    pos[i] = lens[i] - 1, seq_of[i] = i, seq_start[i] = i, kvl[i] = lens[i];
+                }
+                seq_start[S] = S;
+                uint8_t *c8k = sl_malloc(ce), *c8v = sl_malloc(ce);
+                float *ck = sl_malloc(sizeof(float) * ce), *cv = sl_malloc(sizeof(float) * ce);
+                for (size_t k = 0; k < ce; k++) {
+                    c8k[k] = sl_f32_to_e4m3(tu_rand_normal(&rng) / ks * 0.5f);
+                    c8v[k] = sl_f32_to_e4m3(tu_rand_normal(&rng) / vs * 0.5f);
+                    ck[k] = sl_e4m3_to_f32(c8k[k]) * ks;
+                    cv[k] = sl_e4m3_to_f32(c8v[k]) * vs;
+                }
+                float *alibi = NULL, *dal = NULL;
+                if (mode == 2) {
+                    alibi = sl_malloc(sizeof(float) * nh);
+                    for (int h = 0; h < nh; h++) alibi[h] = 0.02f + 0.01f * h;
+                    dal = dev_copy(alibi, sizeof(float) * nh);
+                }
+                float *qkv = sl_malloc(sizeof(float) * qe);
+                fill(qkv, qe, &rng, 1.0f, 1);
+                size_t oe = (size_t)n * nh * hd;
+                float *ref = sl_malloc(sizeof(float) * oe), *got = sl_malloc(sizeof(float) * oe);
+                cpu_paged_attention_ex(ref, qkv, ck, cv, pos, seq_of, bt, mb, n, nh, nkv, hd, bs,
+                                       scale, window, alibi);
+                void *dk = dev_copy(c8k, ce), *dv = dev_copy(c8v, ce);
+                void *dq = dev_act(qkv, qe, 0), *dout = dev_poisoned(oe * 2);
+                int32_t *dbt = dev_copy(bt, sizeof(int32_t) * nblk), *dpos = dev_copy(pos, sizeof pos);
+                int32_t *dso = dev_copy(seq_of, sizeof seq_of), *dss = dev_copy(seq_start, sizeof seq_start);
+                int32_t *dkl = dev_copy(kvl, sizeof kvl);
+                size_t wsb = cuda_attention_workspace_bytes(n, nh, hd, mb * bs);
+                void *ws = dev_alloc(wsb ? wsb : 4);
+                cuda_paged_attention_ex(dout, dq, dk, dv, dpos, dso, dss, dkl, dbt, mb, n, S, mb * bs,
+                                        nh, nkv, hd, bs, scale, 0, 1, ks, vs, window, dal, ws, 0);
+                get_act(got, dout, oe, 0);
+                char what[96];
+                snprintf(what, sizeof what, "fp8 decode hd=%d group=%d nkv=%d mode=%d", hd,
+                         groups[gi][0], nkv, mode);
+                CU_ASSERT_EQUAL(tu_compare_f32(what, got, ref, (long)oe, 1e-2f, 2e-2f), 0);
+                free(bt);
+                free(c8k);
+                free(c8v);
+                free(ck);
+                free(cv);
+                free(alibi);
+                free(qkv);
+                free(ref);
+                free(got);
+                cudaFree(dk);
+                cudaFree(dv);
+                cudaFree(dq);
+                cudaFree(dout);
+                cudaFree(dbt);
+                cudaFree(dpos);
+                cudaFree(dso);
+                cudaFree(dss);
+                cudaFree(dkl);
+                cudaFree(ws);
+                cudaFree(dal);
+            }
+}
+
+// SLUICE_GPU_BENCH=1: decode attention over an FP8 cache, Llama-3.1-8B heads
+// (32 query, 8 kv, hd 128), GB/s of K/V codes read, with the tensor-core
+// kernel and the CUDA-core one (SLUICE_DECODE_TC=0).
+static void test_attention_fp8_decode_bench(void) {
+    const char *on = getenv("SLUICE_GPU_BENCH");
+    if (!on || strcmp(on, "1") != 0 || !tu_gpu_ready()) return;
+    const int nh = 32, nkv = 8, hd = 128, bs = 16;
+    const int cases[][2] = {{64, 2048}, {256, 1024}, {256, 2048}, {512, 1100}, {16, 8192}};
+    printf("\nFP8-KV decode attention (32 heads, 8 kv heads, hd 128), GB/s of K/V read\n");
+    printf("  %5s %6s  %10s %8s  %10s %8s\n", "batch", "ctx", "tc us", "GB/s", "cuda-core us",
+           "GB/s");
+    for (int c = 0; c < 5; c++) {
+        const int S = cases[c][0], ctx = cases[c][1], mb = (ctx + bs - 1) / bs, nblk = S * mb;
+        size_t ce = (size_t)nblk * nkv * bs * hd, qe = (size_t)S * (nh + 2 * nkv) * hd;
+        int32_t *bt = sl_malloc(sizeof(int32_t) * nblk), *pos = sl_malloc(sizeof(int32_t) * S);
+        int32_t *so = sl_malloc(sizeof(int32_t) * S), *ss = sl_malloc(sizeof(int32_t) * (S + 1));
+        for (int b = 0; b < nblk; b++) bt[b] = (int32_t)(((long)b * 7919) % nblk);
+        for (int i = 0; i < S; i++) pos[i] = ctx - 1, so[i] = i, ss[i] = i;
+        ss[S] = S;
+        uint8_t *dk = dev_alloc(ce), *dv = dev_alloc(ce);
+        cudaMemset(dk, 0x2a, ce);
+        cudaMemset(dv, 0x2a, ce);
+        void *dq = dev_alloc(qe * 2), *dout = dev_alloc((size_t)S * nh * hd * 2);
+        cudaMemset(dq, 0x3c, qe * 2);
+        int32_t *dbt = dev_copy(bt, sizeof(int32_t) * nblk), *dpos = dev_copy(pos, sizeof(int32_t) * S);
+        int32_t *dso = dev_copy(so, sizeof(int32_t) * S), *dss = dev_copy(ss, sizeof(int32_t) * (S + 1));
+        size_t wsb = cuda_attention_workspace_bytes(S, nh, hd, mb * bs);
+        void *ws = dev_alloc(wsb ? wsb : 4);
+        double us[2];
+        for (int v = 0; v < 2; v++) {
+            setenv("SLUICE_DECODE_TC", v == 0 ? "1" : "0", 1);
+            cudaEvent_t e0, e1;
+            cudaEventCreate(&e0);
+            cudaEventCreate(&e1);
+            for (int i = 0; i < 3; i++)
+                cuda_paged_attention_ex(dout, dq, dk, dv, dpos, dso, dss, dpos, dbt, mb, S, S,
+                                        ctx, nh, nkv, hd, bs, 0.088f, 0, 1, 0.03f, 0.05f, 0, NULL,
+                                        ws, 0);
+            cudaEventRecord(e0, 0);
+            for (int i = 0; i < 20; i++)
+                cuda_paged_attention_ex(dout, dq, dk, dv, dpos, dso, dss, dpos, dbt, mb, S, S,
+                                        ctx, nh, nkv, hd, bs, 0.088f, 0, 1, 0.03f, 0.05f, 0, NULL,
+                                        ws, 0);
+            cudaEventRecord(e1, 0);
+            cudaEventSynchronize(e1);
+            float ms;
+            cudaEventElapsedTime(&ms, e0, e1);
+            us[v] = ms * 1e3 / 20;
+            cudaEventDestroy(e0);
+            cudaEventDestroy(e1);
+        }
+        unsetenv("SLUICE_DECODE_TC");
+        double bytes = 2.0 * S * (double)ctx * nkv * hd;
+        printf("  %5d %6d  %10.1f %8.0f  %10.1f %8.0f\n", S, ctx, us[0], bytes / us[0] / 1e3, us[1],
+               bytes / us[1] / 1e3);
+        free(bt);
+        free(pos);
+        free(so);
+        free(ss);
+        cudaFree(dk);
+        cudaFree(dv);
+        cudaFree(dq);
+        cudaFree(dout);
+        cudaFree(dbt);
+        cudaFree(dpos);
+        cudaFree(dso);
+        cudaFree(dss);
+        cudaFree(ws);
+    }
+}
+
 // ----------------------------------------------------------------------------
 // the model
 
@@ -744,6 +898,8 @@ int main(void) {
         {"gemm fp8 / fp32", test_gemm_fp8_f32},
         {"rope + kv write fp8 / fp32", test_rope_kv_fp8_f32},
         {"attention fp8 kv / fp32", test_attention_fp8_f32},
+        {"attention fp8 kv, decode rows", test_attention_fp8_decode},
+        {"attention fp8 kv, decode bench", test_attention_fp8_decode_bench},
         {NULL, NULL},
     };
     static const tu_test model[] = {

@@ -376,6 +376,285 @@ static __global__ void __launch_bounds__(DEC_THREADS)
     }
 }
 
+// ----------------------------------------------------------------------------
+// decode over an FP8 cache on the tensor cores (head_dim 64 or 128)
+//
+// With e4m3 K/V, the CUDA-core kernel above runs out of instructions before it
+// runs out of bandwidth: per cache byte it decodes the code and does GB fused
+// multiply-adds (measured on an H200: 1.2 TB/s of K/V). Here each warp takes
+// 16 positions per step as two MMAs of m16n8k16 (fp16 in, fp32 accumulate):
+//   S (16 query heads x 8 positions) = Q (16 heads x hd) . K^T, per n8 tile,
+//   O (16 heads x hd)               += P (16 heads x 16 positions) . V,
+// the group's heads padded to 16 rows (idle rows cost tensor-core time, which
+// is plentiful here). e4m3 -> fp16 is one exact cvt per pair. Dot products
+// and sums may run over any order of their index, so the lanes' fragments
+// come straight from their own loads, with no shared memory or shuffles:
+//   - QK^T: lane (g, t) loads bytes [t * HD/4, (t + 1) * HD/4) of position g's
+//     K row (of each n8 tile); k-step s takes its bytes 4s..4s+3 as the
+//     fragment's k = 2t, 2t+1, 2t+8, 2t+9. Q's fragments follow the same map.
+//   - PV: lane (g, t) loads bytes [g * HD/8, (g + 1) * HD/8) of the V rows of
+//     positions 2t, 2t+1, 2t+8, 2t+9; output tile j's column g is dimension
+//     g * HD/8 + j. Pairs of positions are interleaved with byte permutes.
+// P is rounded to fp16 (finer than the bf16 FlashAttention rounds it to).
+// Loads run one step ahead (registers). Output, partials and workspace are
+// those of attn_decode_kernel (same split scheme and reduce kernel).
+
+#define DTC_GB 16 // query-head rows per CTA (one m16 tile)
+
+static __device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t two) {
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xffffu), __NV_E4M3);
+    return (uint32_t)h.x | ((uint32_t)h.y << 16);
+}
+
+static __device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+static __device__ __forceinline__ void mma_f16_16816(float c[4], const uint32_t a[4], uint32_t b0,
+                                                     uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// n bytes (8 or 16) from global memory as 32-bit words, or zeros
+template <int NB>
+static __device__ __forceinline__ void ld_bytes(uint32_t w[NB / 4], const uint8_t *p, bool ok) {
+    if constexpr (NB == 16) {
+        uint4 v = ok ? __ldg(reinterpret_cast<const uint4 *>(p)) : make_uint4(0, 0, 0, 0);
+        w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+    } else {
+        static_assert(NB == 8, "8 or 16 bytes");
+        uint2 v = ok ? __ldg(reinterpret_cast<const uint2 *>(p)) : make_uint2(0, 0);
+        w[0] = v.x, w[1] = v.y;
+    }
+}
+
+template <int HD>
+static __global__ void __launch_bounds__(DEC_THREADS, 3)
+    attn_decode_tc_kernel(bf16 *__restrict__ out, float *__restrict__ ws,
+                          const bf16 *__restrict__ qkv, const uint8_t *__restrict__ k_cache,
+                          const uint8_t *__restrict__ v_cache, const int32_t *__restrict__ pos,
+                          const int32_t *__restrict__ seq_start,
+                          const int32_t *__restrict__ block_tables, int max_blocks, int n_seqs,
+                          int n_heads, int n_kv_heads, int bs_shift, int n_sub, int n_splits,
+                          int chunk, float scale_log2, float v_mul, int window,
+                          const float *__restrict__ alibi) {
+    constexpr int KB = HD / 4;  // K bytes per lane per position
+    constexpr int VB = HD / 8;  // V bytes per lane per position
+    constexpr int NKS = HD / 16; // k-steps of QK^T
+    constexpr int NTO = HD / 8;  // n8 tiles of O
+    constexpr int STEP = 16 * DEC_WARPS;
+    __shared__ float sm_acc[DEC_WARPS][DTC_GB][HD];
+    __shared__ float sm_m[DEC_WARPS][DTC_GB], sm_l[DEC_WARPS][DTC_GB];
+
+    const int s = blockIdx.z;
+    const int row = seq_start[s];
+    if (seq_start[s + 1] - row != 1) return;
+    const int ctx = pos[row] + 1;
+    const int split = blockIdx.x;
+    const int t_begin = split * chunk;
+    if (t_begin >= ctx) return;
+    const int t_end = split == n_splits - 1 ? ctx : min(ctx, t_begin + chunk);
+    const int t_lo = window > 0 && ctx > window ? ctx - window : 0;
+
+    const int group = n_heads / n_kv_heads;
+    const int kvh = blockIdx.y / n_sub, sub = blockIdx.y % n_sub;
+    const int h0 = kvh * group + sub * DTC_GB;
+    const int gvalid = min(DTC_GB, group - sub * DTC_GB);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int bmask = (1 << bs_shift) - 1;
+    const size_t blk_stride = (size_t)n_kv_heads << bs_shift;
+    const size_t head_row0 = (size_t)kvh << bs_shift;
+    const int32_t *bt = block_tables + (size_t)s * max_blocks;
+
+    if (t_end <= t_lo) { // an empty partial, as in attn_decode_kernel
+        const size_t n_entries = (size_t)n_seqs * n_heads * n_splits;
+        for (int idx = threadIdx.x; idx < gvalid * HD; idx += DEC_THREADS) {
+            const int gg = idx / HD, d = idx - gg * HD;
+            const size_t e = ((size_t)s * n_heads + h0 + gg) * n_splits + split;
+            ws[2 * n_entries + e * HD + d] = 0.f;
+            if (d == 0) ws[2 * e] = -INFINITY, ws[2 * e + 1] = 0.f;
+        }
+        return;
+    }
+
+    // Q fragments (heads g and g + 8 of this CTA), scaled, in fp16
+    uint32_t qa[NKS][4];
+    {
+        const bf16 *qrow = qkv + (size_t)row * (n_heads + 2 * n_kv_heads) * HD;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int hh = g + 8 * r;
+            uint32_t w[KB / 2]; // KB bf16 = dims [t * KB, (t + 1) * KB)
+#pragma unroll
+            for (int i = 0; i < KB / 8; i++) {
+                uint4 v = make_uint4(0, 0, 0, 0);
+                if (hh < gvalid)
+                    v = __ldg(reinterpret_cast<const uint4 *>(qrow + (size_t)(h0 + hh) * HD +
+                                                              t * KB + 8 * i));
+                w[4 * i] = v.x, w[4 * i + 1] = v.y, w[4 * i + 2] = v.z, w[4 * i + 3] = v.w;
+            }
+#pragma unroll
+            for (int ks = 0; ks < NKS; ks++) {
+                // dims 4ks, 4ks+1 -> k = 2t, 2t+1; 4ks+2, 4ks+3 -> k = 2t+8, 2t+9
+                qa[ks][r] = pack_f16x2(bf_lo(w[2 * ks]) * scale_log2, bf_hi(w[2 * ks]) * scale_log2);
+                qa[ks][2 + r] =
+                    pack_f16x2(bf_lo(w[2 * ks + 1]) * scale_log2, bf_hi(w[2 * ks + 1]) * scale_log2);
+            }
+        }
+    }
+    float slope[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+        slope[r] = alibi && g + 8 * r < gvalid ? alibi[h0 + g + 8 * r] * ATT_LOG2E : 0.f;
+
+    float o[NTO][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < NTO; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+
+    // this warp's positions: base + 16 * warp + [0, 16), base += STEP
+    int first = t_begin;
+    if (t_lo > t_begin) first = t_begin + (t_lo - t_begin) / STEP * STEP;
+    auto valid = [&](int tp) { return tp < t_end && tp >= t_lo; };
+    auto cache_row = [&](int tp) {
+        return ((size_t)bt[tp >> bs_shift] * blk_stride + head_row0 + (tp & bmask));
+    };
+    uint32_t kw[2][KB / 4], vw[4][VB / 4];
+    auto load = [&](int base) {
+        const int p0 = base + 16 * warp;
+#pragma unroll
+        for (int j = 0; j < 2; j++) { // K rows of positions p0 + 8j + g
+            const int tp = p0 + 8 * j + g;
+            const bool ok = valid(tp);
+            const uint8_t *kp = k_cache + (ok ? cache_row(tp) * HD : 0) + t * KB;
+#pragma unroll
+            for (int i = 0; i < KB / 16; i++) ld_bytes<16>(&kw[j][4 * i], kp + 16 * i, ok);
+            if constexpr (KB % 16) ld_bytes<8>(&kw[j][4 * (KB / 16)], kp + 16 * (KB / 16), ok);
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) { // V rows of positions p0 + {2t, 2t+1, 2t+8, 2t+9}
+            const int tp = p0 + 2 * t + (u & 1) + 8 * (u >> 1);
+            const bool ok = valid(tp);
+            ld_bytes<VB>(vw[u], v_cache + (ok ? cache_row(tp) * HD : 0) + g * VB, ok);
+        }
+    };
+    if (first < t_end) load(first);
+    for (int base = first; base < t_end; base += STEP) {
+        uint32_t kc[2][KB / 4], vc[4][VB / 4];
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int i = 0; i < KB / 4; i++) kc[j][i] = kw[j][i];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+#pragma unroll
+            for (int i = 0; i < VB / 4; i++) vc[u][i] = vw[u][i];
+        if (base + STEP < t_end) load(base + STEP); // the next step's loads, in flight now
+
+        // S = Q K^T for the two n8 tiles
+        float sc[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+#pragma unroll
+            for (int ks = 0; ks < NKS; ks++)
+                mma_f16_16816(sc[j], qa[ks], e4m3x2_to_f16x2(kc[j][ks]),
+                              e4m3x2_to_f16x2(kc[j][ks] >> 16));
+        }
+        // mask, ALiBi; online softmax per head row (r = 0: head g, 1: g + 8)
+        const int p0 = base + 16 * warp;
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int tp = p0 + 8 * j + 2 * t + (e & 1), r = e >> 1;
+                sc[j][e] = valid(tp) ? fmaf(slope[r], (float)(tp - (ctx - 1)), sc[j][e]) : -INFINITY;
+                mx[r] = fmaxf(mx[r], sc[j][e]);
+            }
+        float alpha[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            const float ms = mx[r] == -INFINITY ? 0.f : mx[r];
+            alpha[r] = ex2(m[r] - ms);
+            m[r] = mx[r];
+            l[r] *= alpha[r];
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    sc[j][2 * r + e] = ex2(sc[j][2 * r + e] - ms);
+                    l[r] += sc[j][2 * r + e];
+                }
+        }
+#pragma unroll
+        for (int jo = 0; jo < NTO; jo++) {
+            o[jo][0] *= alpha[0], o[jo][1] *= alpha[0];
+            o[jo][2] *= alpha[1], o[jo][3] *= alpha[1];
+        }
+        // O += P V: P's A fragment is S's two C fragments
+        const uint32_t pa[4] = {pack_f16x2(sc[0][0], sc[0][1]), pack_f16x2(sc[0][2], sc[0][3]),
+                                pack_f16x2(sc[1][0], sc[1][1]), pack_f16x2(sc[1][2], sc[1][3])};
+#pragma unroll
+        for (int i = 0; i < VB / 4; i++) {
+            // bytes 4i..4i+3 of positions (2t, 2t+1) and (2t+8, 2t+9), interleaved
+            const uint32_t lo0 = __byte_perm(vc[0][i], vc[1][i], 0x5140);
+            const uint32_t hi0 = __byte_perm(vc[0][i], vc[1][i], 0x7362);
+            const uint32_t lo1 = __byte_perm(vc[2][i], vc[3][i], 0x5140);
+            const uint32_t hi1 = __byte_perm(vc[2][i], vc[3][i], 0x7362);
+            mma_f16_16816(o[4 * i + 0], pa, e4m3x2_to_f16x2(lo0), e4m3x2_to_f16x2(lo1));
+            mma_f16_16816(o[4 * i + 1], pa, e4m3x2_to_f16x2(lo0 >> 16), e4m3x2_to_f16x2(lo1 >> 16));
+            mma_f16_16816(o[4 * i + 2], pa, e4m3x2_to_f16x2(hi0), e4m3x2_to_f16x2(hi1));
+            mma_f16_16816(o[4 * i + 3], pa, e4m3x2_to_f16x2(hi0 >> 16), e4m3x2_to_f16x2(hi1 >> 16));
+        }
+    }
+
+    // the row sums over the 4 lanes of a row; then the warps through shared memory
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+#pragma unroll
+    for (int jo = 0; jo < NTO; jo++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) // column 2t + (e & 1) of tile jo = dimension (2t + (e & 1)) * NTO + jo
+            sm_acc[warp][g + 8 * (e >> 1)][(2 * t + (e & 1)) * NTO + jo] = o[jo][e];
+    if (t == 0)
+#pragma unroll
+        for (int r = 0; r < 2; r++) sm_m[warp][g + 8 * r] = m[r], sm_l[warp][g + 8 * r] = l[r];
+    __syncthreads();
+
+    const size_t n_entries = (size_t)n_seqs * n_heads * n_splits;
+    for (int idx = threadIdx.x; idx < gvalid * HD; idx += DEC_THREADS) {
+        const int gg = idx / HD, d = idx - gg * HD;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++) mx = fmaxf(mx, sm_m[w][gg]);
+        float L = 0.f, A = 0.f;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++) {
+            const float f = ex2(sm_m[w][gg] - mx);
+            L = fmaf(sm_l[w][gg], f, L);
+            A = fmaf(sm_acc[w][gg][d], f, A);
+        }
+        A *= v_mul;
+        const int h = h0 + gg;
+        if (n_splits == 1) {
+            out[(size_t)row * n_heads * HD + (size_t)h * HD + d] = __float2bfloat16_rn(A / L);
+        } else {
+            const size_t e = ((size_t)s * n_heads + h) * n_splits + split;
+            ws[2 * n_entries + e * HD + d] = A;
+            if (d == 0) ws[2 * e] = mx, ws[2 * e + 1] = L;
+        }
+    }
+}
+
 // Combines the splits of each (decode sequence, head): out = sum_i w_i acc_i /
 // sum_i w_i l_i with w_i = 2^(m_i - max m). Only splits that started before
 // the sequence's end wrote a partial.
@@ -802,6 +1081,34 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, c
                           int n_kv_heads, int hd, int bs_shift, float sl2, float v_mul, bool v16,
                           int window, const float *alibi, cudaStream_t st) {
     const int group = n_heads / n_kv_heads;
+    if constexpr (sizeof(KT) == 1) {
+        // FP8 cache, head_dim 64/128: the tensor-core kernel (SLUICE_DECODE_TC=0: the other)
+        // (read per call, a few ns against the kernel: benchmarks switch it)
+        const char *e = getenv("SLUICE_DECODE_TC");
+        const bool tc = !(e && e[0] == '0');
+        if (tc && v16 && (hd == 128 || hd == 64)) {
+            const int n_sub = ceil_div(group, DTC_GB);
+            int n_splits, chunk;
+            decode_splits(n_seqs, n_kv_heads, n_sub, max_kv_len, &n_splits, &chunk);
+            if (n_splits > 1) SL_CHECK(ws != NULL);
+            dim3 grid(n_splits, n_kv_heads * n_sub, n_seqs);
+#define DTC_ARGS                                                                              \
+    out, ws, qkv, kc, vc, pos, seq_start, bt, max_blocks, n_seqs, n_heads, n_kv_heads, bs_shift, \
+        n_sub, n_splits, chunk, sl2, v_mul, window, alibi
+            if (hd == 128)
+                attn_decode_tc_kernel<128><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
+            else
+                attn_decode_tc_kernel<64><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
+#undef DTC_ARGS
+            CUDA_CHECK_LAUNCH();
+            if (n_splits > 1) {
+                attn_decode_reduce_kernel<<<dim3(n_heads, n_seqs), DEC_REDUCE_THREADS, 0, st>>>(
+                    out, ws, pos, seq_start, n_seqs, n_heads, hd, n_splits, chunk);
+                CUDA_CHECK_LAUNCH();
+            }
+            return;
+        }
+    }
     // query heads per CTA: the group rounded up to 1, 2, 4 or 8 (groups above 8 take several CTAs)
     const int gbp = group > 4 ? 8 : group > 2 ? 4 : group;
     const int n_sub = ceil_div(group, gbp);

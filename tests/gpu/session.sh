@@ -89,9 +89,11 @@ bench-zoo)
 bench-fp8)
     # FP8 weights + activations (per-tensor, static) + FP8 KV against the
     # issue's three shapes; BF16 at the same shapes and batch for comparison
-    for spec in "128 128 3000" "2048 128 500" "128 2048 ${N_LONGOUT:-500}"; do
+    specs=${FP8_SPECS:-"128 128 3000,2048 128 500,128 2048 ${N_LONGOUT:-500}"}
+    IFS=, read -ra speclist <<<"$specs"
+    for spec in "${speclist[@]}"; do
         set -- $spec
-        for dt in "fp8:--dtype fp8 --fp8-per-tensor --kv-dtype fp8" "bf16:--dtype bf16"; do
+        for dt in "fp8:--dtype fp8 --fp8-per-tensor --kv-dtype fp8" ${FP8_NO_BF16:+}${FP8_NO_BF16:-"bf16:--dtype bf16"}; do
             l=${dt%%:*}; a=${dt#*:}
             timeout 240 build/sluice bench --arch llama-3.1-8b --isl $1 --osl $2 --requests $3 \
                 --backend cuda $a --max-batch ${FP8_MB:-512} ${FP8_ARGS:-} \
