@@ -93,7 +93,9 @@ bench-fp8)
     IFS=, read -ra speclist <<<"$specs"
     for spec in "${speclist[@]}"; do
         set -- $spec
-        for dt in "fp8:--dtype fp8 --fp8-per-tensor --kv-dtype fp8" ${FP8_NO_BF16:+}${FP8_NO_BF16:-"bf16:--dtype bf16"}; do
+        dts=("fp8:--dtype fp8 --fp8-per-tensor --kv-dtype fp8")
+        [ -z "${FP8_NO_BF16:-}" ] && dts+=("bf16:--dtype bf16")
+        for dt in "${dts[@]}"; do
             l=${dt%%:*}; a=${dt#*:}
             timeout 240 build/sluice bench --arch llama-3.1-8b --isl $1 --osl $2 --requests $3 \
                 --backend cuda $a --max-batch ${FP8_MB:-512} ${FP8_ARGS:-} \
