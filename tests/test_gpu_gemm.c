@@ -5,6 +5,8 @@
 // numbers), shapes are deliberately not multiples of any tile (n 1/7/129,
 // out 72/383/4096, in 64/384/4104), with and without the fused bias, with bf16
 // and fp32 outputs. Outputs are poisoned (0xFF bytes = NaN) before each run.
+// gemm_autotune checks the timed algorithm choice of prefill-sized GEMMs
+// (n 1500/1600: one size bucket, so the second reuses the first's winners).
 //
 // SLUICE_GPU_BENCH=1 adds a TFLOP/s table (CUDA events, median of 20).
 // Without a GPU every test prints "skipped: no CUDA device" and passes, unless
@@ -168,6 +170,62 @@ static void test_gemm_unaligned_rows(void) {
     cuda_gemm_destroy(g);
     cudaStreamDestroy(st);
     free(w); free(x); free(ref); free(got); free(wb); free(xb);
+}
+
+// Autotuning (gemm.cu): a new plan for n >= 1024 rows times cuBLASLt's
+// candidates and keeps the fastest; a plan for another n of the same size
+// bucket takes that winner without timing. Whatever algorithm is chosen, the
+// results must match the CPU as closely as the heuristic's first choice does
+// (check_shape's tolerances only assume fp32 sums in some order). bf16 only:
+// this file has no FP8 data helpers (the FP8 GEMM is test_gpu_fp8's).
+static void test_gemm_autotune(void) {
+    if (!tu_gpu_ready()) return;
+    // tuning on with the default threshold, whatever the environment says
+    // (cuda_gemm_create reads both variables); put back at the end
+    const char *env_tune = getenv("SLUICE_GEMM_TUNE"), *env_min = getenv("SLUICE_GEMM_TUNE_MIN_N");
+    char *old_tune = env_tune ? strdup(env_tune) : NULL;
+    char *old_min = env_min ? strdup(env_min) : NULL;
+    setenv("SLUICE_GEMM_TUNE", "1", 1);
+    unsetenv("SLUICE_GEMM_TUNE_MIN_N");
+    cudaStream_t st;
+    CU_ASSERT_FATAL(cudaStreamCreate(&st) == cudaSuccess);
+    cuda_gemm *g = cuda_gemm_create(st, 0);
+
+    // below the threshold: the heuristic's first choice, nothing timed
+    check_shape(g, 129, 1000, 1040, 40);
+    CU_ASSERT_EQUAL(cuda_gemm_tuned_count(g), 0);
+    CU_ASSERT_EQUAL(cuda_gemm_reused_count(g), 0);
+
+    // n 1500, out 1000, in 1040: no tile multiples; four new plans (bias or
+    // not, bf16 or fp32 out), each with several candidates to time
+    check_shape(g, 1500, 1000, 1040, 41);
+    int tuned = cuda_gemm_tuned_count(g);
+    printf("    n 1500: %d of 4 plans tuned\n", tuned);
+    CU_ASSERT(tuned > 0);
+    CU_ASSERT_EQUAL(cuda_gemm_reused_count(g), 0);
+
+    // n 1600 shares the bucket (1025..2048 rows): every winner is reused
+    // (cublasLtMatmulAlgoCheck accepts it for the new n), nothing is timed
+    check_shape(g, 1600, 1000, 1040, 42);
+    CU_ASSERT_EQUAL(cuda_gemm_tuned_count(g), tuned);
+    CU_ASSERT_EQUAL(cuda_gemm_reused_count(g), tuned);
+    CU_ASSERT_EQUAL(cuda_gemm_cache_size(g), 3 * 4);
+    cuda_gemm_destroy(g);
+
+    // SLUICE_GEMM_TUNE=0: no timing, no reuse, same results
+    setenv("SLUICE_GEMM_TUNE", "0", 1);
+    g = cuda_gemm_create(st, 0);
+    check_shape(g, 1500, 1000, 1040, 41);
+    CU_ASSERT_EQUAL(cuda_gemm_tuned_count(g), 0);
+    CU_ASSERT_EQUAL(cuda_gemm_reused_count(g), 0);
+    cuda_gemm_destroy(g);
+    cudaStreamDestroy(st);
+
+    if (old_tune) setenv("SLUICE_GEMM_TUNE", old_tune, 1);
+    else unsetenv("SLUICE_GEMM_TUNE");
+    if (old_min) setenv("SLUICE_GEMM_TUNE_MIN_N", old_min, 1);
+    free(old_tune);
+    free(old_min);
 }
 
 // ----------------------------------------------------------------------------
@@ -352,6 +410,7 @@ static void test_gemm_bench(void) {
 int main(void) {
     static const tu_test tests[] = {{"gemm_vs_cpu_linear", test_gemm_vs_cpu},
                                     {"gemm_unaligned_rows", test_gemm_unaligned_rows},
+                                    {"gemm_autotune", test_gemm_autotune},
                                     {"gemm_bench", test_gemm_bench},
                                     {NULL, NULL}};
     tu_suite("gpu_gemm", tests);

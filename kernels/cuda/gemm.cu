@@ -13,8 +13,36 @@
 // a small GEMM, so it is done once per shape and cached together with the
 // descriptors in a small open-addressing hash map; a step only sets the bias
 // pointer and calls cublasLtMatmul.
+//
+// Autotuning. The heuristic's first choice is an estimate: on an H200 it was
+// up to 15% slower than the fastest of its top 8 candidates for FP8 prefill
+// GEMMs (e4m3, per-tensor scales, fast accumulation; n 8192, out 4096..28672,
+// in 4096/14336) and 0-7% slower for bf16 (test_gpu_gemm's SLUICE_GPU_BENCH=1
+// sweep). So a new plan for n >= SLUICE_GEMM_TUNE_MIN_N rows (default 1024;
+// smaller GEMMs are short, decode-sized, and gain less than timing costs)
+// asks for up to 8 candidates, times each on the call's own buffers (1
+// warm-up + 3 runs, CUDA events on the context's stream, the minimum) and
+// keeps the fastest. Running candidates on the real buffers is harmless:
+// every call has beta = 0, so the real call that follows overwrites y (or
+// the fallback's scratch). Candidates that fail to launch are skipped; the
+// real call still dies with the usual message if it fails. Timing waits for
+// the stream (a host synchronisation), once per tuned plan.
+// Prefill steps see many distinct n, each a plan of its own, so the winners
+// are also kept per size bucket (tune_bucket): a new plan whose bucket has a
+// winner takes it without timing, once cublasLtMatmulAlgoCheck accepts it
+// for the new sizes and it fits the workspace.
+// While the stream is being captured into a CUDA graph nothing is timed and
+// nothing waits: a plan first made then takes its bucket's winner if there
+// is one, else the heuristic's first choice, and keeps it.
+// SLUICE_GEMM_TUNE=0 turns tuning off (the heuristic's first choice for every
+// plan); both variables are read by cuda_gemm_create. Another algorithm sums
+// in another order (tile shape, split-K), so results of a tuned run can
+// differ in the last bits from a run with SLUICE_GEMM_TUNE=0, and, since
+// timings are noisy, between tuned runs: bit-identical reruns need
+// SLUICE_GEMM_TUNE=0.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +78,13 @@ typedef struct {
                   // cuBLASLt's per-tensor scale pointers, no outer vectors
 } GemmKey;
 
+// How a plan's algorithm was chosen.
+enum { PLAN_HEURISTIC = 0, PLAN_TIMED, PLAN_REUSED };
+
+// Descriptor variants of one key (plan_build's attempts): a winner only
+// serves plans of its own variant.
+enum { VARIANT_FAST_ACCUM = 0, VARIANT_EXACT, VARIANT_FALLBACK };
+
 typedef struct {
     GemmKey key;
     int used;
@@ -58,7 +93,24 @@ typedef struct {
     cublasLtMatmulAlgo_t algo;
     int fp8;      // scale pointers are set per call
     int fallback; // FP8 without outer-vector scaling: fp32 out, scales applied after
+    int variant;  // VARIANT_*
+    int tuned;    // PLAN_*
+    int rank;     // the algorithm's place in the heuristic's list (0: its first
+                  // choice); a reused winner's rank where it was timed
 } GemmPlan;
+
+// Up to this many heuristic candidates are timed per tuned plan (the H200
+// sweep found the best within the top 8), each GEMM_TUNE_RUNS times.
+#define GEMM_TUNE_CANDIDATES 8
+#define GEMM_TUNE_RUNS 3
+
+// A timed winner, shared by the plans of its size bucket.
+typedef struct {
+    GemmKey key; // key.n is the bucket (tune_bucket)
+    int variant;
+    int rank;
+    cublasLtMatmulAlgo_t algo;
+} GemmWinner;
 
 struct cuda_gemm {
     cublasLtHandle_t lt;
@@ -70,6 +122,18 @@ struct cuda_gemm {
     float *fb;             // FP8 fallback's fp32 products, made with the first fallback plan
     size_t fb_cap;         // floats allocated
     size_t fb_want;        // floats to allocate then (cuda_gemm_reserve_fp8)
+    int tune;              // SLUICE_GEMM_TUNE (on unless "0")
+    int tune_min_n;        // SLUICE_GEMM_TUNE_MIN_N (1024)
+    int tuned, reused;     // plans chosen by timing / by their bucket's winner
+    // the heuristic's candidates for the plan plan_build just made
+    cublasLtMatmulHeuristicResult_t cand[GEMM_TUNE_CANDIDATES];
+    int ncand;
+    // Winners: a plain array searched linearly. It is only looked at when a
+    // plan is made (which already costs a heuristic query) and holds a few
+    // entries per weight shape and bucket.
+    GemmWinner *wins;
+    int nwins, wins_cap;
+    cudaEvent_t ev[GEMM_TUNE_RUNS + 1]; // made with the first timing
 };
 
 static uint64_t key_hash(const GemmKey *k) {
@@ -125,10 +189,12 @@ static const char *fmt_name(int fmt) {
 }
 
 // Creates p's descriptors for k (fast_accum: FP8's faster, less exact
-// accumulation, tried first); returns the heuristic's verdict in *found.
-// fallback: FP8 with unit scales into fp32 (no bias), scaled afterwards.
+// accumulation, tried first); returns the heuristic's best `want` (<=
+// GEMM_TUNE_CANDIDATES) algorithms in res, best first, and their number in
+// *found. fallback: FP8 with unit scales into fp32 (no bias), scaled
+// afterwards.
 static void plan_try(cuda_gemm *g, GemmPlan *p, const GemmKey *k, int fast_accum, int fallback,
-                     int *found, cublasLtMatmulHeuristicResult_t *res) {
+                     int want, int *found, cublasLtMatmulHeuristicResult_t *res) {
     cudaDataType_t wt = CUDA_R_16BF, xt = CUDA_R_16BF;
     if (k->fmt == WFMT_F32) wt = xt = CUDA_R_32F;
     if (k->fmt == WFMT_FP8_E4M3) wt = xt = CUDA_R_8F_E4M3;
@@ -186,7 +252,7 @@ static void plan_try(cuda_gemm *g, GemmPlan *p, const GemmKey *k, int fast_accum
 
     *found = 0;
     cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g->lt, p->op, p->a, p->b, p->d, p->d, pref,
-                                                       1, res, found);
+                                                       want, res, found);
     CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
     if (st != CUBLAS_STATUS_SUCCESS) *found = 0; // e.g. NOT_SUPPORTED: try the next variant
 }
@@ -197,22 +263,28 @@ static void fb_alloc(cuda_gemm *g);
 // Builds the descriptors for k and asks the heuristic for the best algorithm
 // that fits the workspace and the alignment. FP8 tries fast accumulation
 // first (what FP8 inference engines use on Hopper; SLUICE_FP8_FAST_ACCUM=0
-// turns it off), then the exact one.
+// turns it off), then the exact one. p->algo is the heuristic's first choice
+// of the first variant that has one; when the plan may be tuned, its other
+// candidates are left in g->cand for plan_tune.
 static void plan_build(cuda_gemm *g, GemmPlan *p, const GemmKey *k) {
-    cublasLtMatmulHeuristicResult_t res;
+    cublasLtMatmulHeuristicResult_t *res = g->cand;
     int found = 0;
+    int want = g->tune && k->n >= g->tune_min_n ? GEMM_TUNE_CANDIDATES : 1;
     const char *fa_env = getenv("SLUICE_FP8_FAST_ACCUM");
     int fast_first = k->fmt == WFMT_FP8_E4M3 && !(fa_env && fa_env[0] == '0');
-    int tried = 0;
-    for (int attempt = fast_first ? 0 : 1; attempt < 2 && found < 1; attempt++, tried++) {
+    int tried = 0, attempt = fast_first ? 0 : 1;
+    for (; attempt < 2; attempt++, tried++) {
         if (tried) plan_release(p);
-        plan_try(g, p, k, attempt == 0, 0, &found, &res);
+        plan_try(g, p, k, attempt == 0, 0, want, &found, res);
+        if (found >= 1) break;
     }
+    p->variant = attempt == 0 ? VARIANT_FAST_ACCUM : VARIANT_EXACT;
     if (found < 1 && k->fmt == WFMT_FP8_E4M3) {
         // no outer-vector scaling here: unit-scale FP8 GEMM into fp32, then
         // cuda_fp8_scale_rows applies both scales and the bias (one more pass)
         plan_release(p);
-        plan_try(g, p, k, 0, 1, &found, &res);
+        plan_try(g, p, k, 0, 1, want, &found, res);
+        p->variant = VARIANT_FALLBACK;
         if (found >= 1) fb_alloc(g);
         if (found >= 1)
             LOGW("cuBLASLt has no outer-vector-scaled FP8 GEMM for (%d, %d, %d): using the "
@@ -227,9 +299,136 @@ static void plan_build(cuda_gemm *g, GemmPlan *p, const GemmKey *k) {
                  fmt_name(k->fmt), k->has_bias ? " + bias" : "", k->align);
         SL_FATAL("cuBLAS", msg, "cublasLtMatmulAlgoGetHeuristic");
     }
-    p->algo = res.algo;
+    p->algo = res[0].algo;
+    p->tuned = PLAN_HEURISTIC;
+    p->rank = 0;
+    g->ncand = found;
     p->key = *k;
     p->used = 1;
+}
+
+// ----------------------------------------------------------------------------
+// autotuning (see the top of the file)
+
+// The size bucket whose plans share a timed winner. What makes an algorithm
+// fast is how its tiles cover (out, n) in waves over the SMs and how split-K
+// divides `in`, so a winner carries over to nearby n but not across sizes
+// that differ by a large factor. Buckets: powers of two up to 1024 rows
+// (reached only with a lower SLUICE_GEMM_TUNE_MIN_N, where n varies by large
+// factors), then n rounded up to a multiple of 1024 (so 1025..2048 share one
+// winner, 7168..8192 another: at most 7 timings per weight shape and plan
+// variant for a max_tokens of 8192), then 8 buckets per doubling above 8192
+// (steps of 1/8 of n's power of two, so n within 12.5%) so that a very large
+// max_tokens adds buckets only logarithmically. Returned as the bucket's
+// largest n.
+static int tune_bucket(int n) {
+    if (n <= 1024) {
+        int b = 1;
+        while (b < n) b <<= 1;
+        return b;
+    }
+    int step = 1024;
+    while (step <= n / 16) step *= 2; // max(1024, (largest power of two <= n) / 8)
+    int q = (n - 1) / step + 1;
+    return q > INT_MAX / step ? INT_MAX : q * step;
+}
+
+static GemmWinner *winner_find(cuda_gemm *g, const GemmKey *bk, int variant) {
+    for (int i = 0; i < g->nwins; i++)
+        if (g->wins[i].variant == variant && key_eq(&g->wins[i].key, bk)) return &g->wins[i];
+    return NULL;
+}
+
+// Enqueues 1 warm-up and GEMM_TUNE_RUNS timed runs of algo on p's descriptors
+// and pointers (alpha 1, beta 0) and returns the fastest run in ms, or -1 when
+// cuBLASLt refuses the algorithm. Waits for the stream.
+static float time_candidate(cuda_gemm *g, GemmPlan *p, const cublasLtMatmulAlgo_t *algo,
+                            const void *a, const void *b, void *d) {
+    const float one = 1.0f, zero = 0.0f;
+    for (int r = 0; r <= GEMM_TUNE_RUNS; r++) {
+        if (cublasLtMatmul(g->lt, p->op, &one, a, p->a, b, p->b, &zero, d, p->d, d, p->d, algo,
+                           g->workspace, g->ws_bytes, g->stream) != CUBLAS_STATUS_SUCCESS)
+            return -1.0f;
+        // run 0 is the warm-up; ev[r - 1] .. ev[r] frames run r
+        CUDA_CHECK(cudaEventRecord(g->ev[r], g->stream));
+    }
+    CUDA_CHECK(cudaEventSynchronize(g->ev[GEMM_TUNE_RUNS]));
+    float best = -1.0f;
+    for (int r = 1; r <= GEMM_TUNE_RUNS; r++) {
+        float ms = 0.0f;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, g->ev[r - 1], g->ev[r]));
+        if (best < 0.0f || ms < best) best = ms;
+    }
+    return best;
+}
+
+// Chooses the algorithm of the plan just made (p, its candidates in g->cand),
+// called before its first real call with that call's pointers, every scale
+// and bias pointer already set on p->op: a = W, b = x, d = y (the fallback's
+// scratch for a fallback plan). Keeps the heuristic's first choice when
+// tuning is off, n is small, or the stream is being captured.
+static void plan_tune(cuda_gemm *g, GemmPlan *p, const void *a, const void *b, void *d) {
+    const GemmKey *k = &p->key;
+    if (!g->tune || k->n < g->tune_min_n) return;
+    GemmKey bk = *k;
+    bk.n = tune_bucket(k->n);
+    GemmWinner *win = winner_find(g, &bk, p->variant);
+    if (win) {
+        // the winner was timed for another n: cuBLASLt must accept it for this
+        // one (an algorithm's tile and split-K limits depend on the sizes)
+        cublasLtMatmulHeuristicResult_t chk;
+        memset(&chk, 0, sizeof chk);
+        if (cublasLtMatmulAlgoCheck(g->lt, p->op, p->a, p->b, p->d, p->d, &win->algo, &chk) ==
+                CUBLAS_STATUS_SUCCESS &&
+            chk.workspaceSize <= g->ws_bytes) {
+            p->algo = win->algo;
+            p->tuned = PLAN_REUSED;
+            p->rank = win->rank;
+            g->reused++;
+            return;
+        }
+    }
+    if (g->ncand < 2) return; // nothing to choose from
+    // Never time (launch extra work, wait) while the stream is being captured:
+    // the runs would become part of the graph and waiting is illegal there.
+    // An error (the legacy stream while another stream captures) counts as
+    // capturing.
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(g->stream, &cs) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return;
+    }
+    if (cs != cudaStreamCaptureStatusNone) return;
+    if (!g->ev[0])
+        for (int i = 0; i <= GEMM_TUNE_RUNS; i++) CUDA_CHECK(cudaEventCreate(&g->ev[i]));
+    int best = -1;
+    float best_ms = 0.0f, first_ms = -1.0f;
+    for (int i = 0; i < g->ncand; i++) {
+        const cublasLtMatmulHeuristicResult_t *c = &g->cand[i];
+        if (c->state != CUBLAS_STATUS_SUCCESS || c->workspaceSize > g->ws_bytes) continue;
+        float ms = time_candidate(g, p, &c->algo, a, b, d);
+        if (i == 0) first_ms = ms;
+        if (ms >= 0.0f && (best < 0 || ms < best_ms)) best = i, best_ms = ms;
+    }
+    if (best < 0) return; // none ran: the real call reports why
+    p->algo = g->cand[best].algo;
+    p->tuned = PLAN_TIMED;
+    p->rank = best;
+    g->tuned++;
+    LOGD("GEMM y (%d, %d) = x @ W^T (in %d, %s): candidate %d of %d, %.3f ms (first choice "
+         "%.3f ms)", k->n, k->out, k->in, fmt_name(k->fmt), best, g->ncand, best_ms, first_ms);
+    if (!win) {
+        if (g->nwins == g->wins_cap) {
+            g->wins_cap = g->wins_cap ? 2 * g->wins_cap : 32;
+            g->wins = (GemmWinner *)sl_realloc(g->wins, (size_t)g->wins_cap * sizeof *g->wins);
+        }
+        win = &g->wins[g->nwins++];
+        win->key = bk;
+        win->variant = p->variant;
+    }
+    // (an existing winner that failed the check above is replaced)
+    win->rank = best;
+    win->algo = p->algo;
 }
 
 static void plan_release(GemmPlan *p) {
@@ -246,6 +445,19 @@ extern "C" cuda_gemm *cuda_gemm_create(cudaStream_t stream, size_t workspace_byt
     cuda_gemm *g = (cuda_gemm *)sl_calloc(1, sizeof *g);
     g->stream = stream;
     g->ws_bytes = workspace_bytes ? workspace_bytes : CUDA_GEMM_WORKSPACE_BYTES;
+    const char *tune = getenv("SLUICE_GEMM_TUNE");
+    g->tune = !(tune && strcmp(tune, "0") == 0);
+    g->tune_min_n = 1024;
+    const char *min_n = getenv("SLUICE_GEMM_TUNE_MIN_N");
+    if (min_n && *min_n) {
+        char *end = NULL;
+        long v = strtol(min_n, &end, 10);
+        if (*end == '\0' && v >= 1 && v <= INT_MAX)
+            g->tune_min_n = (int)v;
+        else
+            LOGW("SLUICE_GEMM_TUNE_MIN_N=%s is not a row count >= 1: using %d", min_n,
+                 g->tune_min_n);
+    }
     CUBLAS_CHECK(cublasLtCreate(&g->lt));
     CUDA_CHECK(cudaMalloc(&g->workspace, g->ws_bytes));
     plans_grow(g);
@@ -271,12 +483,17 @@ extern "C" void cuda_gemm_destroy(cuda_gemm *g) {
     for (int i = 0; i < g->cap; i++)
         if (g->plans[i].used) plan_release(&g->plans[i]);
     free(g->plans);
+    free(g->wins);
+    for (int i = 0; i <= GEMM_TUNE_RUNS; i++)
+        if (g->ev[i]) CUDA_CHECK(cudaEventDestroy(g->ev[i]));
     if (g->workspace) CUDA_CHECK(cudaFree(g->workspace));
     CUBLAS_CHECK(cublasLtDestroy(g->lt));
     free(g);
 }
 
 extern "C" int cuda_gemm_cache_size(const cuda_gemm *g) { return g->count; }
+extern "C" int cuda_gemm_tuned_count(const cuda_gemm *g) { return g->tuned; }
+extern "C" int cuda_gemm_reused_count(const cuda_gemm *g) { return g->reused; }
 
 extern "C" void cuda_gemm_linear(cuda_gemm *g, void *y, GemmOut ytype, const sl_bf16 *x,
                                  const LinearWeight *w, int n) {
@@ -314,7 +531,8 @@ extern "C" void cuda_gemm_linear_ex(cuda_gemm *g, void *y, GemmOut ytype, const 
     GemmKey k = {n, w->out_dim, w->in_dim, (int)ytype, bias != NULL, (int)w->fmt, al, scalar};
 
     GemmPlan *p = plan_slot(g->plans, g->cap, &k);
-    if (!p->used) {
+    int fresh = !p->used; // a new plan: plan_tune picks its algorithm below
+    if (fresh) {
         if (2 * (g->count + 1) > g->cap) {
             plans_grow(g);
             p = plan_slot(g->plans, g->cap, &k);
@@ -334,6 +552,7 @@ extern "C" void cuda_gemm_linear_ex(cuda_gemm *g, void *y, GemmOut ytype, const 
                      "reserved (cuda_gemm_reserve_fp8)", (size_t)n * w->out_dim, g->fb_cap);
             SL_FATAL("sluice", msg, "cuda_gemm_linear_ex");
         }
+        if (fresh) plan_tune(g, p, w->data, x, g->fb);
         const float one = 1.0f, zero = 0.0f;
         CUBLAS_CHECK(cublasLtMatmul(g->lt, p->op, &one, w->data, p->a, x, p->b, &zero, g->fb,
                                     p->d, g->fb, p->d, &p->algo, g->workspace, g->ws_bytes,
@@ -349,6 +568,8 @@ extern "C" void cuda_gemm_linear_ex(cuda_gemm *g, void *y, GemmOut ytype, const 
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
                                                     &bs, sizeof bs));
     }
+    if (fresh) plan_tune(g, p, w->data, x, y);
+    // beta = 0 always (plan_tune relies on it: its runs leave nothing behind)
     const float alpha = 1.0f, beta = 0.0f;
     CUBLAS_CHECK(cublasLtMatmul(g->lt, p->op, &alpha, w->data, p->a, x, p->b, &beta, y, p->d, y,
                                 p->d, &p->algo, g->workspace, g->ws_bytes, g->stream));
