@@ -689,8 +689,10 @@ static void test_attention_fp8_decode_bench(void) {
     const int nh = 32, nkv = 8, hd = 128, bs = 16;
     const int cases[][2] = {{64, 2048}, {256, 1024}, {256, 2048}, {512, 1100}, {16, 8192}};
     printf("\nFP8-KV decode attention (32 heads, 8 kv heads, hd 128), GB/s of K/V read\n");
-    printf("  %5s %6s  %10s %8s  %10s %8s\n", "batch", "ctx", "tc us", "GB/s", "cuda-core us",
-           "GB/s");
+    printf("  (tc: the tensor-core kernel, loads 2 steps ahead; tc1: 1 step, SLUICE_DECODE_TC=1;\n"
+           "   cuda-core: SLUICE_DECODE_TC=0)\n");
+    printf("  %5s %6s  %8s %6s  %8s %6s  %10s %6s\n", "batch", "ctx", "tc us", "GB/s", "tc1 us",
+           "GB/s", "cuda-core us", "GB/s");
     for (int c = 0; c < 5; c++) {
         const int S = cases[c][0], ctx = cases[c][1], mb = (ctx + bs - 1) / bs, nblk = S * mb;
         size_t ce = (size_t)nblk * nkv * bs * hd, qe = (size_t)S * (nh + 2 * nkv) * hd;
@@ -708,9 +710,9 @@ static void test_attention_fp8_decode_bench(void) {
         int32_t *dso = dev_copy(so, sizeof(int32_t) * S), *dss = dev_copy(ss, sizeof(int32_t) * (S + 1));
         size_t wsb = cuda_attention_workspace_bytes(S, nh, hd, mb * bs);
         void *ws = dev_alloc(wsb ? wsb : 4);
-        double us[2];
-        for (int v = 0; v < 2; v++) {
-            setenv("SLUICE_DECODE_TC", v == 0 ? "1" : "0", 1);
+        double us[3];
+        for (int v = 0; v < 3; v++) {
+            setenv("SLUICE_DECODE_TC", v == 0 ? "2" : v == 1 ? "1" : "0", 1);
             cudaEvent_t e0, e1;
             cudaEventCreate(&e0);
             cudaEventCreate(&e1);
@@ -733,8 +735,8 @@ static void test_attention_fp8_decode_bench(void) {
         }
         unsetenv("SLUICE_DECODE_TC");
         double bytes = 2.0 * S * (double)ctx * nkv * hd;
-        printf("  %5d %6d  %10.1f %8.0f  %10.1f %8.0f\n", S, ctx, us[0], bytes / us[0] / 1e3, us[1],
-               bytes / us[1] / 1e3);
+        printf("  %5d %6d  %8.1f %6.0f  %8.1f %6.0f  %10.1f %6.0f\n", S, ctx, us[0],
+               bytes / us[0] / 1e3, us[1], bytes / us[1] / 1e3, us[2], bytes / us[2] / 1e3);
         free(bt);
         free(pos);
         free(so);

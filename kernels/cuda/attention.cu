@@ -396,7 +396,8 @@ static __global__ void __launch_bounds__(DEC_THREADS)
 //     positions 2t, 2t+1, 2t+8, 2t+9; output tile j's column g is dimension
 //     g * HD/8 + j. Pairs of positions are interleaved with byte permutes.
 // P is rounded to fp16 (finer than the bf16 FlashAttention rounds it to).
-// Loads run one step ahead (registers). Output, partials and workspace are
+// Loads run D = 2 steps ahead in registers (SLUICE_DECODE_TC=1: one; =0:
+// the CUDA-core kernel). Output, partials and workspace are
 // those of attn_decode_kernel (same split scheme and reduce kernel).
 
 #define DTC_GB 16 // query-head rows per CTA (one m16 tile)
@@ -432,8 +433,8 @@ static __device__ __forceinline__ void ld_bytes(uint32_t w[NB / 4], const uint8_
     }
 }
 
-template <int HD>
-static __global__ void __launch_bounds__(DEC_THREADS, 3)
+template <int HD, int D>
+static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 3 : 2)
     attn_decode_tc_kernel(bf16 *__restrict__ out, float *__restrict__ ws,
                           const bf16 *__restrict__ qkv, const uint8_t *__restrict__ k_cache,
                           const uint8_t *__restrict__ v_cache, const int32_t *__restrict__ pos,
@@ -522,8 +523,8 @@ static __global__ void __launch_bounds__(DEC_THREADS, 3)
     auto cache_row = [&](int tp) {
         return ((size_t)bt[tp >> bs_shift] * blk_stride + head_row0 + (tp & bmask));
     };
-    uint32_t kw[2][KB / 4], vw[4][VB / 4];
-    auto load = [&](int base) {
+    uint32_t kw[D][2][KB / 4], vw[D][4][VB / 4]; // D steps of loads in flight
+    auto load = [&](int base, uint32_t (&kw)[2][KB / 4], uint32_t (&vw)[4][VB / 4]) {
         const int p0 = base + 16 * warp;
 #pragma unroll
         for (int j = 0; j < 2; j++) { // K rows of positions p0 + 8j + g
@@ -541,19 +542,7 @@ static __global__ void __launch_bounds__(DEC_THREADS, 3)
             ld_bytes<VB>(vw[u], v_cache + (ok ? cache_row(tp) * HD : 0) + g * VB, ok);
         }
     };
-    if (first < t_end) load(first);
-    for (int base = first; base < t_end; base += STEP) {
-        uint32_t kc[2][KB / 4], vc[4][VB / 4];
-#pragma unroll
-        for (int j = 0; j < 2; j++)
-#pragma unroll
-            for (int i = 0; i < KB / 4; i++) kc[j][i] = kw[j][i];
-#pragma unroll
-        for (int u = 0; u < 4; u++)
-#pragma unroll
-            for (int i = 0; i < VB / 4; i++) vc[u][i] = vw[u][i];
-        if (base + STEP < t_end) load(base + STEP); // the next step's loads, in flight now
-
+    auto compute = [&](int base, const uint32_t (&kc)[2][KB / 4], const uint32_t (&vc)[4][VB / 4]) {
         // S = Q K^T for the two n8 tiles
         float sc[2][4];
 #pragma unroll
@@ -611,6 +600,27 @@ static __global__ void __launch_bounds__(DEC_THREADS, 3)
             mma_f16_16816(o[4 * i + 1], pa, e4m3x2_to_f16x2(lo0 >> 16), e4m3x2_to_f16x2(lo1 >> 16));
             mma_f16_16816(o[4 * i + 2], pa, e4m3x2_to_f16x2(hi0), e4m3x2_to_f16x2(hi1));
             mma_f16_16816(o[4 * i + 3], pa, e4m3x2_to_f16x2(hi0 >> 16), e4m3x2_to_f16x2(hi1 >> 16));
+        }
+    };
+#pragma unroll
+    for (int d = 0; d < D; d++)
+        if (first + d * STEP < t_end) load(first + d * STEP, kw[d], vw[d]);
+    for (int base = first; base < t_end; base += D * STEP) {
+#pragma unroll
+        for (int d = 0; d < D; d++) {
+            const int b = base + d * STEP;
+            if (b >= t_end) break;
+            uint32_t kc[2][KB / 4], vc[4][VB / 4];
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int i = 0; i < KB / 4; i++) kc[j][i] = kw[d][j][i];
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+#pragma unroll
+                for (int i = 0; i < VB / 4; i++) vc[u][i] = vw[d][u][i];
+            if (b + D * STEP < t_end) load(b + D * STEP, kw[d], vw[d]); // in flight from now
+            compute(b, kc, vc);
         }
     }
 
@@ -1095,10 +1105,15 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, c
 #define DTC_ARGS                                                                              \
     out, ws, qkv, kc, vc, pos, seq_start, bt, max_blocks, n_seqs, n_heads, n_kv_heads, bs_shift, \
         n_sub, n_splits, chunk, sl2, v_mul, window, alibi
-            if (hd == 128)
-                attn_decode_tc_kernel<128><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
+            const bool d1 = e && e[0] == '1'; // SLUICE_DECODE_TC=1: one step of loads ahead
+            if (hd == 128 && d1)
+                attn_decode_tc_kernel<128, 1><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
+            else if (hd == 128)
+                attn_decode_tc_kernel<128, 2><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
+            else if (d1)
+                attn_decode_tc_kernel<64, 1><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
             else
-                attn_decode_tc_kernel<64><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
+                attn_decode_tc_kernel<64, 2><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
 #undef DTC_ARGS
             CUDA_CHECK_LAUNCH();
             if (n_splits > 1) {
