@@ -650,13 +650,20 @@ static void test_attention_fp8_decode(void) {
                 int32_t *dkl = dev_copy(kvl, sizeof kvl);
                 size_t wsb = cuda_attention_workspace_bytes(n, nh, hd, mb * bs);
                 void *ws = dev_alloc(wsb ? wsb : 4);
-                cuda_paged_attention_ex(dout, dq, dk, dv, dpos, dso, dss, dkl, dbt, mb, n, S, mb * bs,
-                                        nh, nkv, hd, bs, scale, 0, 1, ks, vs, window, dal, ws, 0);
-                get_act(got, dout, oe, 0);
-                char what[96];
-                snprintf(what, sizeof what, "fp8 decode hd=%d group=%d nkv=%d mode=%d", hd,
-                         groups[gi][0], nkv, mode);
-                CU_ASSERT_EQUAL(tu_compare_f32(what, got, ref, (long)oe, 1e-2f, 2e-2f), 0);
+                // each kernel: tensor cores with loads 2 and 1 steps ahead, CUDA cores
+                for (int v = 0; v < 3; v++) {
+                    setenv("SLUICE_DECODE_TC", v == 0 ? "2" : v == 1 ? "1" : "0", 1);
+                    cudaMemset(dout, 0xff, oe * 2);
+                    cuda_paged_attention_ex(dout, dq, dk, dv, dpos, dso, dss, dkl, dbt, mb, n, S,
+                                            mb * bs, nh, nkv, hd, bs, scale, 0, 1, ks, vs, window,
+                                            dal, ws, 0);
+                    get_act(got, dout, oe, 0);
+                    char what[112];
+                    snprintf(what, sizeof what, "fp8 decode kernel %d hd=%d group=%d nkv=%d mode=%d",
+                             v, hd, groups[gi][0], nkv, mode);
+                    CU_ASSERT_EQUAL(tu_compare_f32(what, got, ref, (long)oe, 1e-2f, 2e-2f), 0);
+                }
+                unsetenv("SLUICE_DECODE_TC");
                 free(bt);
                 free(c8k);
                 free(c8v);
