@@ -17,10 +17,19 @@
 // max_kv_len given as an upper bound as a CUDA graph would. The output and
 // the split-K workspace are poisoned with 0xFF bytes (NaN) first.
 //
+// The same cases with an FP8 (e4m3) cache through cuda_paged_attention_ex
+// (prefill: codes staged by cp.async and decoded in shared memory; decode:
+// decoded in registers): the CPU twin gets the decoded codes times the
+// scales, so the expected error is the bf16 cache's (same tolerances). Extra
+// head dims 72 (rows a multiple of 8 codes but not 16: 8-byte copies) and 256
+// (64-row tiles only), a chunk over 1000 cached positions (18 tiles through
+// the two staging buffers), a window and ALiBi. The 128-row tiles are the
+// default for head_dim <= 128; SLUICE_PREFILL_MT=1 runs the 64-row ones.
+//
 // Without a GPU every test prints "skipped: no CUDA device" and passes,
 // unless SLUICE_REQUIRE_GPU=1. With SLUICE_GPU_BENCH=1 a benchmark also runs
-// (decode GB/s against the device-to-device copy, prefill TFLOP/s); it
-// prints and never fails.
+// (decode GB/s against the device-to-device copy, prefill TFLOP/s with a
+// bf16 and an FP8 cache); it prints and never fails.
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -30,6 +39,7 @@
 #include "common.h"
 #include "cpu/ops_cpu.h"
 #include "cuda/ops_cuda.h"
+#include "fp8.h"
 #include "gpu_testutil.h"
 #include "testutil.h"
 
@@ -104,6 +114,12 @@ typedef struct {
 // 2 MPT's); set by test_sliding_window and test_alibi only.
 static int g_window = 0, g_alibi = 0;
 
+// 1: the cache is FP8 e4m3 codes with these scales (not powers of two, so a
+// scale applied twice or not at all shows)
+static int g_kv_fp8 = 0;
+#define KS8 0.03f
+#define VS8 0.05f
+
 // max_kv_mode: 0 the true largest kv_len, 1 the table's capacity (what a
 // CUDA graph would pass), 2 an underestimate (1).
 static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mode,
@@ -145,12 +161,22 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
     }
     seq_start[n_seqs] = row;
 
-    // data, bf16-exact
+    // data, bf16-exact (FP8: the codes, and for the CPU their values times the scales)
     size_t cache_n = (size_t)n_blocks * nkv * bs * hd, qkv_n = (size_t)n * stride;
     float *kc = sl_malloc(cache_n * sizeof(float)), *vc = sl_malloc(cache_n * sizeof(float));
     float *qkv = sl_malloc(qkv_n * sizeof(float));
+    uint8_t *kc8 = NULL, *vc8 = NULL;
     for (size_t i = 0; i < cache_n; i++) kc[i] = bf16r(tu_rand_normal(&rng));
     for (size_t i = 0; i < cache_n; i++) vc[i] = bf16r(tu_rand_normal(&rng));
+    if (g_kv_fp8) {
+        kc8 = sl_malloc(cache_n), vc8 = sl_malloc(cache_n);
+        for (size_t i = 0; i < cache_n; i++) {
+            kc8[i] = sl_f32_to_e4m3(kc[i] * (1.0f / KS8));
+            vc8[i] = sl_f32_to_e4m3(vc[i] * (1.0f / VS8));
+            kc[i] = sl_e4m3_to_f32(kc8[i]) * KS8;
+            vc[i] = sl_e4m3_to_f32(vc8[i]) * VS8;
+        }
+    }
     for (int i = 0; i < n; i++)
         for (int j = 0; j < stride; j++)
             qkv[(size_t)i * stride + j] =
@@ -172,7 +198,14 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
                            scale, g_window, slopes);
 
     // GPU
-    sl_bf16 *d_kc = dev_bf16(kc, cache_n), *d_vc = dev_bf16(vc, cache_n);
+    void *d_kc, *d_vc;
+    if (g_kv_fp8) {
+        d_kc = dev_alloc(cache_n), d_vc = dev_alloc(cache_n);
+        CUDA_CHECK(cudaMemcpy(d_kc, kc8, cache_n, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(d_vc, vc8, cache_n, cudaMemcpyHostToDevice));
+    } else {
+        d_kc = dev_bf16(kc, cache_n), d_vc = dev_bf16(vc, cache_n);
+    }
     sl_bf16 *d_qkv = dev_bf16(qkv, qkv_n);
     int32_t *d_pos = dev_i32(pos, n), *d_seq_of = dev_i32(seq_of, n);
     int32_t *d_seq_start = dev_i32(seq_start, n_seqs + 1), *d_kv_len = dev_i32(kv_len, n_seqs);
@@ -184,7 +217,11 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
     CUDA_CHECK(cudaMemset(d_out, 0xFF, out_n * sizeof(sl_bf16)));
     CUDA_CHECK(cudaMemset(d_ws, 0xFF, ws_bytes ? ws_bytes : 1));
     int max_kv_arg = max_kv_mode == 0 ? max_kv : max_kv_mode == 1 ? max_seq_len : 1;
-    if (g_window || g_alibi)
+    if (g_kv_fp8)
+        cuda_paged_attention_ex(d_out, d_qkv, d_kc, d_vc, d_pos, d_seq_of, d_seq_start, d_kv_len,
+                                d_bt, max_blocks, n, n_seqs, max_kv_arg, nh, nkv, hd, bs, scale,
+                                0, 1, KS8, VS8, g_window, d_slopes, d_ws, 0);
+    else if (g_window || g_alibi)
         cuda_paged_attention_window(d_out, d_qkv, d_kc, d_vc, d_pos, d_seq_of, d_seq_start,
                                     d_kv_len, d_bt, max_blocks, n, n_seqs, max_kv_arg, nh, nkv,
                                     hd, bs, scale, g_window, d_slopes, d_ws, 0);
@@ -209,9 +246,10 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
         cnt[k] += (long)rw;
     }
     char what[160];
-    snprintf(what, sizeof what, "%s/mode%d/decode", sh->name, max_kv_mode);
+    const char *kind = g_kv_fp8 ? "/fp8" : "";
+    snprintf(what, sizeof what, "%s%s/mode%d/decode", sh->name, kind, max_kv_mode);
     long bad_d = tu_compare_f32(what, g2[0], r2[0], cnt[0], ATOL_DECODE, RTOL);
-    snprintf(what, sizeof what, "%s/mode%d/prefill", sh->name, max_kv_mode);
+    snprintf(what, sizeof what, "%s%s/mode%d/prefill", sh->name, kind, max_kv_mode);
     long bad_p = tu_compare_f32(what, g2[1], r2[1], cnt[1], ATOL_PREFILL, RTOL);
     // worst error as a fraction of the allowed one, per kind (margin report)
     double worst[2] = {0, 0};
@@ -221,6 +259,7 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
             double f = fabs(g2[k][i] - r2[k][i]) / (atol[k] + RTOL * fabs(r2[k][i]));
             if (!(f <= worst[k])) worst[k] = f; // NaN sticks
         }
+    if (g_kv_fp8) printf("  fp8 kv:");
     if (g_window || g_alibi) printf("  window %d alibi %d:", g_window, g_alibi);
     printf("  %-22s mode %d: %d rows, %d seqs, ws %zu B; worst err/tol decode %.2f prefill %.2f\n",
            sh->name, max_kv_mode, n, n_seqs, ws_bytes, worst[0], worst[1]);
@@ -245,6 +284,8 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
     free(got);
     free(kc);
     free(vc);
+    free(kc8);
+    free(vc8);
     free(qkv);
     free(pos);
     free(seq_of);
@@ -358,6 +399,36 @@ static void test_alibi(void) {
         g_window = 0;
     }
     g_alibi = 0;
+}
+
+// FP8 cache: every shape on the mixed call, head dims 72 and 256, the
+// prefill-only cases, a chunk deep into its context, a window with ALiBi,
+// and max_kv_len as a graph passes it.
+static void test_fp8_cache(void) {
+    if (!tu_gpu_ready()) return;
+    static const Shape extra[] = {
+        {"gqa4_hd72_bs16", 8, 2, 72, 16, 1.0f},
+        {"gqa2_hd256_bs32", 4, 2, 256, 32, 1.0f},
+    };
+    g_kv_fp8 = 1;
+    for (int i = 0; i < N_SHAPES; i++) run_case(&SHAPES[i], MIXED, N_MIXED, 0, 1100 + i);
+    for (int i = 0; i < 2; i++) run_case(&extra[i], MIXED, N_MIXED, 0, 1120 + i);
+    Seq chunk[1] = {{130, 50}};
+    run_case(&SHAPES[1], chunk, 1, 0, 1130);
+    run_case(&SHAPES[2], chunk, 1, 0, 1131);
+    run_case(&extra[0], chunk, 1, 0, 1132);
+    Seq two[2] = {{65, 0}, {64, 7}}; // two prefill sequences sharing a tile
+    run_case(&SHAPES[6], two, 2, 0, 1133);
+    run_case(&SHAPES[0], two, 2, 0, 1134);
+    Seq deep[2] = {{100, 1000}, {1, 1500}}; // chunk 2 of a long prompt, and a decode row
+    run_case(&SHAPES[0], deep, 2, 0, 1135);
+    run_case(&SHAPES[3], deep, 2, 0, 1136);
+    run_case(&extra[1], deep, 2, 0, 1137);
+    g_window = 37, g_alibi = 1;
+    run_case(&SHAPES[0], MIXED, N_MIXED, 0, 1140);
+    g_window = 0, g_alibi = 0;
+    run_case(&SHAPES[4], MIXED, N_MIXED, 1, 1141);
+    g_kv_fp8 = 0;
 }
 
 static void test_workspace_bytes(void) {
@@ -482,19 +553,28 @@ static void test_bench(void) {
         ss[pf_prompts] = n;
         int32_t *d_pos = dev_i32(pos, n), *d_seq = dev_i32(seq, n), *d_ss = dev_i32(ss, pf_prompts + 1);
         int32_t *d_kvl = dev_i32(kvl, pf_prompts), *d_bt = dev_i32(bt, (size_t)pf_prompts * max_blocks);
-        for (int r = 0; r < 3 + BENCH_REPS; r++) {
-            CUDA_CHECK(cudaEventRecord(e0, 0));
-            cuda_paged_attention(out, qkv, kc, vc, d_pos, d_seq, d_ss, d_kvl, d_bt, max_blocks, n,
-                                 pf_prompts, pf_len, nh, nkv, hd, bs, scale, ws, 0);
-            CUDA_CHECK(cudaEventRecord(e1, 0));
-            CUDA_CHECK(cudaEventSynchronize(e1));
-            if (r >= 3) CUDA_CHECK(cudaEventElapsedTime(&ms[r - 3], e0, e1));
+        // bf16 cache, then the same bytes read as an FP8 cache (e4m3 0x3C = 1.5)
+        for (int kv8 = 0; kv8 < 2; kv8++) {
+            for (int r = 0; r < 3 + BENCH_REPS; r++) {
+                CUDA_CHECK(cudaEventRecord(e0, 0));
+                if (kv8)
+                    cuda_paged_attention_ex(out, qkv, kc, vc, d_pos, d_seq, d_ss, d_kvl, d_bt,
+                                            max_blocks, n, pf_prompts, pf_len, nh, nkv, hd, bs,
+                                            scale, 0, 1, 0.01f, 0.01f, 0, NULL, ws, 0);
+                else
+                    cuda_paged_attention(out, qkv, kc, vc, d_pos, d_seq, d_ss, d_kvl, d_bt,
+                                         max_blocks, n, pf_prompts, pf_len, nh, nkv, hd, bs,
+                                         scale, ws, 0);
+                CUDA_CHECK(cudaEventRecord(e1, 0));
+                CUDA_CHECK(cudaEventSynchronize(e1));
+                if (r >= 3) CUDA_CHECK(cudaEventElapsedTime(&ms[r - 3], e0, e1));
+            }
+            float med = median_f(ms, BENCH_REPS);
+            // causal work only: row i does (i + 1) keys x head_dim x 2 (QK and PV) FMAs
+            double flops = 4.0 * hd * nh * pf_prompts * ((double)pf_len * (pf_len + 1) / 2);
+            printf("  prefill %d x %d tokens, %s cache: %.3f ms, %.1f TFLOP/s (causal FLOPs)\n",
+                   pf_prompts, pf_len, kv8 ? "fp8" : "bf16", med, flops / (med * 1e-3) / 1e12);
         }
-        float med = median_f(ms, BENCH_REPS);
-        // causal work only: row i does (i + 1) keys x head_dim x 2 (QK and PV) FMAs
-        double flops = 4.0 * hd * nh * pf_prompts * ((double)pf_len * (pf_len + 1) / 2);
-        printf("  prefill %d x %d tokens: %.3f ms, %.1f TFLOP/s (causal FLOPs)\n", pf_prompts, pf_len,
-               med, flops / (med * 1e-3) / 1e12);
         CUDA_CHECK(cudaFree(d_pos));
         CUDA_CHECK(cudaFree(d_seq));
         CUDA_CHECK(cudaFree(d_ss));
@@ -522,6 +602,7 @@ int main(void) {
         {"prefill only", test_prefill_only},
         {"sliding window (prefill, decode, split-K)", test_sliding_window},
         {"alibi (BLOOM and MPT slopes, with and without a window)", test_alibi},
+        {"fp8 kv cache (prefill staging, decode)", test_fp8_cache},
         {"benchmark", test_bench},
         {NULL, NULL},
     };

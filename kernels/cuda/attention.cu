@@ -20,6 +20,14 @@
 //   itself causally. P is rounded to bf16 for the P.V product, as in
 //   FlashAttention. Head dims other than 64/128 are zero-padded in shared
 //   memory to the next supported width (32, 96, 192, 256): correct, not tuned.
+//   With an FP8 (e4m3) cache the codes of a K/V tile are copied raw by
+//   cp.async into a staging area (two stages, issued two tiles ahead), then
+//   decoded smem -> smem into a single bf16 K/V tile that the same MMA code
+//   reads; the decode is exact, so the math is the bf16 cache's (the cache
+//   scales are folded into the softmax scale and the output). The staging
+//   takes the bytes of the bf16 path's second K/V buffer (same shared memory
+//   size). Head dims not a multiple of 8 (or unaligned bases) load and decode
+//   synchronously instead (correct, not tuned).
 //
 // - decode (sequences with exactly one row): flash-decoding. A CTA owns one
 //   sequence x one kv head (x up to 8 of the query heads sharing it, so each
@@ -118,6 +126,11 @@ static __device__ __forceinline__ void load_kv_raw(uint32_t w[VEC / 2], const KT
 static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes) {
     unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+                 "r"(src_bytes));
+}
+static __device__ __forceinline__ void cp_async8(void *smem, const void *gmem, int src_bytes) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(s), "l"(gmem),
                  "r"(src_bytes));
 }
 static __device__ __forceinline__ void cp_async4(void *smem, const void *gmem, int src_bytes) {
@@ -719,37 +732,78 @@ static __device__ __forceinline__ void pf_load_tile(bf16 *dst, const bf16 *zero_
     }
 }
 
-// An FP8 tile: rows of e4m3 codes decoded to bf16 and stored to shared
-// memory by the threads themselves (no cp.async: the decode happens in
-// registers); zero rows where src_of gives NULL. The caller's barriers order
-// these stores like the cp.async path's.
+// FP8 cache, 16-byte path (v16): the e4m3 codes of a K or V tile are staged
+// raw in shared memory by cp.async (row stride RS bytes), issued two tiles
+// ahead like the bf16 path's copies, then decoded smem -> smem into the bf16
+// tile that ldmatrix reads (pf_convert_fp8). Decoding on the way in would
+// need the codes in registers, i.e. synchronous loads that the MMAs wait for.
+//
+// Copies the codes of rows [0, PF_BN), columns [0, hd), in CB-byte chunks
+// (16 when hd % 16 == 0, else 8: the rows are hd bytes apart); zero-filled
+// where src_of gives NULL. The FAST case (hd == HDP) has its own loop.
+template <int CB, int RS, typename SrcOf>
+static __device__ __forceinline__ void pf_stage_fp8(uint8_t *dst, const uint8_t *zero_src, int hd,
+                                                    SrcOf src_of) {
+    const int cpr = hd / CB;
+    for (int i = threadIdx.x; i < PF_BN * cpr; i += PF_THREADS) {
+        const int r = i / cpr, c = i - r * cpr;
+        const uint8_t *src = src_of(r);
+        if constexpr (CB == 16)
+            cp_async16(dst + r * RS + c * 16, src ? src + c * 16 : zero_src, src ? 16 : 0);
+        else
+            cp_async8(dst + r * RS + c * 8, src ? src + c * 8 : zero_src, src ? 8 : 0);
+    }
+}
+
+// Eight e4m3 codes (low byte first) -> eight bf16, exact: the same values as
+// e4m3x2_to_bf16x2 gives, with its last step (fp32 pair -> bf16 pair, one
+// F2FP per pair) replaced by a byte permute. An e4m3 value has at most 4
+// significant bits and its exponent is in bf16's normal range, so the low 16
+// bits of its fp32 form are zero and keeping the high half is exact.
+static __device__ __forceinline__ uint4 e4m3x8_to_bf16x8(uint2 b) {
+    auto two = [](uint32_t codes) { // codes in the low 16 bits
+        const __half2_raw h =
+            __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)codes, __NV_E4M3);
+        const float2 f = __half22float2(__half2(h));
+        return __byte_perm(__float_as_uint(f.x), __float_as_uint(f.y), 0x7632);
+    };
+    return make_uint4(two(b.x & 0xffffu), two(b.x >> 16), two(b.y & 0xffffu), two(b.y >> 16));
+}
+
+// Decodes staged codes (row stride RS bytes) to the bf16 tile (row stride
+// LDS), rows [0, PF_BN), columns [0, hd) (hd % 8 == 0): 8 codes per step, so
+// a warp reads 256 contiguous bytes and each quarter-warp writes 128 (no bank
+// conflicts while a row has >= 8 steps). K and V in the same steps (two
+// independent chains). Columns [hd, HDP) of the bf16 tiles stay zero.
+template <int LDS, int RS>
+static __device__ __forceinline__ void pf_convert_fp8(bf16 *dk, bf16 *dv, const uint8_t *rk,
+                                                      const uint8_t *rv, int hd) {
+    const int spr = hd >> 3; // steps per row
+    // unrolled by 2: 4 independent chains; more costs registers that the
+    // 128-row instances do not have (spills measured with unroll 4)
+#pragma unroll 2
+    for (int i = threadIdx.x; i < PF_BN * spr; i += PF_THREADS) {
+        const int r = i / spr, c = i - r * spr;
+        const uint2 bk = *reinterpret_cast<const uint2 *>(rk + r * RS + c * 8);
+        const uint2 bv = *reinterpret_cast<const uint2 *>(rv + r * RS + c * 8);
+        *reinterpret_cast<uint4 *>(dk + r * LDS + c * 8) = e4m3x8_to_bf16x8(bk);
+        *reinterpret_cast<uint4 *>(dv + r * LDS + c * 8) = e4m3x8_to_bf16x8(bv);
+    }
+}
+
+// FP8 cache without the 16-byte path (head_dim % 8 != 0 or unaligned bases):
+// rows of e4m3 codes loaded by the threads themselves (2 codes each),
+// decoded and stored to shared memory; zero rows where src_of gives NULL.
+// Synchronous: correct, not tuned (no model of interest takes this path).
 template <int LDS, int NROWS, typename SrcOf>
-static __device__ __forceinline__ void pf_load_tile_fp8(bf16 *dst, int hd, bool v16,
-                                                        SrcOf src_of) {
-    if (v16) {
-        const int cpr = hd >> 3; // 8 codes -> 16 bytes of bf16
-        for (int i = threadIdx.x; i < NROWS * cpr; i += PF_THREADS) {
-            const int r = i / cpr, c = i - r * cpr;
-            const uint8_t *src = src_of(r);
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (src) {
-                uint2 b = *reinterpret_cast<const uint2 *>(src + c * 8);
-                v.x = e4m3x2_to_bf16x2((uint16_t)(b.x & 0xffffu));
-                v.y = e4m3x2_to_bf16x2((uint16_t)(b.x >> 16));
-                v.z = e4m3x2_to_bf16x2((uint16_t)(b.y & 0xffffu));
-                v.w = e4m3x2_to_bf16x2((uint16_t)(b.y >> 16));
-            }
-            *reinterpret_cast<uint4 *>(dst + r * LDS + c * 8) = v;
-        }
-    } else {
-        const int cpr = hd >> 1;
-        for (int i = threadIdx.x; i < NROWS * cpr; i += PF_THREADS) {
-            const int r = i / cpr, c = i - r * cpr;
-            const uint8_t *src = src_of(r);
-            uint32_t v = src ? e4m3x2_to_bf16x2(*reinterpret_cast<const unsigned short *>(src + c * 2))
-                             : 0u;
-            *reinterpret_cast<uint32_t *>(dst + r * LDS + c * 2) = v;
-        }
+static __device__ __forceinline__ void pf_load_tile_fp8(bf16 *dst, int hd, SrcOf src_of) {
+    const int cpr = hd >> 1;
+    for (int i = threadIdx.x; i < NROWS * cpr; i += PF_THREADS) {
+        const int r = i / cpr, c = i - r * cpr;
+        const uint8_t *src = src_of(r);
+        const uint32_t v =
+            src ? e4m3x2_to_bf16x2(*reinterpret_cast<const unsigned short *>(src + c * 2)) : 0u;
+        *reinterpret_cast<uint32_t *>(dst + r * LDS + c * 2) = v;
     }
 }
 
@@ -775,10 +829,17 @@ static __global__ void __launch_bounds__(PF_THREADS)
     constexpr int KSTEPS = HDP / 16; // k-steps of Q.K^T over head_dim
     constexpr int NT_S = PF_BN / 8;  // n8 tiles of S (key positions)
     constexpr int NT_O = HDP / 8;    // n8 tiles of O (head_dim)
+    constexpr bool FP8 = sizeof(KT) == 1;
+    // bf16 cache: sQ [BM][LDS], sK [2][PF_BN][LDS], sV [2][PF_BN][LDS] (double
+    // buffered). FP8 cache, same bytes: one bf16 K and one V tile (decoded in
+    // place, so one suffices), then the raw codes [2 stages][K, V][PF_BN][HDP]
+    // where the second K/V pair would be.
+    static_assert(4 * PF_BN * HDP <= 2 * PF_BN * LDS * (int)sizeof(bf16), "FP8 staging");
     extern __shared__ __align__(16) unsigned char pf_smem[];
-    bf16 *sQ = reinterpret_cast<bf16 *>(pf_smem); // [BM][LDS]
-    bf16 *sK = sQ + BM * LDS;                      // [2][PF_BN][LDS]
-    bf16 *sV = sK + 2 * PF_BN * LDS;               // [2][PF_BN][LDS]
+    bf16 *sQ = reinterpret_cast<bf16 *>(pf_smem);
+    bf16 *sK = sQ + BM * LDS;
+    bf16 *sV = sK + (FP8 ? 1 : 2) * PF_BN * LDS;
+    uint8_t *sRaw = reinterpret_cast<uint8_t *>(sK + 2 * PF_BN * LDS); // FP8 only
     __shared__ int s_pos[BM];
 
     const int h = blockIdx.x;
@@ -840,9 +901,42 @@ static __global__ void __launch_bounds__(PF_THREADS)
                 if (t >= kv_end) return nullptr;
                 return base + ((size_t)bt[t >> bs_shift] * blk_stride + head_row0 + (t & bmask)) * hd;
             };
-            if constexpr (sizeof(KT) == 1) {
-                pf_load_tile_fp8<LDS, PF_BN>(dk, hd, v16b, [&](int i) { return kv_row(k_cache, i); });
-                pf_load_tile_fp8<LDS, PF_BN>(dv, hd, v16b, [&](int i) { return kv_row(v_cache, i); });
+            if constexpr (FP8) {
+                // the codes into stage `buf` (v16 only); pf_convert_fp8 decodes them
+                (void)dk, (void)dv;
+                const uint8_t *kc = reinterpret_cast<const uint8_t *>(k_cache);
+                const uint8_t *vc = reinterpret_cast<const uint8_t *>(v_cache);
+                uint8_t *rk = sRaw + buf * 2 * PF_BN * HDP, *rv = rk + PF_BN * HDP;
+                auto k_src = [&](int i) {
+                    return reinterpret_cast<const uint8_t *>(kv_row(k_cache, i));
+                };
+                auto v_src = [&](int i) {
+                    return reinterpret_cast<const uint8_t *>(kv_row(v_cache, i));
+                };
+                if (FAST) { // as the bf16 FAST path: 16-code chunks, column fixed per thread
+                    constexpr int CPR = HDP / 16, RPP = PF_THREADS / CPR;
+                    const int c = threadIdx.x % CPR;
+                    const int r_first = threadIdx.x < RPP * CPR ? threadIdx.x / CPR : PF_BN;
+#pragma unroll
+                    for (int r = r_first; r < PF_BN; r += RPP) {
+                        const int t = k0 + r;
+                        if (t < kv_end) {
+                            const size_t off = ((size_t)bt[t >> bs_shift] * blk_stride + head_row0 +
+                                                (t & bmask)) * HDP + c * 16;
+                            cp_async16(rk + r * HDP + c * 16, kc + off, 16);
+                            cp_async16(rv + r * HDP + c * 16, vc + off, 16);
+                        } else {
+                            cp_async16(rk + r * HDP + c * 16, kc, 0);
+                            cp_async16(rv + r * HDP + c * 16, vc, 0);
+                        }
+                    }
+                } else if (hd % 16 == 0) {
+                    pf_stage_fp8<16, HDP>(rk, kc, hd, k_src);
+                    pf_stage_fp8<16, HDP>(rv, vc, hd, v_src);
+                } else {
+                    pf_stage_fp8<8, HDP>(rk, kc, hd, k_src);
+                    pf_stage_fp8<8, HDP>(rv, vc, hd, v_src);
+                }
             } else if (FAST) { // head_dim == HDP, 16-byte chunks: column fixed per thread
                 constexpr int CPR = HDP / 8, RPP = PF_THREADS / CPR;
                 const int c = threadIdx.x % CPR;
@@ -876,9 +970,18 @@ static __global__ void __launch_bounds__(PF_THREADS)
                                          v_src);
             }
         };
+        const int nkb = (kv_end + PF_BN - 1) / PF_BN;
         pf_load_tile<LDS, BM>(sQ, qkv, hd, v16b, q_src);
-        load_kv(0, 0);
-        cp_async_commit();
+        if constexpr (FP8) { // tiles 0 and 1 in flight (see the loop); groups may be empty
+#pragma unroll 1
+            for (int j = 0; j < 2; j++) { // a loop: one inlined copy of load_kv
+                if (v16b && j < nkb) load_kv(j, j);
+                cp_async_commit();
+            }
+        } else {
+            load_kv(0, 0);
+            cp_async_commit();
+        }
 
         float o[MT][NT_O][4], m[MT][2], l[MT][2];
 #pragma unroll
@@ -889,16 +992,45 @@ static __global__ void __launch_bounds__(PF_THREADS)
             l[mt][0] = l[mt][1] = 0.f;
         }
 
-        const int nkb = (kv_end + PF_BN - 1) / PF_BN;
         for (int kb = 0; kb < nkb; kb++) {
             const int buf = kb & 1;
-            if (kb + 1 < nkb) load_kv(kb + 1, buf ^ 1);
-            cp_async_commit();
-            cp_async_wait<1>(); // tile kb (and Q) have landed
-            __syncthreads();
             const int k0 = kb * PF_BN;
+            if constexpr (FP8) {
+                // Stage buf holds tile kb's codes; tile kb + 1 is in flight in the
+                // other. The first barrier makes tile kb's codes visible and
+                // frees sK/sV (every warp is past tile kb - 1's MMAs); the second
+                // publishes the decoded tile and frees stage buf (every thread
+                // is past its decode), which then takes tile kb + 2, in flight
+                // during this tile's MMAs and the next tile's decode.
+                cp_async_wait<1>(); // this thread's copies of tile kb (and Q) have landed
+                __syncthreads();
+                if (v16b) {
+                    const uint8_t *rk = sRaw + buf * 2 * PF_BN * HDP;
+                    if (FAST) pf_convert_fp8<LDS, HDP>(sK, sV, rk, rk + PF_BN * HDP, HDP);
+                    else pf_convert_fp8<LDS, HDP>(sK, sV, rk, rk + PF_BN * HDP, hd);
+                } else { // synchronous loads, decoded on the way
+                    auto kv_row = [&](const KT *base, int i) -> const uint8_t * {
+                        const int t = k0 + i;
+                        if (t >= kv_end) return nullptr;
+                        const size_t row =
+                            (size_t)bt[t >> bs_shift] * blk_stride + head_row0 + (t & bmask);
+                        return reinterpret_cast<const uint8_t *>(base) + row * hd;
+                    };
+                    pf_load_tile_fp8<LDS, PF_BN>(sK, hd, [&](int i) { return kv_row(k_cache, i); });
+                    pf_load_tile_fp8<LDS, PF_BN>(sV, hd, [&](int i) { return kv_row(v_cache, i); });
+                }
+                __syncthreads();
+                if (v16b && kb + 2 < nkb) load_kv(kb + 2, buf);
+                cp_async_commit();
+            } else {
+                if (kb + 1 < nkb) load_kv(kb + 1, buf ^ 1);
+                cp_async_commit();
+                cp_async_wait<1>(); // tile kb (and Q) have landed
+                __syncthreads();
+            }
             if (k0 <= wmax) { // else every row of this warp masks the whole tile
-                const bf16 *Kb = sK + buf * PF_BN * LDS, *Vb = sV + buf * PF_BN * LDS;
+                const bf16 *Kb = FP8 ? sK : sK + buf * PF_BN * LDS;
+                const bf16 *Vb = FP8 ? sV : sV + buf * PF_BN * LDS;
                 float sc[MT][NT_S][4];
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++)
@@ -1010,7 +1142,10 @@ static __global__ void __launch_bounds__(PF_THREADS)
                     }
                 }
             }
-            __syncthreads(); // everyone is done with buffer `buf` before it is refilled
+            // bf16: everyone is done with buffer `buf` before it is refilled
+            // (FP8: the next tile's first barrier does it, the next segment's
+            // s_pos barrier after the last tile)
+            if constexpr (!FP8) __syncthreads();
         }
         cp_async_wait<0>();
 
