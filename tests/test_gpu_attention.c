@@ -23,8 +23,10 @@
 // scales, so the expected error is the bf16 cache's (same tolerances). Extra
 // head dims 72 (rows a multiple of 8 codes but not 16: 8-byte copies) and 256
 // (64-row tiles only), a chunk over 1000 cached positions (18 tiles through
-// the two staging buffers), a window and ALiBi. The 128-row tiles are the
-// default for head_dim <= 128; SLUICE_PREFILL_MT=1 runs the 64-row ones.
+// the two staging buffers), a window and ALiBi. With scales 1 the output
+// must also equal the bf16 path's on a bf16 cache of the decoded values, bit
+// for bit. The 128-row tiles are the default for head_dim <= 128;
+// SLUICE_PREFILL_MT=1 runs the 64-row ones.
 //
 // Without a GPU every test prints "skipped: no CUDA device" and passes,
 // unless SLUICE_REQUIRE_GPU=1. With SLUICE_GPU_BENCH=1 a benchmark also runs
@@ -115,7 +117,10 @@ typedef struct {
 static int g_window = 0, g_alibi = 0;
 
 // 1: the cache is FP8 e4m3 codes with these scales (not powers of two, so a
-// scale applied twice or not at all shows)
+// scale applied twice or not at all shows). 2: codes with scales 1, and the
+// output must also equal, bit for bit, the bf16 path's on a bf16 cache
+// holding the decoded values (the decode is exact and the math after it the
+// same).
 static int g_kv_fp8 = 0;
 #define KS8 0.03f
 #define VS8 0.05f
@@ -168,13 +173,14 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
     uint8_t *kc8 = NULL, *vc8 = NULL;
     for (size_t i = 0; i < cache_n; i++) kc[i] = bf16r(tu_rand_normal(&rng));
     for (size_t i = 0; i < cache_n; i++) vc[i] = bf16r(tu_rand_normal(&rng));
+    const float ks8 = g_kv_fp8 == 2 ? 1.0f : KS8, vs8 = g_kv_fp8 == 2 ? 1.0f : VS8;
     if (g_kv_fp8) {
         kc8 = sl_malloc(cache_n), vc8 = sl_malloc(cache_n);
         for (size_t i = 0; i < cache_n; i++) {
-            kc8[i] = sl_f32_to_e4m3(kc[i] * (1.0f / KS8));
-            vc8[i] = sl_f32_to_e4m3(vc[i] * (1.0f / VS8));
-            kc[i] = sl_e4m3_to_f32(kc8[i]) * KS8;
-            vc[i] = sl_e4m3_to_f32(vc8[i]) * VS8;
+            kc8[i] = sl_f32_to_e4m3(kc[i] * (1.0f / ks8));
+            vc8[i] = sl_f32_to_e4m3(vc[i] * (1.0f / vs8));
+            kc[i] = sl_e4m3_to_f32(kc8[i]) * ks8;
+            vc[i] = sl_e4m3_to_f32(vc8[i]) * vs8;
         }
     }
     for (int i = 0; i < n; i++)
@@ -220,7 +226,7 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
     if (g_kv_fp8)
         cuda_paged_attention_ex(d_out, d_qkv, d_kc, d_vc, d_pos, d_seq_of, d_seq_start, d_kv_len,
                                 d_bt, max_blocks, n, n_seqs, max_kv_arg, nh, nkv, hd, bs, scale,
-                                0, 1, KS8, VS8, g_window, d_slopes, d_ws, 0);
+                                0, 1, ks8, vs8, g_window, d_slopes, d_ws, 0);
     else if (g_window || g_alibi)
         cuda_paged_attention_window(d_out, d_qkv, d_kc, d_vc, d_pos, d_seq_of, d_seq_start,
                                     d_kv_len, d_bt, max_blocks, n, n_seqs, max_kv_arg, nh, nkv,
@@ -233,6 +239,25 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
     sl_bf16 *h_out = sl_malloc(out_n * sizeof(sl_bf16));
     CUDA_CHECK(cudaMemcpy(h_out, d_out, out_n * sizeof(sl_bf16), cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < out_n; i++) got[i] = sl_bf16_to_f32(h_out[i]);
+    long n_diff = 0; // g_kv_fp8 == 2: elements differing from the bf16 path's
+    if (g_kv_fp8 == 2) {
+        sl_bf16 *d_kb = dev_bf16(kc, cache_n), *d_vb = dev_bf16(vc, cache_n); // exact
+        CUDA_CHECK(cudaMemset(d_out, 0xFF, out_n * sizeof(sl_bf16)));
+        cuda_paged_attention_window(d_out, d_qkv, d_kb, d_vb, d_pos, d_seq_of, d_seq_start,
+                                    d_kv_len, d_bt, max_blocks, n, n_seqs, max_kv_arg, nh, nkv,
+                                    hd, bs, scale, g_window, d_slopes, d_ws, 0);
+        sl_bf16 *h_ref = sl_malloc(out_n * sizeof(sl_bf16));
+        CUDA_CHECK(cudaMemcpy(h_ref, d_out, out_n * sizeof(sl_bf16), cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < out_n; i++) {
+            if (h_out[i] == h_ref[i]) continue;
+            if (n_diff++ < 5)
+                fprintf(stderr, "  %s fp8 vs bf16 path: [%zu] (row %zu) %04x, bf16 path %04x\n",
+                        sh->name, i, i / ((size_t)nh * hd), h_out[i], h_ref[i]);
+        }
+        free(h_ref);
+        CUDA_CHECK(cudaFree(d_kb));
+        CUDA_CHECK(cudaFree(d_vb));
+    }
 
     // compare decode rows and prefill rows, each with its tolerance
     const size_t rw = (size_t)nh * hd;
@@ -259,12 +284,13 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
             double f = fabs(g2[k][i] - r2[k][i]) / (atol[k] + RTOL * fabs(r2[k][i]));
             if (!(f <= worst[k])) worst[k] = f; // NaN sticks
         }
-    if (g_kv_fp8) printf("  fp8 kv:");
+    if (g_kv_fp8) printf("  fp8 kv%s:", g_kv_fp8 == 2 ? " (= bf16 path)" : "");
     if (g_window || g_alibi) printf("  window %d alibi %d:", g_window, g_alibi);
     printf("  %-22s mode %d: %d rows, %d seqs, ws %zu B; worst err/tol decode %.2f prefill %.2f\n",
            sh->name, max_kv_mode, n, n_seqs, ws_bytes, worst[0], worst[1]);
     CU_ASSERT_EQUAL(bad_d, 0);
     CU_ASSERT_EQUAL(bad_p, 0);
+    CU_ASSERT_EQUAL(n_diff, 0);
 
     for (int k = 0; k < 2; k++) free(g2[k]), free(r2[k]);
     CUDA_CHECK(cudaFree(d_kc));
@@ -403,7 +429,8 @@ static void test_alibi(void) {
 
 // FP8 cache: every shape on the mixed call, head dims 72 and 256, the
 // prefill-only cases, a chunk deep into its context, a window with ALiBi,
-// and max_kv_len as a graph passes it.
+// and max_kv_len as a graph passes it; then with scales 1 against the bf16
+// path bit for bit.
 static void test_fp8_cache(void) {
     if (!tu_gpu_ready()) return;
     static const Shape extra[] = {
@@ -428,6 +455,11 @@ static void test_fp8_cache(void) {
     run_case(&SHAPES[0], MIXED, N_MIXED, 0, 1140);
     g_window = 0, g_alibi = 0;
     run_case(&SHAPES[4], MIXED, N_MIXED, 1, 1141);
+    // scales 1: bit for bit the bf16 path on the decoded values, every kind of tile load
+    g_kv_fp8 = 2;
+    for (int i = 0; i < N_SHAPES; i++) run_case(&SHAPES[i], MIXED, N_MIXED, 0, 1150 + i);
+    for (int i = 0; i < 2; i++) run_case(&extra[i], MIXED, N_MIXED, 0, 1160 + i);
+    run_case(&SHAPES[0], deep, 2, 0, 1162);
     g_kv_fp8 = 0;
 }
 
