@@ -83,16 +83,20 @@ typedef struct {
     size_t logits_cap;  // floats
 
     // INT4 weights (kernels/cuda/w4a16.h): calls of up to gemv_max_n rows run
-    // the decode GEMV, larger ones dequantise into int4_scratch (bf16, sized
-    // in reserve for the largest INT4 layer) and run cuBLASLt.
+    // the decode GEMV, up to mma_max_n the tensor-core W4A16 GEMM, larger ones
+    // dequantise into int4_scratch (bf16, sized in reserve for the largest
+    // INT4 layer) and run cuBLASLt.
     int gemv_max_n;
     int mma_max_n; // calls of up to this many rows run the tensor-core W4A16 GEMM
-    int int4_v1;   // SLUICE_INT4_KERNELS=v1: the first-generation GEMV and GEMM
+    // SLUICE_INT4_KERNELS: 3 (default) the v3 kernels on the tiled v3 layout
+    // (w4a16_v3.cu; the weights are repacked at upload), 2 or 1 the earlier
+    // generations on sluice's layout. Each backend keeps one layout only.
+    int int4_gen;
     size_t int4_max_elems; // largest out_dim * in_dim of an INT4 layer loaded
     int int4_max_out;      // largest out_dim of an INT4 layer loaded
     sl_bf16 *int4_scratch;
     size_t int4_scratch_elems;
-    float *int4_ws;        // split-K workspace of cuda_w4a16_gemm_tc, sized in reserve
+    float *int4_ws;        // split-K workspace of the v2 / v3 GEMM, sized in reserve
     size_t int4_ws_floats;
 
     Batch batch;    // the device view returned by set_batch
@@ -349,7 +353,31 @@ static void *dev_copy(const void *host, size_t bytes) {
     return p;
 }
 
-// INT4 weights arrive already packed (quant_awq.c): copied as they are.
+// INT4 weights in sluice's layout (dq, ds, dz, device) -> w's own copy in the
+// layout of the backend's kernels: the same buffers (v1, v2), or the v3 tiled
+// copy (the inputs are freed). Synchronous: load time only.
+static void int4_adopt(CudaImpl *c, LinearWeight *w, uint32_t *dq, uint16_t *ds, uint8_t *dz) {
+    if (c->int4_gen != 3) {
+        w->data = dq, w->scale = ds, w->zeros = dz;
+        return;
+    }
+    int out = w->out_dim, in = w->in_dim, g = w->group_size;
+    size_t ne = w4a16_v3_gelems(out, in, g);
+    w->data = dev_alloc(sizeof(uint32_t) * w4a16_v3_qwords(out, in));
+    w->scale = dev_alloc(sizeof(uint16_t) * ne);
+    w->zeros = dz ? dev_alloc(ne) : NULL;
+    // the inputs' copies from pageable memory (legacy stream) may still be in
+    // flight: c->stream does not wait for them by itself
+    CUDA_CHECK(cudaDeviceSynchronize());
+    cuda_int4_repack_v3(w->data, w->scale, w->zeros, dq, ds, dz, out, in, g, c->stream);
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    CUDA_CHECK(cudaFree(dq));
+    CUDA_CHECK(cudaFree(ds));
+    if (dz) CUDA_CHECK(cudaFree(dz));
+}
+
+// INT4 weights arrive already packed in sluice's layout (quant_awq.c): copied
+// as they are, then tiled for the v3 kernels (int4_adopt).
 static int cuda_load_linear_int4_op(Backend *be, LinearWeight *w, const uint32_t *qweight,
                                     const uint16_t *scales, const uint8_t *zeros,
                                     const float *bias, int out_dim, int in_dim, int group,
@@ -368,9 +396,8 @@ static int cuda_load_linear_int4_op(Backend *be, LinearWeight *w, const uint32_t
     w->out_dim = out_dim;
     w->in_dim = in_dim;
     w->group_size = group;
-    w->data = dev_copy(qweight, sizeof(uint32_t) * (size_t)out_dim * (in_dim / 8));
-    w->scale = dev_copy(scales, sizeof(uint16_t) * ng);
-    w->zeros = zeros ? dev_copy(zeros, ng) : NULL;
+    int4_adopt(c, w, dev_copy(qweight, sizeof(uint32_t) * (size_t)out_dim * (in_dim / 8)),
+               dev_copy(scales, sizeof(uint16_t) * ng), zeros ? dev_copy(zeros, ng) : NULL);
     if (bias) {
         char *b = cuda_alloc_op(be, cuda_gemm_bias_bytes(out_dim));
         CUDA_CHECK(cudaMemcpy(b, bias, sizeof(float) * out_dim, cudaMemcpyHostToDevice));
@@ -391,12 +418,12 @@ static void cuda_random_linear_int4_op(Backend *be, LinearWeight *w, int out_dim
     w->out_dim = out_dim;
     w->in_dim = in_dim;
     w->group_size = group;
-    w->data = dev_alloc(sizeof(uint32_t) * (size_t)out_dim * (in_dim / 8));
-    w->scale = dev_alloc(sizeof(uint16_t) * ng);
-    w->zeros = dev_alloc(ng);
-    cuda_int4_fill_random(w->data, w->scale, w->zeros, out_dim, in_dim, group, seed, scale,
-                          c->stream);
+    uint32_t *dq = dev_alloc(sizeof(uint32_t) * (size_t)out_dim * (in_dim / 8));
+    uint16_t *ds = dev_alloc(sizeof(uint16_t) * ng);
+    uint8_t *dz = dev_alloc(ng);
+    cuda_int4_fill_random(dq, ds, dz, out_dim, in_dim, group, seed, scale, c->stream);
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    int4_adopt(c, w, dq, ds, dz);
     note_linear(c, w);
 }
 
@@ -498,8 +525,9 @@ static void cuda_reserve_op(Backend *be, int max_tokens, int max_seqs, int max_s
     // the tensor-core W4A16 GEMM's split-K partials (steps of gemv_max_n + 1
     // to mma_max_n rows; a bounded size, see cuda_w4a16_tc_workspace_floats)
     int mma_rows = max_tokens < c->mma_max_n ? max_tokens : c->mma_max_n;
-    size_t wf = !c->int4_v1 && mma_rows > c->gemv_max_n
-                    ? cuda_w4a16_tc_workspace_floats(mma_rows, c->int4_max_out) : 0;
+    size_t wf = c->int4_gen == 1 || mma_rows <= c->gemv_max_n ? 0
+                : c->int4_gen == 3 ? cuda_w4a16_v3_workspace_floats(mma_rows, c->int4_max_out)
+                                   : cuda_w4a16_tc_workspace_floats(mma_rows, c->int4_max_out);
     if (wf > c->int4_ws_floats) {
         if (c->int4_ws) CUDA_CHECK(cudaFree(c->int4_ws));
         c->int4_ws = dev_alloc(wf * sizeof(float));
@@ -659,31 +687,43 @@ static void int4_linear(CudaImpl *c, void *y, const void *x, const LinearWeight 
             int k = n - i < W4A16_GEMV_MAX_N ? n - i : W4A16_GEMV_MAX_N;
             sl_bf16 *yi = (sl_bf16 *)y + (size_t)i * w->out_dim;
             const sl_bf16 *xi = (const sl_bf16 *)x + (size_t)i * w->in_dim;
-            if (c->int4_v1)
-                cuda_w4a16_gemv(yi, xi, w->data, w->scale, w->zeros, w->bias, k, w->in_dim,
-                                w->out_dim, w->group_size, c->stream);
-            else
+            if (c->int4_gen == 3)
+                cuda_w4a16_gemv_v3(yi, xi, w->data, w->scale, w->zeros, w->bias, k, w->in_dim,
+                                   w->out_dim, w->group_size, c->stream);
+            else if (c->int4_gen == 2)
                 cuda_w4a16_gemv_tc(yi, xi, w->data, w->scale, w->zeros, w->bias, k, w->in_dim,
                                    w->out_dim, w->group_size, c->stream);
+            else
+                cuda_w4a16_gemv(yi, xi, w->data, w->scale, w->zeros, w->bias, k, w->in_dim,
+                                w->out_dim, w->group_size, c->stream);
         }
         return;
     }
     if (n <= c->mma_max_n && !((uintptr_t)x & 15)) {
-        if (c->int4_v1)
-            cuda_w4a16_gemm(y, x, w->data, w->scale, w->zeros, w->bias, n, w->in_dim,
-                            w->out_dim, w->group_size, c->stream);
-        else // no split (ws NULL) if the call is larger than reserve planned for
+        // v2 / v3: no split (ws NULL) if the call is larger than reserve planned for
+        if (c->int4_gen == 3)
+            cuda_w4a16_gemm_v3(y, x, w->data, w->scale, w->zeros, w->bias, n, w->in_dim,
+                               w->out_dim, w->group_size, c->int4_ws, c->int4_ws_floats,
+                               c->stream);
+        else if (c->int4_gen == 2)
             cuda_w4a16_gemm_tc(y, x, w->data, w->scale, w->zeros, w->bias, n, w->in_dim,
                                w->out_dim, w->group_size, c->int4_ws, c->int4_ws_floats,
                                c->stream);
+        else
+            cuda_w4a16_gemm(y, x, w->data, w->scale, w->zeros, w->bias, n, w->in_dim,
+                            w->out_dim, w->group_size, c->stream);
         return;
     }
     size_t elems = (size_t)w->out_dim * w->in_dim;
     if (elems > c->int4_scratch_elems)
         SL_FATAL("sluice", "INT4 layer larger than the dequantisation scratch sized in reserve",
                  "int4_linear");
-    cuda_int4_dequant_bf16(c->int4_scratch, w->data, w->scale, w->zeros, w->out_dim, w->in_dim,
-                           w->group_size, c->stream);
+    if (c->int4_gen == 3)
+        cuda_int4_dequant_bf16_v3(c->int4_scratch, w->data, w->scale, w->zeros, w->out_dim,
+                                  w->in_dim, w->group_size, c->stream);
+    else
+        cuda_int4_dequant_bf16(c->int4_scratch, w->data, w->scale, w->zeros, w->out_dim,
+                               w->in_dim, w->group_size, c->stream);
     LinearWeight d = {.fmt = WFMT_BF16, .out_dim = w->out_dim, .in_dim = w->in_dim,
                       .data = c->int4_scratch, .bias = w->bias};
     cuda_gemm_linear_ex(c->gemm, y, GEMM_OUT_BF16, x, GEMM_IN_BF16, NULL, &d, n);
@@ -1159,10 +1199,12 @@ Backend *backend_cuda_create_ex(int device, int act_f32, sl_err *err) {
     // with the table of tests/test_gpu_int4 (SLUICE_GPU_BENCH=1).
     // SLUICE_INT4_MMA_MAX_N: up to this many rows, the tensor-core W4A16 GEMM;
     // above, dequantise to bf16 + cuBLASLt. 0 turns it off.
-    // SLUICE_INT4_KERNELS=v1 runs the first-generation GEMV and GEMM
-    // (w4a16.cu, w4a16_mma.cu) instead of w4a16_tc.cu's, for A/B comparisons.
+    // SLUICE_INT4_KERNELS=v1 / v2 runs the first- / second-generation GEMV
+    // and GEMM (w4a16.cu + w4a16_mma.cu / w4a16_tc.cu) on sluice's layout
+    // instead of w4a16_v3.cu's on the tiled copy, for A/B comparisons. Read
+    // once here: the weights' layout follows it.
     const char *kv = getenv("SLUICE_INT4_KERNELS");
-    c->int4_v1 = kv && strcmp(kv, "v1") == 0;
+    c->int4_gen = kv && strcmp(kv, "v1") == 0 ? 1 : kv && strcmp(kv, "v2") == 0 ? 2 : 3;
     c->gemv_max_n = W4A16_GEMV_MAX_N;
     const char *gm = getenv("SLUICE_INT4_GEMV_MAX_N");
     if (gm && atoi(gm) >= 0) c->gemv_max_n = atoi(gm);

@@ -7,15 +7,17 @@
 // The CPU twins are in kernels/cpu/int4_cpu.h.
 //
 // Three paths, chosen per call by the CUDA backend (backend_cuda.c) from the
-// number of rows n:
-//   - decode (n <= W4A16_GEMV_MAX_N): cuda_w4a16_gemv_tc (v1:
-//     cuda_w4a16_gemv on the CUDA cores) streams the packed weights once,
-//     accumulating in fp32;
-//   - mid-size (n <= SLUICE_INT4_MMA_MAX_N, default 256; v1: 128):
-//     cuda_w4a16_gemm_tc (v1: cuda_w4a16_gemm), tensor cores (mma.sync) on
-//     weights dequantised in registers;
-//   - large (long prefill chunks): cuda_int4_dequant_bf16 expands the weight
-//     to a bf16 scratch matrix, then the ordinary cuBLASLt GEMM (gemm.h) runs.
+// number of rows n, each in three generations (v3 by default, on the tiled
+// v3 layout below; v2 and v1 on sluice's layout):
+//   - decode (n <= W4A16_GEMV_MAX_N): cuda_w4a16_gemv_v3 (v2:
+//     cuda_w4a16_gemv_tc, v1: cuda_w4a16_gemv on the CUDA cores) streams the
+//     packed weights once, accumulating in fp32;
+//   - mid-size (n <= SLUICE_INT4_MMA_MAX_N, default 128): cuda_w4a16_gemm_v3
+//     (v2: cuda_w4a16_gemm_tc, v1: cuda_w4a16_gemm), tensor cores (mma.sync)
+//     on weights dequantised in registers;
+//   - large (long prefill chunks): cuda_int4_dequant_bf16_v3 (v1, v2:
+//     cuda_int4_dequant_bf16) expands the weight to a bf16 scratch matrix,
+//     then the ordinary cuBLASLt GEMM (gemm.h) runs.
 #ifndef SLUICE_W4A16_H
 #define SLUICE_W4A16_H
 
@@ -48,8 +50,8 @@ void cuda_w4a16_gemm(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qweight,
 // the weights as the MMA's A operand, dequantised in registers to the exact
 // integers q - z, the group scale applied in fp32 (the weights are not
 // rounded to bf16: both match the CPU twin up to the order of fp32 sums).
-// The backend runs these by default and the kernels above with
-// SLUICE_INT4_KERNELS=v1.
+// The backend runs these with SLUICE_INT4_KERNELS=v2 and the kernels above
+// with SLUICE_INT4_KERNELS=v1 (by default: the v3 kernels below).
 //
 // Decode GEMV: like cuda_w4a16_gemv (n in [1, W4A16_GEMV_MAX_N], x 16-byte
 // aligned). Deterministic; no workspace.
@@ -71,6 +73,66 @@ void cuda_w4a16_gemm_tc(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qweight,
 // every call of up to max_n rows on layers of up to max_out outputs (a
 // bounded size: at most 2.2 M floats, 8.6 MB).
 size_t cuda_w4a16_tc_workspace_floats(int max_n, int max_out);
+
+// ----------------------------------------------------------------------------
+// The third generation (kernels/cuda/w4a16_v3.cu) reads a TILED copy of the
+// weights, made once on the device at upload (cuda_int4_repack_v3), so that
+// every warp load is 512 contiguous bytes and a 16-row tile's whole K range
+// is one contiguous run. The backend keeps only this copy by default (v1 and
+// v2, SLUICE_INT4_KERNELS=v1 / v2, keep sluice's layout instead).
+//
+// The v3 layout of an (out, in, group) weight: mt = ceil(out/16) row tiles,
+// nck = ceil(in/128) chunks of 128 inputs (rows and inputs past the end are
+// zero padding: q 0, scale 0, zero point 0):
+//   qt uint32 [mt][nck][h 2][lane 32][i 4]: the word of lane L = 4g + t, h, i
+//      holds row 16m + 8h + g, inputs 128c + 32i + 8t + (0..7); nibble p =
+//      input pi(p), pi = 0 2 4 6 1 3 5 7 (so that nibbles p and p + 4 are
+//      consecutive inputs: the MMA's pairs);
+//   st fp16  [mt][in/group][g 8][h 2]: scale of row 16m + 8h + g;
+//   zt uint8 [mt][in/group][g 8][h 2] likewise, or NULL (symmetric).
+// w4a16_v3_qwords / _gelems give the sizes (words, scale entries).
+static inline size_t w4a16_v3_qwords(int out_dim, int in_dim) {
+    return (size_t)((out_dim + 15) / 16) * (size_t)((in_dim + 127) / 128) * 256;
+}
+static inline size_t w4a16_v3_gelems(int out_dim, int in_dim, int group) {
+    return (size_t)((out_dim + 15) / 16) * 16 * (size_t)(in_dim / group);
+}
+
+// (qt, st, zt) = the v3 layout of sluice's (qweight, scales, zeros); all
+// device pointers, zeros and zt both NULL or both not. Bit-exact, no rounding.
+void cuda_int4_repack_v3(uint32_t *qt, uint16_t *st, uint8_t *zt, const uint32_t *qweight,
+                         const uint16_t *scales, const uint8_t *zeros, int out_dim, int in_dim,
+                         int group, cudaStream_t stream);
+
+// Decode GEMV on the v3 layout: like cuda_w4a16_gemv_tc (n in [1,
+// W4A16_GEMV_MAX_N], x 16-byte aligned; the same exact dequantisation and
+// fp32 group scaling). Deterministic; no workspace, no atomics.
+void cuda_w4a16_gemv_v3(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qt, const uint16_t *st,
+                        const uint8_t *zt, const float *bias, int n, int in_dim, int out_dim,
+                        int group, cudaStream_t stream);
+
+// The same with the choices made by hand (tests, benchmarks): xmode -1 auto,
+// 0 x copied per warp and chunk into a shared ring, 1 x staged whole in
+// shared memory (falls back to 0 where it does not fit); ctas 0 auto, else
+// that many blocks (at most the number of row tiles).
+void cuda_w4a16_gemv_v3_ex(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qt, const uint16_t *st,
+                           const uint8_t *zt, const float *bias, int n, int in_dim, int out_dim,
+                           int group, int xmode, int ctas, cudaStream_t stream);
+
+// GEMM on the v3 layout for any n >= 1: cuda_w4a16_gemm_tc's algorithm
+// (split-K into ws when given, deterministic, graph-capturable).
+void cuda_w4a16_gemm_v3(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qt, const uint16_t *st,
+                        const uint8_t *zt, const float *bias, int n, int in_dim, int out_dim,
+                        int group, float *ws, size_t ws_floats, cudaStream_t stream);
+
+// cuda_w4a16_gemm_v3's workspace for every call up to max_n rows and max_out
+// outputs (the same bound as cuda_w4a16_tc_workspace_floats).
+size_t cuda_w4a16_v3_workspace_floats(int max_n, int max_out);
+
+// dst (out, in) bf16 from the v3 layout: the same bits as cuda_int4_dequant_bf16.
+void cuda_int4_dequant_bf16_v3(sl_bf16 *dst, const uint32_t *qt, const uint16_t *st,
+                               const uint8_t *zt, int out_dim, int in_dim, int group,
+                               cudaStream_t stream);
 
 // dst (out, in) bf16 = bf16(cpu_int4_dequant(W)): fp32 (q - z) * s, rounded once.
 void cuda_int4_dequant_bf16(sl_bf16 *dst, const uint32_t *qweight, const uint16_t *scales,

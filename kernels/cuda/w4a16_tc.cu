@@ -51,6 +51,7 @@
 #include <cuda_fp16.h>
 
 #include "w4a16.h"
+#include "w4a16_dev.cuh"
 
 #define TC_THREADS 256
 #define TC_WARPS 8
@@ -59,30 +60,7 @@
 #define TC_MAX_SPLIT 16
 
 // ----------------------------------------------------------------------------
-// device helpers
-
-static __device__ __forceinline__ void mma_bf16_16816(float c[4], const uint32_t a[4], uint32_t b0,
-                                                      uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// bf16x2 of (128 + z, 128 + z) with the sign set: the FMA below adds it.
-static __device__ __forceinline__ uint32_t neg_zero_pair(uint32_t z) {
-    return 0xC300C300u | z | (z << 16);
-}
-
-// The 4 bf16x2 pairs (q_j - z, q_{j+4} - z), j = 0..3, of packed word w
-// (nibble p = input p of the word). nz = neg_zero_pair(z). Exact.
-static __device__ __forceinline__ void dq_pairs(uint32_t w, uint32_t nz, uint32_t a[4]) {
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        const uint32_t v = ((w >> (4 * j)) & 0x000F000Fu) | 0x43004300u; // 128 + q, bf16x2
-        asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(a[j]) : "r"(v), "r"(0x3F803F80u), "r"(nz));
-    }
-}
+// device helpers (mma_bf16_16816, neg_zero_pair, dq_pairs: w4a16_dev.cuh)
 
 // x0..x7 (bf16, in 4 words of pairs) -> (x0,x4), (x1,x5), (x2,x6), (x3,x7):
 // the B pairs matching dq_pairs.

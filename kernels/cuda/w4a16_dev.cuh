@@ -1,0 +1,61 @@
+// w4a16_dev.cuh: device helpers shared by the tensor-core W4A16 kernels
+// (w4a16_tc.cu on sluice's INT4 layout, w4a16_v3.cu on the tiled layout).
+//
+// The A operand of mma.sync m16n8k16 is built in registers from packed
+// nibbles: dq_pairs turns nibbles p and p + 4 of a word into the bf16 pair
+// (q_p - z, q_{p+4} - z), exactly (see w4a16_tc.cu's top comment).
+#ifndef SLUICE_W4A16_DEV_CUH
+#define SLUICE_W4A16_DEV_CUH
+
+#include <stdint.h>
+
+static __device__ __forceinline__ void mma_bf16_16816(float c[4], const uint32_t a[4], uint32_t b0,
+                                                      uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// bf16x2 of (128 + z, 128 + z) with the sign set: the FMA below adds it.
+static __device__ __forceinline__ uint32_t neg_zero_pair(uint32_t z) {
+    return 0xC300C300u | z | (z << 16);
+}
+
+// The 4 bf16x2 pairs (q_j - z, q_{j+4} - z), j = 0..3, of packed word w
+// (q_p = nibble p of w). nz = neg_zero_pair(z). Exact.
+static __device__ __forceinline__ void dq_pairs(uint32_t w, uint32_t nz, uint32_t a[4]) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const uint32_t v = ((w >> (4 * j)) & 0x000F000Fu) | 0x43004300u; // 128 + q, bf16x2
+        asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(a[j]) : "r"(v), "r"(0x3F803F80u), "r"(nz));
+    }
+}
+
+// Asynchronous 16-byte copies global -> shared (sm_80+): src_bytes (0 or 16)
+// are read, the rest of the 16 bytes is zero-filled. .cg caches in L2 only,
+// .ca in L1 too (data other warps of the SM read again).
+static __device__ __forceinline__ void cp_async16_cg(void *smem, const void *gmem, int src_bytes) {
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+                 "r"(src_bytes)
+                 : "memory");
+}
+
+static __device__ __forceinline__ void cp_async16_ca(void *smem, const void *gmem, int src_bytes) {
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+                 "r"(src_bytes)
+                 : "memory");
+}
+
+static __device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N> static __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+#endif
