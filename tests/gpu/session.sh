@@ -163,7 +163,7 @@ bench-big)
             --max-batch "$5" --backend cuda --output "$OUT/bench-$1-$2-$3-b$5.json" 2>&1 | tail -9
     done ;;
 bench-2k)
-    for mnt in 16384; do
+    for mnt in ${MNT_LIST:-16384}; do
         timeout 240 build/sluice bench --arch llama-3.1-8b --isl 2048 --osl 128 --requests 500 \
             --max-num-tokens $mnt --backend cuda --output "$OUT/bench-8b-2048-128-mnt$mnt.json" 2>&1 | tail -9
     done ;;
