@@ -120,7 +120,7 @@ static int g_window = 0, g_alibi = 0;
 // scale applied twice or not at all shows). 2: codes with scales 1, and the
 // output must also equal, bit for bit, the bf16 path's on a bf16 cache
 // holding the decoded values (the decode is exact and the math after it the
-// same).
+// same), except decode rows that the tensor-core FP8 decode kernel takes.
 static int g_kv_fp8 = 0;
 #define KS8 0.03f
 #define VS8 0.05f
@@ -248,8 +248,13 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
                                     hd, bs, scale, g_window, d_slopes, d_ws, 0);
         sl_bf16 *h_ref = sl_malloc(out_n * sizeof(sl_bf16));
         CUDA_CHECK(cudaMemcpy(h_ref, d_out, out_n * sizeof(sl_bf16), cudaMemcpyDeviceToHost));
+        // Decode rows at head_dim 64/128 take the tensor-core FP8 kernel (fp16
+        // MMAs, its own order of sums), which has no bf16 twin: they are held
+        // to the CPU reference's tolerance below (and in test_gpu_fp8).
+        const char *tc_env = getenv("SLUICE_DECODE_TC");
+        const int tc_decode = (hd == 64 || hd == 128) && !(tc_env && tc_env[0] == '0');
         for (size_t i = 0; i < out_n; i++) {
-            if (h_out[i] == h_ref[i]) continue;
+            if (h_out[i] == h_ref[i] || (tc_decode && is_decode[i / ((size_t)nh * hd)])) continue;
             if (n_diff++ < 5)
                 fprintf(stderr, "  %s fp8 vs bf16 path: [%zu] (row %zu) %04x, bf16 path %04x\n",
                         sh->name, i, i / ((size_t)nh * hd), h_out[i], h_ref[i]);

@@ -696,9 +696,9 @@ static void test_attention_fp8_decode_bench(void) {
     const int nh = 32, nkv = 8, hd = 128, bs = 16;
     const int cases[][2] = {{64, 2048}, {256, 1024}, {256, 2048}, {512, 1100}, {16, 8192}};
     printf("\nFP8-KV decode attention (32 heads, 8 kv heads, hd 128), GB/s of K/V read\n");
-    printf("  (tc: the tensor-core kernel, loads 2 steps ahead; tc1: 1 step, SLUICE_DECODE_TC=1;\n"
-           "   cuda-core: SLUICE_DECODE_TC=0)\n");
-    printf("  %5s %6s  %8s %6s  %8s %6s  %10s %6s\n", "batch", "ctx", "tc us", "GB/s", "tc1 us",
+    printf("  (tc2: the tensor-core kernel, loads 2 steps ahead, SLUICE_DECODE_TC=2; tc1: 1 "
+           "step, the default;\n   cuda-core: SLUICE_DECODE_TC=0)\n");
+    printf("  %5s %6s  %8s %6s  %8s %6s  %10s %6s\n", "batch", "ctx", "tc2 us", "GB/s", "tc1 us",
            "GB/s", "cuda-core us", "GB/s");
     for (int c = 0; c < 5; c++) {
         const int S = cases[c][0], ctx = cases[c][1], mb = (ctx + bs - 1) / bs, nblk = S * mb;

@@ -409,8 +409,8 @@ static __global__ void __launch_bounds__(DEC_THREADS)
 //     positions 2t, 2t+1, 2t+8, 2t+9; output tile j's column g is dimension
 //     g * HD/8 + j. Pairs of positions are interleaved with byte permutes.
 // P is rounded to fp16 (finer than the bf16 FlashAttention rounds it to).
-// Loads run D = 2 steps ahead in registers (SLUICE_DECODE_TC=1: one; =0:
-// the CUDA-core kernel). Output, partials and workspace are
+// Loads run one step ahead in registers (SLUICE_DECODE_TC=2: two; =0: the
+// CUDA-core kernel). Output, partials and workspace are
 // those of attn_decode_kernel (same split scheme and reduce kernel).
 
 #define DTC_GB 16 // query-head rows per CTA (one m16 tile)
@@ -1240,7 +1240,9 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, c
 #define DTC_ARGS                                                                              \
     out, ws, qkv, kc, vc, pos, seq_start, bt, max_blocks, n_seqs, n_heads, n_kv_heads, bs_shift, \
         n_sub, n_splits, chunk, sl2, v_mul, window, alibi
-            const bool d1 = e && e[0] == '1'; // SLUICE_DECODE_TC=1: one step of loads ahead
+            // one step of loads ahead (3 CTAs per SM) measured faster on an H200 than
+            // two (2 CTAs per SM): 2.6 against 2.2 TB/s; SLUICE_DECODE_TC=2 picks two
+            const bool d1 = !(e && e[0] == '2');
             if (hd == 128 && d1)
                 attn_decode_tc_kernel<128, 1><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
             else if (hd == 128)
