@@ -34,12 +34,14 @@
 // While the stream is being captured into a CUDA graph nothing is timed and
 // nothing waits: a plan first made then takes its bucket's winner if there
 // is one, else the heuristic's first choice, and keeps it.
-// SLUICE_GEMM_TUNE=0 turns tuning off (the heuristic's first choice for every
-// plan); both variables are read by cuda_gemm_create. Another algorithm sums
-// in another order (tile shape, split-K), so results of a tuned run can
-// differ in the last bits from a run with SLUICE_GEMM_TUNE=0, and, since
-// timings are noisy, between tuned runs: bit-identical reruns need
-// SLUICE_GEMM_TUNE=0.
+// Tuning is OFF by default; SLUICE_GEMM_TUNE=1 turns it on (both variables
+// are read by cuda_gemm_create). Why off: the timing runs inside the job (up
+// to 8 buckets x 4 layer shapes x 8 candidates x 4 runs, ~0.6 s for the 8B
+// shape), and the one end-to-end run with it on (H200, 2048/128 BF16) gave
+// 1,885 tok/s against 1,944 without it in an earlier session; an A/B in one
+// run has not been made. Another algorithm sums in another order (tile
+// shape, split-K), so a tuned run can differ in the last bits from an
+// untuned one, and, since timings are noisy, between tuned runs.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <limits.h>
@@ -122,7 +124,7 @@ struct cuda_gemm {
     float *fb;             // FP8 fallback's fp32 products, made with the first fallback plan
     size_t fb_cap;         // floats allocated
     size_t fb_want;        // floats to allocate then (cuda_gemm_reserve_fp8)
-    int tune;              // SLUICE_GEMM_TUNE (on unless "0")
+    int tune;              // SLUICE_GEMM_TUNE ("1": on; off by default)
     int tune_min_n;        // SLUICE_GEMM_TUNE_MIN_N (1024)
     int tuned, reused;     // plans chosen by timing / by their bucket's winner
     // the heuristic's candidates for the plan plan_build just made
@@ -446,7 +448,7 @@ extern "C" cuda_gemm *cuda_gemm_create(cudaStream_t stream, size_t workspace_byt
     g->stream = stream;
     g->ws_bytes = workspace_bytes ? workspace_bytes : CUDA_GEMM_WORKSPACE_BYTES;
     const char *tune = getenv("SLUICE_GEMM_TUNE");
-    g->tune = !(tune && strcmp(tune, "0") == 0);
+    g->tune = tune && strcmp(tune, "1") == 0;
     g->tune_min_n = 1024;
     const char *min_n = getenv("SLUICE_GEMM_TUNE_MIN_N");
     if (min_n && *min_n) {

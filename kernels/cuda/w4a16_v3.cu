@@ -43,7 +43,10 @@
 //
 // x (n rows) reaches the B fragments from shared memory, one of two ways:
 //   - staged whole (xmode 1) when n * 128 * nck bf16 fit in V3_XS_MAX_BYTES
-//     (40 KB: n = 1 up to in = 20352, n = 4 at in = 4096): copied once per
+//     (200 KB: n = 1 up to in = 102400, n = 8 at in = 12800; measured on an
+//     H200 faster than the ring at every shape tried, e.g. 184 against 232 us
+//     for 59392 x 14848 at n = 2, and the grid has one block per SM, so the
+//     shared memory costs no occupancy): copied once per
 //     block with cp.async while the first weight loads are in flight (row
 //     stride padded to 64 mod 128 bytes: conflict-free reads);
 //   - otherwise (xmode 0: big n * in, where staging would stall the start
@@ -85,7 +88,7 @@
 #define W4A16_V3_XDEPTH 2
 #endif
 #define V3_XD W4A16_V3_XDEPTH
-#define V3_XS_MAX_BYTES (40 * 1024) // x staged whole up to this (auto)
+#define V3_XS_MAX_BYTES (200 * 1024) // x staged whole up to this (auto)
 #define V3_XS_LIMIT (200 * 1024)    // ... and at most this (xmode 1)
 #define V3_RING_BYTES(n) (V3_WARPS * V3_XD * 4 * 4 * (n) * 16)
 #define V3_GEMM_THREADS 256
