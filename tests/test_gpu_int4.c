@@ -498,8 +498,8 @@ static void test_fill_random(void) {
 // ----------------------------------------------------------------------------
 // the backend: every path of be->linear (GEMV for n <= 8, the tensor-core
 // GEMM up to SLUICE_INT4_MMA_MAX_N rows (default 128), dequantise + cuBLASLt
-// above), with bias, for all generations (SLUICE_INT4_KERNELS: v1, v2, and
-// the default v3, whose weights are tiled at upload)
+// above), with bias, for all generations (SLUICE_INT4_KERNELS: v1, the
+// default v2, and v3, whose weights are tiled at upload)
 
 // One backend created with SLUICE_INT4_KERNELS as the caller set it (v: 1..3).
 // Weights uploaded symmetric and asymmetric with bias (zp 0, 1), then made
@@ -574,7 +574,7 @@ static void test_backend_linear(void) {
     for (int v = 1; v <= 3; v++) {
         if (v == 1) setenv("SLUICE_INT4_KERNELS", "v1", 1);
         else if (v == 2) setenv("SLUICE_INT4_KERNELS", "v2", 1);
-        else unsetenv("SLUICE_INT4_KERNELS");
+        else setenv("SLUICE_INT4_KERNELS", "v3", 1);
         printf("    kernels v%d\n", v);
         backend_linear_check(v);
     }
@@ -793,8 +793,8 @@ static void test_int4_bench(void) {
     cudaMemsetAsync(l2f.x, 0x3C, 2 * 4096, c.st);
     printf("\nW4A16 on %s; device-to-device copy %.0f GB/s (read + write)\n", prop.name, copy_gbs);
     printf("v1 = w4a16.cu GEMV / w4a16_mma.cu GEMM (SLUICE_INT4_KERNELS=v1); "
-           "v2 = w4a16_tc.cu (SLUICE_INT4_KERNELS=v2); v3 = w4a16_v3.cu on the tiled copy "
-           "(default)\n");
+           "v2 = w4a16_tc.cu (default); v3 = w4a16_v3.cu on the tiled copy "
+           "(SLUICE_INT4_KERNELS=v3)\n");
     // Llama-3.1-8B / 70B shapes with the per-n table; Falcon-180B's MLP
     // (59392 x 14848 up, 14848 x 59392 down) with the GEMV table only
     static const int shapes[][3] = {{6144, 4096, 1},   {4096, 4096, 1},    {28672, 4096, 1},

@@ -7,8 +7,8 @@
 // The CPU twins are in kernels/cpu/int4_cpu.h.
 //
 // Three paths, chosen per call by the CUDA backend (backend_cuda.c) from the
-// number of rows n, each in three generations (v3 by default, on the tiled
-// v3 layout below; v2 and v1 on sluice's layout):
+// number of rows n, each in three generations (v2 by default and v1 on
+// sluice's layout; v3 on the tiled v3 layout below):
 //   - decode (n <= W4A16_GEMV_MAX_N): cuda_w4a16_gemv_v3 (v2:
 //     cuda_w4a16_gemv_tc, v1: cuda_w4a16_gemv on the CUDA cores) streams the
 //     packed weights once, accumulating in fp32;
@@ -50,8 +50,8 @@ void cuda_w4a16_gemm(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qweight,
 // the weights as the MMA's A operand, dequantised in registers to the exact
 // integers q - z, the group scale applied in fp32 (the weights are not
 // rounded to bf16: both match the CPU twin up to the order of fp32 sums).
-// The backend runs these with SLUICE_INT4_KERNELS=v2 and the kernels above
-// with SLUICE_INT4_KERNELS=v1 (by default: the v3 kernels below).
+// The backend runs these by default, the kernels above with
+// SLUICE_INT4_KERNELS=v1 and the v3 kernels below with SLUICE_INT4_KERNELS=v3.
 //
 // Decode GEMV: like cuda_w4a16_gemv (n in [1, W4A16_GEMV_MAX_N], x 16-byte
 // aligned). Deterministic; no workspace.
@@ -78,8 +78,8 @@ size_t cuda_w4a16_tc_workspace_floats(int max_n, int max_out);
 // The third generation (kernels/cuda/w4a16_v3.cu) reads a TILED copy of the
 // weights, made once on the device at upload (cuda_int4_repack_v3), so that
 // every warp load is 512 contiguous bytes and a 16-row tile's whole K range
-// is one contiguous run. The backend keeps only this copy by default (v1 and
-// v2, SLUICE_INT4_KERNELS=v1 / v2, keep sluice's layout instead).
+// is one contiguous run. With SLUICE_INT4_KERNELS=v3 the backend keeps only
+// this copy (v2, the default, and v1 keep sluice's layout instead).
 //
 // The v3 layout of an (out, in, group) weight: mt = ceil(out/16) row tiles,
 // nck = ceil(in/128) chunks of 128 inputs (rows and inputs past the end are
