@@ -174,6 +174,78 @@ static __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4]
 // elements (element d = (c*LANES + li)*VEC + j); 32/LANES rows per warp at a
 // time, U rows per lane-group per iteration (all loads issued before use).
 
+// Shared by the two decode kernels: the span of positions a CTA (split) of a
+// decode sequence covers, the empty partial of a split outside the window,
+// and the merge of the warps' online-softmax states into the output (one
+// split) or the workspace partial (several; attn_decode_reduce_kernel adds
+// them).
+struct DecSpan {
+    int row, ctx, split, t_begin, t_end, t_lo;
+};
+
+// false: nothing to do here (not a decode sequence, or a split past its end)
+static __device__ __forceinline__ bool dec_span(DecSpan &d, const int32_t *__restrict__ pos,
+                                                const int32_t *__restrict__ seq_start, int s,
+                                                int n_splits, int chunk, int window) {
+    d.row = seq_start[s];
+    if (seq_start[s + 1] - d.row != 1) return false; // not a decode sequence: prefill's job
+    d.ctx = pos[d.row] + 1;
+    d.split = blockIdx.x;
+    d.t_begin = d.split * chunk;
+    if (d.t_begin >= d.ctx) return false; // past this sequence's end
+    d.t_end = d.split == n_splits - 1 ? d.ctx : min(d.ctx, d.t_begin + chunk);
+    // sliding window: positions before t_lo are masked (window 0: none)
+    d.t_lo = window > 0 && d.ctx > window ? d.ctx - window : 0;
+    return true;
+}
+
+// A split wholly outside the window (only when n_splits > 1: the last split
+// ends at ctx > t_lo) leaves an empty partial for the reduce.
+static __device__ __forceinline__ void dec_empty_partial(float *__restrict__ ws, const DecSpan &d,
+                                                         int s, int h0, int gvalid, int hd,
+                                                         int n_seqs, int n_heads, int n_splits) {
+    const size_t n_entries = (size_t)n_seqs * n_heads * n_splits;
+    for (int idx = threadIdx.x; idx < gvalid * hd; idx += DEC_THREADS) {
+        const int g = idx / hd, dd = idx - g * hd;
+        const size_t e = ((size_t)s * n_heads + h0 + g) * n_splits + d.split;
+        ws[2 * n_entries + e * hd + dd] = 0.f;
+        if (dd == 0) ws[2 * e] = -INFINITY, ws[2 * e + 1] = 0.f;
+    }
+}
+
+// After a barrier: the DEC_WARPS warps' (m, l, acc) of each head g < gvalid
+// in shared memory; one thread per (head, d). mx is finite: position t_begin
+// < t_end was scored by some warp.
+template <int GB, int HDMAX>
+static __device__ __forceinline__ void
+dec_merge_warps(bf16 *__restrict__ out, float *__restrict__ ws, const float (*sm_acc)[GB][HDMAX],
+                const float (*sm_m)[GB], const float (*sm_l)[GB], const DecSpan &d, int s, int h0,
+                int gvalid, int hd, int n_seqs, int n_heads, int n_splits, float v_mul) {
+    const size_t n_entries = (size_t)n_seqs * n_heads * n_splits;
+    for (int idx = threadIdx.x; idx < gvalid * hd; idx += DEC_THREADS) {
+        const int g = idx / hd, dd = idx - g * hd;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++) mx = fmaxf(mx, sm_m[w][g]);
+        float L = 0.f, A = 0.f;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++) {
+            const float f = ex2(sm_m[w][g] - mx);
+            L = fmaf(sm_l[w][g], f, L);
+            A = fmaf(sm_acc[w][g][dd], f, A);
+        }
+        A *= v_mul; // an FP8 cache's v_scale (1 otherwise)
+        const int h = h0 + g;
+        if (n_splits == 1) {
+            out[(size_t)d.row * n_heads * hd + (size_t)h * hd + dd] = __float2bfloat16_rn(A / L);
+        } else {
+            const size_t e = ((size_t)s * n_heads + h) * n_splits + d.split;
+            ws[2 * n_entries + e * hd + dd] = A;
+            if (dd == 0) ws[2 * e] = mx, ws[2 * e + 1] = L;
+        }
+    }
+}
+
 template <int LANES, int VEC, int NCH, int GB, int U, typename KT>
 static __global__ void __launch_bounds__(DEC_THREADS)
     attn_decode_kernel(bf16 *__restrict__ out, float *__restrict__ ws,
@@ -192,15 +264,9 @@ static __global__ void __launch_bounds__(DEC_THREADS)
     __shared__ float sm_m[DEC_WARPS][GB], sm_l[DEC_WARPS][GB];
 
     const int s = blockIdx.z;
-    const int row = seq_start[s];
-    if (seq_start[s + 1] - row != 1) return; // not a decode sequence: prefill's job
-    const int ctx = pos[row] + 1;
-    const int split = blockIdx.x;
-    const int t_begin = split * chunk;
-    if (t_begin >= ctx) return; // past this sequence's end
-    const int t_end = split == n_splits - 1 ? ctx : min(ctx, t_begin + chunk);
-    // sliding window: positions before t_lo are masked (window 0: none)
-    const int t_lo = window > 0 && ctx > window ? ctx - window : 0;
+    DecSpan sp;
+    if (!dec_span(sp, pos, seq_start, s, n_splits, chunk, window)) return;
+    const int row = sp.row, ctx = sp.ctx, t_begin = sp.t_begin, t_end = sp.t_end, t_lo = sp.t_lo;
 
     const int group = n_heads / n_kv_heads;
     const int kvh = blockIdx.y / n_sub, sub = blockIdx.y % n_sub;
@@ -214,15 +280,7 @@ static __global__ void __launch_bounds__(DEC_THREADS)
     const int32_t *bt = block_tables + (size_t)s * max_blocks;
 
     if (t_end <= t_lo) {
-        // A split wholly outside the window (only when n_splits > 1: the last
-        // split ends at ctx > t_lo) leaves an empty partial for the reduce.
-        const size_t n_entries = (size_t)n_seqs * n_heads * n_splits;
-        for (int idx = threadIdx.x; idx < gvalid * hd; idx += DEC_THREADS) {
-            const int g = idx / hd, d = idx - g * hd;
-            const size_t e = ((size_t)s * n_heads + h0 + g) * n_splits + split;
-            ws[2 * n_entries + e * hd + d] = 0.f;
-            if (d == 0) ws[2 * e] = -INFINITY, ws[2 * e + 1] = 0.f;
-        }
+        dec_empty_partial(ws, sp, s, h0, gvalid, hd, n_seqs, n_heads, n_splits);
         return;
     }
 
@@ -361,32 +419,8 @@ static __global__ void __launch_bounds__(DEC_THREADS)
         }
     }
     __syncthreads();
-
-    // merge the warps; one thread per (head, d)
-    const size_t n_entries = (size_t)n_seqs * n_heads * n_splits;
-    for (int idx = threadIdx.x; idx < gvalid * hd; idx += DEC_THREADS) {
-        const int g = idx / hd, d = idx - g * hd;
-        float mx = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < DEC_WARPS; w++) mx = fmaxf(mx, sm_m[w][g]);
-        // mx is finite: position t_begin < t_end was scored by some warp
-        float L = 0.f, A = 0.f;
-#pragma unroll
-        for (int w = 0; w < DEC_WARPS; w++) {
-            const float f = ex2(sm_m[w][g] - mx);
-            L = fmaf(sm_l[w][g], f, L);
-            A = fmaf(sm_acc[w][g][d], f, A);
-        }
-        A *= v_mul; // an FP8 cache's v_scale (1 otherwise)
-        const int h = h0 + g;
-        if (n_splits == 1) {
-            out[(size_t)row * n_heads * hd + (size_t)h * hd + d] = __float2bfloat16_rn(A / L);
-        } else {
-            const size_t e = ((size_t)s * n_heads + h) * n_splits + split;
-            ws[2 * n_entries + e * hd + d] = A;
-            if (d == 0) ws[2 * e] = mx, ws[2 * e + 1] = L;
-        }
-    }
+    dec_merge_warps<GB, HDMAX>(out, ws, sm_acc, sm_m, sm_l, sp, s, h0, gvalid, hd, n_seqs,
+                               n_heads, n_splits, v_mul);
 }
 
 // ----------------------------------------------------------------------------
@@ -465,14 +499,9 @@ static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 3 : 2)
     __shared__ float sm_m[DEC_WARPS][DTC_GB], sm_l[DEC_WARPS][DTC_GB];
 
     const int s = blockIdx.z;
-    const int row = seq_start[s];
-    if (seq_start[s + 1] - row != 1) return;
-    const int ctx = pos[row] + 1;
-    const int split = blockIdx.x;
-    const int t_begin = split * chunk;
-    if (t_begin >= ctx) return;
-    const int t_end = split == n_splits - 1 ? ctx : min(ctx, t_begin + chunk);
-    const int t_lo = window > 0 && ctx > window ? ctx - window : 0;
+    DecSpan sp;
+    if (!dec_span(sp, pos, seq_start, s, n_splits, chunk, window)) return;
+    const int row = sp.row, ctx = sp.ctx, t_begin = sp.t_begin, t_end = sp.t_end, t_lo = sp.t_lo;
 
     const int group = n_heads / n_kv_heads;
     const int kvh = blockIdx.y / n_sub, sub = blockIdx.y % n_sub;
@@ -484,14 +513,8 @@ static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 3 : 2)
     const size_t head_row0 = (size_t)kvh << bs_shift;
     const int32_t *bt = block_tables + (size_t)s * max_blocks;
 
-    if (t_end <= t_lo) { // an empty partial, as in attn_decode_kernel
-        const size_t n_entries = (size_t)n_seqs * n_heads * n_splits;
-        for (int idx = threadIdx.x; idx < gvalid * HD; idx += DEC_THREADS) {
-            const int gg = idx / HD, d = idx - gg * HD;
-            const size_t e = ((size_t)s * n_heads + h0 + gg) * n_splits + split;
-            ws[2 * n_entries + e * HD + d] = 0.f;
-            if (d == 0) ws[2 * e] = -INFINITY, ws[2 * e + 1] = 0.f;
-        }
+    if (t_end <= t_lo) {
+        dec_empty_partial(ws, sp, s, h0, gvalid, HD, n_seqs, n_heads, n_splits);
         return;
     }
 
@@ -652,30 +675,8 @@ static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 3 : 2)
 #pragma unroll
         for (int r = 0; r < 2; r++) sm_m[warp][g + 8 * r] = m[r], sm_l[warp][g + 8 * r] = l[r];
     __syncthreads();
-
-    const size_t n_entries = (size_t)n_seqs * n_heads * n_splits;
-    for (int idx = threadIdx.x; idx < gvalid * HD; idx += DEC_THREADS) {
-        const int gg = idx / HD, d = idx - gg * HD;
-        float mx = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < DEC_WARPS; w++) mx = fmaxf(mx, sm_m[w][gg]);
-        float L = 0.f, A = 0.f;
-#pragma unroll
-        for (int w = 0; w < DEC_WARPS; w++) {
-            const float f = ex2(sm_m[w][gg] - mx);
-            L = fmaf(sm_l[w][gg], f, L);
-            A = fmaf(sm_acc[w][gg][d], f, A);
-        }
-        A *= v_mul;
-        const int h = h0 + gg;
-        if (n_splits == 1) {
-            out[(size_t)row * n_heads * HD + (size_t)h * HD + d] = __float2bfloat16_rn(A / L);
-        } else {
-            const size_t e = ((size_t)s * n_heads + h) * n_splits + split;
-            ws[2 * n_entries + e * HD + d] = A;
-            if (d == 0) ws[2 * e] = mx, ws[2 * e + 1] = L;
-        }
-    }
+    dec_merge_warps<DTC_GB, HD>(out, ws, sm_acc, sm_m, sm_l, sp, s, h0, gvalid, HD, n_seqs,
+                                n_heads, n_splits, v_mul);
 }
 
 // Combines the splits of each (decode sequence, head): out = sum_i w_i acc_i /
