@@ -519,6 +519,58 @@ static void test_rope_kv_fp8_f32(void) {
 // ----------------------------------------------------------------------------
 // attention over an FP8 cache (bf16 activations) and in fp32
 
+// One attention call's data, host and device, for the FP8-cache tests: a
+// cache of S * mb blocks of e4m3 codes (K scale ks, V scale vs) with the
+// values the CPU twin sees (decoded * scale, or with kv8 = 0 the fp32 values
+// the codes came from), the rows' metadata, q/k/v rows and a workspace.
+typedef struct {
+    size_t ce, qe, oe;
+    uint8_t *c8k, *c8v;
+    float *ck, *cv, *qkv, *ref, *got;
+    void *dk, *dv, *dq, *dout, *ws;
+    int32_t *dbt, *dpos, *dso, *dss, *dkl;
+} AttnCase;
+
+static void attn_case_make(AttnCase *c, uint64_t *rng, int S, int mb, int bs, int n, int nh,
+                           int nkv, int hd, float ks, float vs, int kv8, int f32,
+                           const int32_t *bt, const int32_t *pos, const int32_t *seq_of,
+                           const int32_t *seq_start, const int32_t *kvl) {
+    const int nblk = S * mb;
+    c->ce = (size_t)nblk * nkv * bs * hd;
+    c->qe = (size_t)n * (nh + 2 * nkv) * hd;
+    c->oe = (size_t)n * nh * hd;
+    c->c8k = sl_malloc(c->ce), c->c8v = sl_malloc(c->ce);
+    c->ck = sl_malloc(sizeof(float) * c->ce), c->cv = sl_malloc(sizeof(float) * c->ce);
+    for (size_t k = 0; k < c->ce; k++) {
+        float a = tu_rand_normal(rng), b = tu_rand_normal(rng);
+        c->c8k[k] = sl_f32_to_e4m3(a / ks * 0.5f);
+        c->c8v[k] = sl_f32_to_e4m3(b / vs * 0.5f);
+        c->ck[k] = kv8 ? sl_e4m3_to_f32(c->c8k[k]) * ks : a * 0.5f;
+        c->cv[k] = kv8 ? sl_e4m3_to_f32(c->c8v[k]) * vs : b * 0.5f;
+    }
+    c->qkv = sl_malloc(sizeof(float) * c->qe);
+    fill(c->qkv, c->qe, rng, 1.0f, !f32);
+    c->ref = sl_malloc(sizeof(float) * c->oe), c->got = sl_malloc(sizeof(float) * c->oe);
+    c->dk = kv8 ? dev_copy(c->c8k, c->ce) : dev_copy(c->ck, sizeof(float) * c->ce);
+    c->dv = kv8 ? dev_copy(c->c8v, c->ce) : dev_copy(c->cv, sizeof(float) * c->ce);
+    c->dq = dev_act(c->qkv, c->qe, f32);
+    c->dout = dev_poisoned(c->oe * 4);
+    c->dbt = dev_copy(bt, sizeof(int32_t) * nblk);
+    c->dpos = dev_copy(pos, sizeof(int32_t) * n);
+    c->dso = dev_copy(seq_of, sizeof(int32_t) * n);
+    c->dss = dev_copy(seq_start, sizeof(int32_t) * (S + 1));
+    c->dkl = dev_copy(kvl, sizeof(int32_t) * S);
+    size_t wsb = cuda_attention_workspace_bytes(n, nh, hd, mb * bs);
+    c->ws = dev_alloc(wsb ? wsb : 4);
+}
+
+static void attn_case_free(AttnCase *c) {
+    free(c->c8k), free(c->c8v), free(c->ck), free(c->cv);
+    free(c->qkv), free(c->ref), free(c->got);
+    void *dev[] = {c->dk, c->dv, c->dq, c->dout, c->ws, c->dbt, c->dpos, c->dso, c->dss, c->dkl};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
+}
+
 // Three sequences in one call: a prefill chunk of 70 rows on top of 30 cached
 // positions, a decode row at position 300 (several splits), and a 2-row chunk;
 // block tables shuffled.
@@ -533,9 +585,8 @@ static void test_attention_fp8_f32(void) {
                 int hd = hds[hi], nh = 8, nkv = 2, bs = 16, S = 3, mb = 24;
                 int nblk = S * mb;
                 int lens[3] = {100, 301, 50}, nrow[3] = {70, 1, 2};
-                int n = 73, stride = (nh + 2 * nkv) * hd;
+                int n = 73;
                 float ks = 0.03f, vs = 0.05f;
-                size_t ce = (size_t)nblk * nkv * bs * hd, qe = (size_t)n * stride;
                 int32_t bt[3 * 24], pos[73], seq_of[73], seq_start[4] = {0, 70, 71, 73}, kvl[3];
                 for (int b = 0; b < nblk; b++) bt[b] = (b * 29) % nblk; // a permutation
                 int r = 0;
@@ -546,54 +597,21 @@ static void test_attention_fp8_f32(void) {
                         seq_of[r] = s;
                     }
                 }
-                // the cache: FP8 codes (decoded * scale on the CPU side) or fp32 values
-                uint8_t *c8k = sl_malloc(ce), *c8v = sl_malloc(ce);
-                float *ck = sl_malloc(sizeof(float) * ce), *cv = sl_malloc(sizeof(float) * ce);
-                for (size_t k = 0; k < ce; k++) {
-                    float a = tu_rand_normal(&rng), b = tu_rand_normal(&rng);
-                    c8k[k] = sl_f32_to_e4m3(a / ks * 0.5f);
-                    c8v[k] = sl_f32_to_e4m3(b / vs * 0.5f);
-                    ck[k] = kv8 ? sl_e4m3_to_f32(c8k[k]) * ks : a * 0.5f;
-                    cv[k] = kv8 ? sl_e4m3_to_f32(c8v[k]) * vs : b * 0.5f;
-                }
-                float *qkv = sl_malloc(sizeof(float) * qe);
-                fill(qkv, qe, &rng, 1.0f, !f32);
-                float *ref = sl_malloc(sizeof(float) * n * nh * hd), *got = sl_malloc(sizeof(float) * n * nh * hd);
-                cpu_paged_attention(ref, qkv, ck, cv, pos, seq_of, bt, mb, n, nh, nkv, hd, bs,
-                                    1.0f / sqrtf((float)hd));
-                void *dk = kv8 ? dev_copy(c8k, ce) : dev_copy(ck, sizeof(float) * ce);
-                void *dv = kv8 ? dev_copy(c8v, ce) : dev_copy(cv, sizeof(float) * ce);
-                void *dq = dev_act(qkv, qe, f32), *dout = dev_poisoned((size_t)n * nh * hd * 4);
-                int32_t *dbt = dev_copy(bt, sizeof bt), *dpos = dev_copy(pos, sizeof pos);
-                int32_t *dso = dev_copy(seq_of, sizeof seq_of), *dss = dev_copy(seq_start, sizeof seq_start);
-                int32_t *dkl = dev_copy(kvl, sizeof kvl);
-                size_t wsb = cuda_attention_workspace_bytes(n, nh, hd, mb * bs);
-                void *ws = dev_alloc(wsb);
-                cuda_paged_attention_ex(dout, dq, dk, dv, dpos, dso, dss, dkl, dbt, mb, n, S, 301, nh,
-                                        nkv, hd, bs, 1.0f / sqrtf((float)hd), f32, kv8, ks, vs, 0, NULL, ws, 0);
-                get_act(got, dout, (size_t)n * nh * hd, f32);
+                AttnCase c;
+                attn_case_make(&c, &rng, S, mb, bs, n, nh, nkv, hd, ks, vs, kv8, f32, bt, pos,
+                               seq_of, seq_start, kvl);
+                cpu_paged_attention(c.ref, c.qkv, c.ck, c.cv, pos, seq_of, bt, mb, n, nh, nkv, hd,
+                                    bs, 1.0f / sqrtf((float)hd));
+                cuda_paged_attention_ex(c.dout, c.dq, c.dk, c.dv, c.dpos, c.dso, c.dss, c.dkl,
+                                        c.dbt, mb, n, S, 301, nh, nkv, hd, bs,
+                                        1.0f / sqrtf((float)hd), f32, kv8, ks, vs, 0, NULL, c.ws, 0);
+                get_act(c.got, c.dout, c.oe, f32);
                 char what[96];
                 snprintf(what, sizeof what, "attention f32=%d kv8=%d hd=%d", f32, kv8, hd);
                 // bf16: q rounded, P rounded to bf16 for P.V, output rounded
-                CU_ASSERT_EQUAL(tu_compare_f32(what, got, ref, (long)n * nh * hd, f32 ? 1e-5f : 1e-2f,
+                CU_ASSERT_EQUAL(tu_compare_f32(what, c.got, c.ref, (long)c.oe, f32 ? 1e-5f : 1e-2f,
                                                f32 ? 1e-4f : 2e-2f), 0);
-                free(c8k);
-                free(c8v);
-                free(ck);
-                free(cv);
-                free(qkv);
-                free(ref);
-                free(got);
-                cudaFree(dk);
-                cudaFree(dv);
-                cudaFree(dq);
-                cudaFree(dout);
-                cudaFree(dbt);
-                cudaFree(dpos);
-                cudaFree(dso);
-                cudaFree(dss);
-                cudaFree(dkl);
-                cudaFree(ws);
+                attn_case_free(&c);
             }
 }
 
@@ -613,76 +631,43 @@ static void test_attention_fp8_decode(void) {
                 const int hd = hds[hi], nkv = groups[gi][1], nh = groups[gi][0] * nkv, bs = 16;
                 const int S = 9, mb = 40; // up to 640 positions
                 const int lens[9] = {1, 15, 16, 17, 63, 65, 257, 600, 640};
-                const int n = S, stride = (nh + 2 * nkv) * hd, nblk = S * mb;
+                const int n = S, nblk = S * mb;
                 const float ks = 0.03f, vs = 0.05f, scale = 1.0f / sqrtf((float)hd);
                 const int window = mode == 1 ? 100 : 0;
-                size_t ce = (size_t)nblk * nkv * bs * hd, qe = (size_t)n * stride;
                 int32_t *bt = sl_malloc(sizeof(int32_t) * nblk), pos[9], seq_of[9], seq_start[10], kvl[9];
                 for (int b = 0; b < nblk; b++) bt[b] = (int32_t)(((long)b * 37) % nblk);
                 for (int i = 0; i < S; i++) {
                     pos[i] = lens[i] - 1, seq_of[i] = i, seq_start[i] = i, kvl[i] = lens[i];
                 }
                 seq_start[S] = S;
-                uint8_t *c8k = sl_malloc(ce), *c8v = sl_malloc(ce);
-                float *ck = sl_malloc(sizeof(float) * ce), *cv = sl_malloc(sizeof(float) * ce);
-                for (size_t k = 0; k < ce; k++) {
-                    c8k[k] = sl_f32_to_e4m3(tu_rand_normal(&rng) / ks * 0.5f);
-                    c8v[k] = sl_f32_to_e4m3(tu_rand_normal(&rng) / vs * 0.5f);
-                    ck[k] = sl_e4m3_to_f32(c8k[k]) * ks;
-                    cv[k] = sl_e4m3_to_f32(c8v[k]) * vs;
-                }
                 float *alibi = NULL, *dal = NULL;
                 if (mode == 2) {
                     alibi = sl_malloc(sizeof(float) * nh);
                     for (int h = 0; h < nh; h++) alibi[h] = 0.02f + 0.01f * h;
                     dal = dev_copy(alibi, sizeof(float) * nh);
                 }
-                float *qkv = sl_malloc(sizeof(float) * qe);
-                fill(qkv, qe, &rng, 1.0f, 1);
-                size_t oe = (size_t)n * nh * hd;
-                float *ref = sl_malloc(sizeof(float) * oe), *got = sl_malloc(sizeof(float) * oe);
-                cpu_paged_attention_ex(ref, qkv, ck, cv, pos, seq_of, bt, mb, n, nh, nkv, hd, bs,
-                                       scale, window, alibi);
-                void *dk = dev_copy(c8k, ce), *dv = dev_copy(c8v, ce);
-                void *dq = dev_act(qkv, qe, 0), *dout = dev_poisoned(oe * 2);
-                int32_t *dbt = dev_copy(bt, sizeof(int32_t) * nblk), *dpos = dev_copy(pos, sizeof pos);
-                int32_t *dso = dev_copy(seq_of, sizeof seq_of), *dss = dev_copy(seq_start, sizeof seq_start);
-                int32_t *dkl = dev_copy(kvl, sizeof kvl);
-                size_t wsb = cuda_attention_workspace_bytes(n, nh, hd, mb * bs);
-                void *ws = dev_alloc(wsb ? wsb : 4);
+                AttnCase c;
+                attn_case_make(&c, &rng, S, mb, bs, n, nh, nkv, hd, ks, vs, 1, 0, bt, pos, seq_of,
+                               seq_start, kvl);
+                cpu_paged_attention_ex(c.ref, c.qkv, c.ck, c.cv, pos, seq_of, bt, mb, n, nh, nkv,
+                                       hd, bs, scale, window, alibi);
                 // each kernel: tensor cores with loads 2 and 1 steps ahead, CUDA cores
                 for (int v = 0; v < 3; v++) {
                     setenv("SLUICE_DECODE_TC", v == 0 ? "2" : v == 1 ? "1" : "0", 1);
-                    cudaMemset(dout, 0xff, oe * 2);
-                    cuda_paged_attention_ex(dout, dq, dk, dv, dpos, dso, dss, dkl, dbt, mb, n, S,
-                                            mb * bs, nh, nkv, hd, bs, scale, 0, 1, ks, vs, window,
-                                            dal, ws, 0);
-                    get_act(got, dout, oe, 0);
+                    cudaMemset(c.dout, 0xff, c.oe * 2);
+                    cuda_paged_attention_ex(c.dout, c.dq, c.dk, c.dv, c.dpos, c.dso, c.dss, c.dkl,
+                                            c.dbt, mb, n, S, mb * bs, nh, nkv, hd, bs, scale, 0, 1,
+                                            ks, vs, window, dal, c.ws, 0);
+                    get_act(c.got, c.dout, c.oe, 0);
                     char what[112];
                     snprintf(what, sizeof what, "fp8 decode kernel %d hd=%d group=%d nkv=%d mode=%d",
                              v, hd, groups[gi][0], nkv, mode);
-                    CU_ASSERT_EQUAL(tu_compare_f32(what, got, ref, (long)oe, 1e-2f, 2e-2f), 0);
+                    CU_ASSERT_EQUAL(tu_compare_f32(what, c.got, c.ref, (long)c.oe, 1e-2f, 2e-2f), 0);
                 }
                 unsetenv("SLUICE_DECODE_TC");
+                attn_case_free(&c);
                 free(bt);
-                free(c8k);
-                free(c8v);
-                free(ck);
-                free(cv);
                 free(alibi);
-                free(qkv);
-                free(ref);
-                free(got);
-                cudaFree(dk);
-                cudaFree(dv);
-                cudaFree(dq);
-                cudaFree(dout);
-                cudaFree(dbt);
-                cudaFree(dpos);
-                cudaFree(dso);
-                cudaFree(dss);
-                cudaFree(dkl);
-                cudaFree(ws);
                 cudaFree(dal);
             }
 }
