@@ -7,7 +7,10 @@
 #ifndef SLUICE_W4A16_DEV_CUH
 #define SLUICE_W4A16_DEV_CUH
 
+#include <cuda_bf16.h>
 #include <stdint.h>
+
+#include "cuda_common.h"
 
 static __device__ __forceinline__ void mma_bf16_16816(float c[4], const uint32_t a[4], uint32_t b0,
                                                       uint32_t b1) {
@@ -57,5 +60,31 @@ static __device__ __forceinline__ void cp_async_commit() {
 template <int N> static __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
+
+// Split-K GEMMs (both files): y (n, out) = sum over z of ws (S, n, out), in
+// order (deterministic), + bias; launched after the GEMM when S > 1.
+static __global__ void w4a16_splitk_reduce_kernel(__nv_bfloat16 *__restrict__ y,
+                                                  const float *__restrict__ ws,
+                                                  const float *__restrict__ bias, int n, int out,
+                                                  int S) {
+    const size_t total = (size_t)n * out;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float v = 0.0f;
+        for (int z = 0; z < S; z++) v += ws[(size_t)z * total + i];
+        y[i] = __float2bfloat16_rn(v + (bias ? bias[i % out] : 0.0f));
+    }
+}
+
+static void w4a16_splitk_reduce(__nv_bfloat16 *y, const float *ws, const float *bias, int n,
+                                int out, int S, cudaStream_t s) {
+    size_t total = (size_t)n * out, blocks = (total + 255) / 256;
+    if (blocks > 4096) blocks = 4096;
+    w4a16_splitk_reduce_kernel<<<(unsigned)blocks, 256, 0, s>>>(y, ws, bias, n, out, S);
+    CUDA_CHECK_LAUNCH();
+}
+
+// n8 tiles per GEMM block for n batch rows (16, 32 or 64 rows per block)
+static inline int w4a16_gemm_nt(int n) { return n <= 16 ? 2 : n <= 32 ? 4 : 8; }
 
 #endif

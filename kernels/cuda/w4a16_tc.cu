@@ -342,21 +342,6 @@ w4a16_gemm_tc_kernel(__nv_bfloat16 *__restrict__ y, float *__restrict__ ws,
         }
 }
 
-// y (n, out) = sum over z of ws (S, n, out), in order, + bias.
-static __global__ void w4a16_splitk_reduce_kernel(__nv_bfloat16 *__restrict__ y,
-                                                  const float *__restrict__ ws,
-                                                  const float *__restrict__ bias, int n, int out,
-                                                  int S) {
-    const size_t total = (size_t)n * out;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        float v = 0.0f;
-        for (int z = 0; z < S; z++) v += ws[(size_t)z * total + i];
-        y[i] = __float2bfloat16_rn(v + (bias ? bias[i % out] : 0.0f));
-    }
-}
-
-static int gemm_tc_nt(int n) { return n <= 16 ? 2 : n <= 32 ? 4 : 8; }
 
 // The split for (n, in, out): doubled while the grid is short of 3/4 of a
 // wave (target = TC_SMS * blocks per SM), each split keeps >= max(2, NB/8)
@@ -366,7 +351,7 @@ static int gemm_tc_nt(int n) { return n <= 16 ? 2 : n <= 32 ? 4 : 8; }
 // S * n * out <= S * nb * NB * mb * 128 < 1.5 * TC_SMS * 64 * 128 (target *
 // NB is TC_SMS * 64 for every NT): cuda_w4a16_tc_workspace_floats.
 static int gemm_tc_split(int n, int in, int out, int group, size_t ws_floats) {
-    const int nt = gemm_tc_nt(n), NB = 8 * nt, nb = (n + NB - 1) / NB, mb = (out + 127) / 128;
+    const int nt = w4a16_gemm_nt(n), NB = 8 * nt, nb = (n + NB - 1) / NB, mb = (out + 127) / 128;
     const long target = (long)TC_SMS * (nt == 8 ? 1 : 2);
     const int nchunks = in / (32 * tc_wpt(group)), min_cps = NB / 8 > 2 ? NB / 8 : 2;
     int S = 1;
@@ -391,12 +376,7 @@ static void launch_gemm_tc(__nv_bfloat16 *y, float *ws, const __nv_bfloat16 *x, 
     w4a16_gemm_tc_kernel<WPT, NT><<<grid, TC_THREADS, 0, s>>>(y, ws, x, qw, sc, zz, bias, n, in,
                                                              out, group, cps);
     CUDA_CHECK_LAUNCH();
-    if (S > 1) {
-        size_t total = (size_t)n * out, blocks = (total + 255) / 256;
-        if (blocks > 4096) blocks = 4096;
-        w4a16_splitk_reduce_kernel<<<(unsigned)blocks, 256, 0, s>>>(y, ws, bias, n, out, S);
-        CUDA_CHECK_LAUNCH();
-    }
+    if (S > 1) w4a16_splitk_reduce(y, ws, bias, n, out, S, s);
 }
 
 template <int WPT>
@@ -404,7 +384,7 @@ static void gemm_tc_nt_switch(__nv_bfloat16 *y, float *ws, const __nv_bfloat16 *
                               const uint32_t *qw, const __half *sc, const uint8_t *zz,
                               const float *bias, int n, int in, int out, int group, int S,
                               cudaStream_t s) {
-    switch (gemm_tc_nt(n)) {
+    switch (w4a16_gemm_nt(n)) {
     case 2: launch_gemm_tc<WPT, 2>(y, ws, x, qw, sc, zz, bias, n, in, out, group, S, s); break;
     case 4: launch_gemm_tc<WPT, 4>(y, ws, x, qw, sc, zz, bias, n, in, out, group, S, s); break;
     default: launch_gemm_tc<WPT, 8>(y, ws, x, qw, sc, zz, bias, n, in, out, group, S, s); break;

@@ -541,27 +541,13 @@ w4a16_gemm_v3_kernel(const V3Gemm p) {
         }
 }
 
-// y (n, out) = sum over z of ws (S, n, out), in order, + bias.
-static __global__ void w4a16_v3_reduce_kernel(bf16 *__restrict__ y, const float *__restrict__ ws,
-                                              const float *__restrict__ bias, int n, int out,
-                                              int S) {
-    const size_t total = (size_t)n * out;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
-        float v = 0.0f;
-        for (int z = 0; z < S; z++) v += ws[(size_t)z * total + i];
-        y[i] = __float2bfloat16_rn(v + (bias ? bias[i % out] : 0.0f));
-    }
-}
-
-static int gemm_v3_nt(int n) { return n <= 16 ? 2 : n <= 32 ? 4 : 8; }
 
 // The split (as gemm_tc_split in w4a16_tc.cu, chunks of 128 inputs): doubled
 // while the grid is short of 3/4 of a wave, each split keeping >= max(2, NB/8)
 // chunks, the partials fitting ws_floats; S * n * out stays under
 // cuda_w4a16_v3_workspace_floats's bound.
 static int gemm_v3_split(int n, int nck, int out, size_t ws_floats) {
-    const int nt = gemm_v3_nt(n), NB = 8 * nt, nb = (n + NB - 1) / NB, mb = (out + 127) / 128;
+    const int nt = w4a16_gemm_nt(n), NB = 8 * nt, nb = (n + NB - 1) / NB, mb = (out + 127) / 128;
     const long target = (long)V3_SMS_DEFAULT * (nt == 8 ? 1 : 2);
     const int min_cps = NB / 8 > 2 ? NB / 8 : 2;
     int S = 1;
@@ -583,16 +569,11 @@ static void launch_gemm_v3(V3Gemm p, int S, cudaStream_t s) {
     dim3 grid((unsigned)((p.out + 127) / 128), (unsigned)((p.n + 8 * NT - 1) / (8 * NT)), (unsigned)S);
     w4a16_gemm_v3_kernel<GS, NT><<<grid, V3_GEMM_THREADS, 0, s>>>(p);
     CUDA_CHECK_LAUNCH();
-    if (S > 1) {
-        size_t total = (size_t)p.n * p.out, blocks = (total + 255) / 256;
-        if (blocks > 4096) blocks = 4096;
-        w4a16_v3_reduce_kernel<<<(unsigned)blocks, 256, 0, s>>>(p.y, p.ws, p.bias, p.n, p.out, S);
-        CUDA_CHECK_LAUNCH();
-    }
+    if (S > 1) w4a16_splitk_reduce(p.y, p.ws, p.bias, p.n, p.out, S, s);
 }
 
 template <int GS> static void gemm_v3_nt_switch(const V3Gemm &p, int S, cudaStream_t s) {
-    switch (gemm_v3_nt(p.n)) {
+    switch (w4a16_gemm_nt(p.n)) {
     case 2: launch_gemm_v3<GS, 2>(p, S, s); break;
     case 4: launch_gemm_v3<GS, 4>(p, S, s); break;
     default: launch_gemm_v3<GS, 8>(p, S, s); break;
