@@ -2,7 +2,7 @@
 # One GPU-host session: build for sm_90a, run the GPU test suite, check the
 # demo model's golden continuations on the CUDA backend, and run benchmarks.
 # Prints a short table; logs and JSON go to $OUT (default build/gpu-session).
-#   usage: tests/gpu/session.sh [tests] [golden] [bench-quick] [bench]
+#   usage: tests/gpu/session.sh [tests] [golden] [bench-quick] [bench] [ab] ...
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-build/gpu-session}
@@ -122,6 +122,26 @@ bench-2k-ab)
             --requests 500 --backend cuda --output "$OUT/bench-8b-2048-128-mt$mt.json" \
             >"$OUT/bench-8b-2048-128-mt$mt.log" 2>&1
         row "8b bf16 2048/128, prefill MT=$mt" "$(grep -E 'output tokens/s' "$OUT/bench-8b-2048-128-mt$mt.log")"
+    done ;;
+ab)
+    # Same-run A/B pairs: "label|environment|bench flags" (AB_SPECS, ';'-separated),
+    # each `sluice bench` run once with its environment. The default list is
+    # what the fourth session could not compare in one run: cuBLASLt tuning
+    # on/off at 2048/128 (BF16, FP8), and INT4 v2/v3 at large batches.
+    F8="--dtype fp8 --fp8-per-tensor --kv-dtype fp8 --max-batch 512"
+    specs=${AB_SPECS:-"bf16 2k tune0|SLUICE_GEMM_TUNE=0|--isl 2048 --osl 128 --requests 500;\
+bf16 2k tune1|SLUICE_GEMM_TUNE=1|--isl 2048 --osl 128 --requests 500;\
+fp8 2k tune0|SLUICE_GEMM_TUNE=0|--isl 2048 --osl 128 --requests 500 $F8;\
+fp8 2k tune1|SLUICE_GEMM_TUNE=1|--isl 2048 --osl 128 --requests 500 $F8;\
+int4 b256 v2|SLUICE_INT4_KERNELS=v2|--dtype int4 --isl 128 --osl 128 --requests 2000;\
+int4 b256 v3|SLUICE_INT4_KERNELS=v3|--dtype int4 --isl 128 --osl 128 --requests 2000"}
+    IFS=';' read -ra speclist <<<"$specs"
+    for spec in "${speclist[@]}"; do
+        IFS='|' read -r label envs args <<<"$spec"
+        log="$OUT/ab-${label// /-}.log"
+        env $envs timeout ${AB_TIMEOUT:-240} build/sluice bench --arch ${AB_ARCH:-llama-3.1-8b} \
+            --backend cuda $args --output "${log%.log}.json" >"$log" 2>&1
+        row "$label" "$(grep -E 'output tokens/s' "$log" | head -1) $(grep -m1 -E 'rror' "$log")"
     done ;;
 golden-f32)
     [ -f build/golden-prompts.h5 ] || bash "$0" golden >/dev/null
