@@ -87,4 +87,32 @@ static void w4a16_splitk_reduce(__nv_bfloat16 *y, const float *ws, const float *
 // n8 tiles per GEMM block for n batch rows (16, 32 or 64 rows per block)
 static inline int w4a16_gemm_nt(int n) { return n <= 16 ? 2 : n <= 32 ? 4 : 8; }
 
+// The split-K count of both tensor-core GEMMs (w4a16_tc.cu, w4a16_v3.cu) for
+// n batch rows, out outputs and nchunks input chunks: doubled (up to
+// W4A16_MAX_SPLIT) while the grid is short of 3/4 of a wave (W4A16_SMS
+// SMs, 2 blocks per SM, 1 at NT = 8), each split keeping >= max(2, NB/8)
+// chunks (the fp32 partials stay <= 1/4 of the weight bytes a block reads)
+// and the partials fitting ws_floats. It stops before blocks reach 3/4 of
+// twice the target, so S * n * out < 1.5 * W4A16_SMS * 64 * 128:
+// w4a16_splitk_workspace_floats is that bound. The SM count sizes speed only.
+#define W4A16_SMS 132 // H100 / H200 SXM
+#define W4A16_MAX_SPLIT 16
+
+static inline int w4a16_splitk_count(int n, int nchunks, int out, size_t ws_floats) {
+    const int nt = w4a16_gemm_nt(n), NB = 8 * nt, nb = (n + NB - 1) / NB, mb = (out + 127) / 128;
+    const long target = (long)W4A16_SMS * (nt == 8 ? 1 : 2);
+    const int min_cps = NB / 8 > 2 ? NB / 8 : 2;
+    int S = 1;
+    while (S < W4A16_MAX_SPLIT && 4L * mb * nb * S < 3 * target && nchunks / (2 * S) >= min_cps &&
+           (size_t)2 * S * n * out <= ws_floats)
+        S *= 2;
+    return S;
+}
+
+static inline size_t w4a16_splitk_workspace_floats(int max_n, int max_out) {
+    size_t bound = (size_t)2 * W4A16_SMS * 64 * 128;
+    size_t most = (size_t)W4A16_MAX_SPLIT * (max_n > 0 ? max_n : 0) * (max_out > 0 ? max_out : 0);
+    return most < bound ? most : bound;
+}
+
 #endif

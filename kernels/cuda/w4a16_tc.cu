@@ -56,8 +56,6 @@
 #define TC_THREADS 256
 #define TC_WARPS 8
 #define TC_GEMV_TARGET_WARPS 4096 // ~2 waves of 16 warps on 132 SMs
-#define TC_SMS 132                // H100 / H200 SXM: sizes the GEMM's split (speed only)
-#define TC_MAX_SPLIT 16
 
 // ----------------------------------------------------------------------------
 // device helpers (mma_bf16_16816, neg_zero_pair, dq_pairs: w4a16_dev.cuh)
@@ -343,28 +341,13 @@ w4a16_gemm_tc_kernel(__nv_bfloat16 *__restrict__ y, float *__restrict__ ws,
 }
 
 
-// The split for (n, in, out): doubled while the grid is short of 3/4 of a
-// wave (target = TC_SMS * blocks per SM), each split keeps >= max(2, NB/8)
-// chunks (the partials, NB x 128 x 8 bytes written + read per block, stay
-// <= 1/4 of its weight bytes, 128 x 64 per chunk at WPT 4) and the partials
-// fit ws_floats. It stops before blocks reach 3/4 * target * 2, so
-// S * n * out <= S * nb * NB * mb * 128 < 1.5 * TC_SMS * 64 * 128 (target *
-// NB is TC_SMS * 64 for every NT): cuda_w4a16_tc_workspace_floats.
+// The split: w4a16_splitk_count over chunks of 32 * WPT inputs.
 static int gemm_tc_split(int n, int in, int out, int group, size_t ws_floats) {
-    const int nt = w4a16_gemm_nt(n), NB = 8 * nt, nb = (n + NB - 1) / NB, mb = (out + 127) / 128;
-    const long target = (long)TC_SMS * (nt == 8 ? 1 : 2);
-    const int nchunks = in / (32 * tc_wpt(group)), min_cps = NB / 8 > 2 ? NB / 8 : 2;
-    int S = 1;
-    while (S < TC_MAX_SPLIT && 4L * mb * nb * S < 3 * target &&
-           nchunks / (2 * S) >= min_cps && (size_t)2 * S * n * out <= ws_floats)
-        S *= 2;
-    return S;
+    return w4a16_splitk_count(n, in / (32 * tc_wpt(group)), out, ws_floats);
 }
 
 extern "C" size_t cuda_w4a16_tc_workspace_floats(int max_n, int max_out) {
-    size_t bound = (size_t)2 * TC_SMS * 64 * 128;
-    size_t most = (size_t)TC_MAX_SPLIT * (max_n > 0 ? max_n : 0) * (max_out > 0 ? max_out : 0);
-    return most < bound ? most : bound;
+    return w4a16_splitk_workspace_floats(max_n, max_out);
 }
 
 template <int WPT, int NT>

@@ -95,7 +95,6 @@
 #define V3_GEMM_DEPTH 2
 #define V3_GEMM_RU 20 // x tile row stride in 16-byte units (16 + 4: 64 mod 128 bytes)
 #define V3_SMS_DEFAULT 132
-#define V3_MAX_SPLIT 16
 
 typedef __nv_bfloat16 bf16;
 
@@ -365,6 +364,21 @@ static void launch_gemv_v3(const V3Gemv &p, int ctas, size_t smem, cudaStream_t 
 
 static int v3_gs(int group) { return group % 128 == 0 ? 4 : group % 64 == 0 ? 2 : 1; }
 
+// The fields V3Gemv and V3Gemm share, from an entry point's arguments.
+template <typename P>
+static void v3_fill(P &p, sl_bf16 *y, const sl_bf16 *x, const uint32_t *qt, const uint16_t *st,
+                    const uint8_t *zt, const float *bias, int n, int in_dim, int out_dim,
+                    int group) {
+    p.y = reinterpret_cast<bf16 *>(y);
+    p.x = reinterpret_cast<const bf16 *>(x);
+    p.qw = reinterpret_cast<const uint4 *>(qt);
+    p.sc = reinterpret_cast<const uint32_t *>(st);
+    p.zz = reinterpret_cast<const uint16_t *>(zt);
+    p.bias = bias;
+    p.n = n, p.in = in_dim, p.out = out_dim, p.group = group;
+    p.mt = (out_dim + 15) / 16, p.nck = (in_dim + V3_KC - 1) / V3_KC, p.ng = in_dim / group;
+}
+
 extern "C" void cuda_w4a16_gemv_v3_ex(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qt,
                                       const uint16_t *st, const uint8_t *zt, const float *bias,
                                       int n, int in_dim, int out_dim, int group, int xmode,
@@ -374,14 +388,7 @@ extern "C" void cuda_w4a16_gemv_v3_ex(sl_bf16 *y, const sl_bf16 *x, const uint32
         SL_FATAL("sluice", "W4A16 GEMV (v3): n must be 1..8, group a multiple of 32 dividing "
                  "in_dim, x 16-byte aligned", "cuda_w4a16_gemv_v3");
     V3Gemv p;
-    p.y = reinterpret_cast<bf16 *>(y);
-    p.x = reinterpret_cast<const bf16 *>(x);
-    p.qw = reinterpret_cast<const uint4 *>(qt);
-    p.sc = reinterpret_cast<const uint32_t *>(st);
-    p.zz = reinterpret_cast<const uint16_t *>(zt);
-    p.bias = bias;
-    p.n = n, p.in = in_dim, p.out = out_dim, p.group = group;
-    p.mt = (out_dim + 15) / 16, p.nck = (in_dim + V3_KC - 1) / V3_KC, p.ng = in_dim / group;
+    v3_fill(p, y, x, qt, st, zt, bias, n, in_dim, out_dim, group);
     // Persistent grid: at most one block per SM, the tiles split evenly
     // (every block gets the same number of tiles, give or take one only
     // where the SMs cannot all get ceil(mt / SMs)).
@@ -542,25 +549,13 @@ w4a16_gemm_v3_kernel(const V3Gemm p) {
 }
 
 
-// The split (as gemm_tc_split in w4a16_tc.cu, chunks of 128 inputs): doubled
-// while the grid is short of 3/4 of a wave, each split keeping >= max(2, NB/8)
-// chunks, the partials fitting ws_floats; S * n * out stays under
-// cuda_w4a16_v3_workspace_floats's bound.
+// The split: w4a16_splitk_count over chunks of 128 inputs.
 static int gemm_v3_split(int n, int nck, int out, size_t ws_floats) {
-    const int nt = w4a16_gemm_nt(n), NB = 8 * nt, nb = (n + NB - 1) / NB, mb = (out + 127) / 128;
-    const long target = (long)V3_SMS_DEFAULT * (nt == 8 ? 1 : 2);
-    const int min_cps = NB / 8 > 2 ? NB / 8 : 2;
-    int S = 1;
-    while (S < V3_MAX_SPLIT && 4L * mb * nb * S < 3 * target && nck / (2 * S) >= min_cps &&
-           (size_t)2 * S * n * out <= ws_floats)
-        S *= 2;
-    return S;
+    return w4a16_splitk_count(n, nck, out, ws_floats);
 }
 
 extern "C" size_t cuda_w4a16_v3_workspace_floats(int max_n, int max_out) {
-    size_t bound = (size_t)2 * V3_SMS_DEFAULT * 64 * 128;
-    size_t most = (size_t)V3_MAX_SPLIT * (max_n > 0 ? max_n : 0) * (max_out > 0 ? max_out : 0);
-    return most < bound ? most : bound;
+    return w4a16_splitk_workspace_floats(max_n, max_out);
 }
 
 template <int GS, int NT>
@@ -589,15 +584,8 @@ extern "C" void cuda_w4a16_gemm_v3(sl_bf16 *y, const sl_bf16 *x, const uint32_t 
         SL_FATAL("sluice", "W4A16 GEMM (v3): group must be a multiple of 32 dividing in_dim, x "
                  "16-byte aligned", "cuda_w4a16_gemm_v3");
     V3Gemm p;
-    p.y = reinterpret_cast<bf16 *>(y);
+    v3_fill(p, y, x, qt, st, zt, bias, n, in_dim, out_dim, group);
     p.ws = ws;
-    p.x = reinterpret_cast<const bf16 *>(x);
-    p.qw = reinterpret_cast<const uint4 *>(qt);
-    p.sc = reinterpret_cast<const uint32_t *>(st);
-    p.zz = reinterpret_cast<const uint16_t *>(zt);
-    p.bias = bias;
-    p.n = n, p.in = in_dim, p.out = out_dim, p.group = group;
-    p.mt = (out_dim + 15) / 16, p.nck = (in_dim + V3_KC - 1) / V3_KC, p.ng = in_dim / group;
     p.cps = p.nck;
     const int S = ws ? gemm_v3_split(n, p.nck, out_dim, ws_floats) : 1;
     switch (v3_gs(group)) {
