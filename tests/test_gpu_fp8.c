@@ -653,7 +653,7 @@ static void test_attention_fp8_decode(void) {
                                        hd, bs, scale, window, alibi);
                 // each kernel: tensor cores with loads 2 and 1 steps ahead, CUDA cores
                 for (int v = 0; v < 3; v++) {
-                    setenv("SLUICE_DECODE_TC", v == 0 ? "2" : v == 1 ? "1" : "0", 1);
+                    cuda_attention_fp8_decode_kernel(v == 0 ? 2 : v == 1 ? 1 : 0);
                     cudaMemset(c.dout, 0xff, c.oe * 2);
                     cuda_paged_attention_ex(c.dout, c.dq, c.dk, c.dv, c.dpos, c.dso, c.dss, c.dkl,
                                             c.dbt, mb, n, S, mb * bs, nh, nkv, hd, bs, scale, 0, 1,
@@ -664,7 +664,7 @@ static void test_attention_fp8_decode(void) {
                              v, hd, groups[gi][0], nkv, mode);
                     CU_ASSERT_EQUAL(tu_compare_f32(what, c.got, c.ref, (long)c.oe, 1e-2f, 2e-2f), 0);
                 }
-                unsetenv("SLUICE_DECODE_TC");
+                cuda_attention_fp8_decode_kernel(-1);
                 attn_case_free(&c);
                 free(bt);
                 free(alibi);
@@ -704,7 +704,7 @@ static void test_attention_fp8_decode_bench(void) {
         void *ws = dev_alloc(wsb ? wsb : 4);
         double us[3];
         for (int v = 0; v < 3; v++) {
-            setenv("SLUICE_DECODE_TC", v == 0 ? "2" : v == 1 ? "1" : "0", 1);
+            cuda_attention_fp8_decode_kernel(v == 0 ? 2 : v == 1 ? 1 : 0);
             cudaEvent_t e0, e1;
             cudaEventCreate(&e0);
             cudaEventCreate(&e1);
@@ -725,7 +725,7 @@ static void test_attention_fp8_decode_bench(void) {
             cudaEventDestroy(e0);
             cudaEventDestroy(e1);
         }
-        unsetenv("SLUICE_DECODE_TC");
+        cuda_attention_fp8_decode_kernel(-1);
         double bytes = 2.0 * S * (double)ctx * nkv * hd;
         printf("  %5d %6d  %8.1f %6.0f  %8.1f %6.0f  %10.1f %6.0f\n", S, ctx, us[0],
                bytes / us[0] / 1e3, us[1], bytes / us[1] / 1e3, us[2], bytes / us[2] / 1e3);

@@ -443,8 +443,7 @@ static __global__ void __launch_bounds__(DEC_THREADS)
 //     positions 2t, 2t+1, 2t+8, 2t+9; output tile j's column g is dimension
 //     g * HD/8 + j. Pairs of positions are interleaved with byte permutes.
 // P is rounded to fp16 (finer than the bf16 FlashAttention rounds it to).
-// Loads run one step ahead in registers (SLUICE_DECODE_TC=2: two; =0: the
-// CUDA-core kernel). Output, partials and workspace are
+// Loads run one step ahead in registers (or two; see fp8_decode_kind). Output, partials and workspace are
 // those of attn_decode_kernel (same split scheme and reduce kernel).
 
 #define DTC_GB 16 // query-head rows per CTA (one m16 tile)
@@ -1220,6 +1219,25 @@ static void launch_decode_hd(int gb, dim3 grid, bf16 *out, float *ws, const bf16
     CUDA_CHECK_LAUNCH();
 }
 
+// Which decode kernel reads an FP8 cache: 1 the tensor-core kernel with one
+// step of loads ahead (the default: 3 CTAs per SM, measured faster on an
+// H200 than two steps at 2 CTAs per SM, 2.6 against 2.2 TB/s), 2 with two
+// steps, 0 the CUDA-core kernel. SLUICE_DECODE_TC sets it, read once;
+// cuda_attention_fp8_decode_kernel overrides it (tests and benchmarks).
+static int g_fp8_decode_kind = -1;
+
+static int fp8_decode_kind() {
+    if (g_fp8_decode_kind < 0) {
+        const char *e = getenv("SLUICE_DECODE_TC");
+        g_fp8_decode_kind = e && e[0] == '0' ? 0 : e && e[0] == '2' ? 2 : 1;
+    }
+    return g_fp8_decode_kind;
+}
+
+extern "C" void cuda_attention_fp8_decode_kernel(int kind) {
+    g_fp8_decode_kind = kind >= 0 && kind <= 2 ? kind : -1;
+}
+
 template <typename KT>
 static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, const KT *vc,
                           const int32_t *pos, const int32_t *seq_start, const int32_t *bt,
@@ -1228,11 +1246,9 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, c
                           int window, const float *alibi, cudaStream_t st) {
     const int group = n_heads / n_kv_heads;
     if constexpr (sizeof(KT) == 1) {
-        // FP8 cache, head_dim 64/128: the tensor-core kernel (SLUICE_DECODE_TC=0: the other)
-        // (read per call, a few ns against the kernel: benchmarks switch it)
-        const char *e = getenv("SLUICE_DECODE_TC");
-        const bool tc = !(e && e[0] == '0');
-        if (tc && v16 && (hd == 128 || hd == 64)) {
+        // FP8 cache, head_dim 64/128: the tensor-core kernel (cuda_attention_fp8_decode_kernel)
+        const int kind = fp8_decode_kind();
+        if (kind != 0 && v16 && (hd == 128 || hd == 64)) {
             const int n_sub = ceil_div(group, DTC_GB);
             int n_splits, chunk;
             decode_splits(n_seqs, n_kv_heads, n_sub, max_kv_len, &n_splits, &chunk);
@@ -1241,9 +1257,7 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, c
 #define DTC_ARGS                                                                              \
     out, ws, qkv, kc, vc, pos, seq_start, bt, max_blocks, n_seqs, n_heads, n_kv_heads, bs_shift, \
         n_sub, n_splits, chunk, sl2, v_mul, window, alibi
-            // one step of loads ahead (3 CTAs per SM) measured faster on an H200 than
-            // two (2 CTAs per SM): 2.6 against 2.2 TB/s; SLUICE_DECODE_TC=2 picks two
-            const bool d1 = !(e && e[0] == '2');
+            const bool d1 = kind == 1;
             if (hd == 128 && d1)
                 attn_decode_tc_kernel<128, 1><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
             else if (hd == 128)

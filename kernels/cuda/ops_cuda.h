@@ -185,6 +185,12 @@ void cuda_paged_attention_ex(void *out, const void *qkv, const void *k_cache,
                              float k_scale, float v_scale, int window, const float *alibi,
                              void *workspace, cudaStream_t stream);
 
+// Which kernel the decode rows over an FP8 cache (head_dim 64/128) take: 1
+// the tensor-core kernel (default), 2 the same with two steps of loads in
+// flight, 0 the CUDA-core kernel; -1 goes back to SLUICE_DECODE_TC (the same
+// values), read once. For A/B tests and benchmarks; not thread-safe.
+void cuda_attention_fp8_decode_kernel(int kind);
+
 #ifdef __cplusplus
 }
 #endif
