@@ -26,7 +26,8 @@
 // the two staging buffers), a window and ALiBi. With scales 1 the output
 // must also equal the bf16 path's on a bf16 cache of the decoded values, bit
 // for bit. The 128-row tiles are the default for head_dim <= 128;
-// SLUICE_PREFILL_MT=1 runs the 64-row ones.
+// SLUICE_PREFILL_MT=1 runs the 64-row ones. Head dim 128 takes the wgmma
+// prefill kernel; one test runs its cases on the mma.sync kernel too.
 //
 // Without a GPU every test prints "skipped: no CUDA device" and passes,
 // unless SLUICE_REQUIRE_GPU=1. With SLUICE_GPU_BENCH=1 a benchmark also runs
@@ -359,6 +360,34 @@ static void test_mixed_shapes(void) {
     for (int i = 0; i < N_SHAPES; i++) run_case(&SHAPES[i], MIXED, N_MIXED, 0, 1000 + i);
 }
 
+// Head dim 128 has two prefill kernels: warpgroup MMAs (wgmma, the default,
+// which the other tests here take at head_dim 128) and the mma.sync kernel
+// of the other head dims (SLUICE_PREFILL_WG=0). The latter on the
+// head_dim-128 cases: mixed calls, prefill only (a chunk mid-block; two
+// sequences sharing a tile), a chunk deep into its context, a window with
+// ALiBi, an FP8 cache (also bit for bit against the bf16 path on the
+// decoded values).
+static void test_prefill_mma_sync_hd128(void) {
+    if (!tu_gpu_ready()) return;
+    static const int hd128[] = {0, 2, 7};
+    cuda_attention_prefill_wg(0);
+    for (int i = 0; i < 3; i++) run_case(&SHAPES[hd128[i]], MIXED, N_MIXED, 0, 1200 + i);
+    Seq chunk[1] = {{130, 50}}, two[2] = {{65, 0}, {64, 7}}, deep[2] = {{300, 1000}, {1, 1500}};
+    run_case(&SHAPES[2], chunk, 1, 0, 1210);
+    run_case(&SHAPES[0], two, 2, 0, 1211);
+    run_case(&SHAPES[0], deep, 2, 1, 1212);
+    g_window = 37, g_alibi = 1;
+    run_case(&SHAPES[0], MIXED, N_MIXED, 0, 1213);
+    g_window = 0, g_alibi = 0;
+    g_kv_fp8 = 1;
+    run_case(&SHAPES[0], MIXED, N_MIXED, 0, 1214);
+    run_case(&SHAPES[2], deep, 2, 0, 1215);
+    g_kv_fp8 = 2;
+    run_case(&SHAPES[7], MIXED, N_MIXED, 0, 1216);
+    g_kv_fp8 = 0;
+    cuda_attention_prefill_wg(-1);
+}
+
 // max_kv_len as a graph would pass it (the table capacity), and below the
 // truth: the last split always runs to the sequence's end.
 static void test_max_kv_len_bounds(void) {
@@ -591,10 +620,12 @@ static void test_bench(void) {
         int32_t *d_pos = dev_i32(pos, n), *d_seq = dev_i32(seq, n), *d_ss = dev_i32(ss, pf_prompts + 1);
         int32_t *d_kvl = dev_i32(kvl, pf_prompts), *d_bt = dev_i32(bt, (size_t)pf_prompts * max_blocks);
         // bf16 cache, then the same bytes read as an FP8 cache (e4m3 0x3C = 1.5)
-        for (int kv8 = 0; kv8 < 2; kv8++) {
+        static const int kmode[2] = {0, 1}; // mma.sync; wgmma
+        for (int kv8 = 0; kv8 < 4; kv8++) { // bf16, fp8 cache on each kernel
+            cuda_attention_prefill_wg(kmode[kv8 / 2]);
             for (int r = 0; r < 3 + BENCH_REPS; r++) {
                 CUDA_CHECK(cudaEventRecord(e0, 0));
-                if (kv8)
+                if (kv8 & 1)
                     cuda_paged_attention_ex(out, qkv, kc, vc, d_pos, d_seq, d_ss, d_kvl, d_bt,
                                             max_blocks, n, pf_prompts, pf_len, nh, nkv, hd, bs,
                                             scale, 0, 1, 0.01f, 0.01f, 0, NULL, ws, 0);
@@ -609,9 +640,12 @@ static void test_bench(void) {
             float med = median_f(ms, BENCH_REPS);
             // causal work only: row i does (i + 1) keys x head_dim x 2 (QK and PV) FMAs
             double flops = 4.0 * hd * nh * pf_prompts * ((double)pf_len * (pf_len + 1) / 2);
-            printf("  prefill %d x %d tokens, %s cache: %.3f ms, %.1f TFLOP/s (causal FLOPs)\n",
-                   pf_prompts, pf_len, kv8 ? "fp8" : "bf16", med, flops / (med * 1e-3) / 1e12);
+            printf("  prefill %d x %d tokens, %s cache, %s: %.3f ms, %.1f TFLOP/s (causal FLOPs)\n",
+                   pf_prompts, pf_len, kv8 & 1 ? "fp8" : "bf16",
+                   kv8 < 2 ? "mma.sync" : "wgmma", med,
+                   flops / (med * 1e-3) / 1e12);
         }
+        cuda_attention_prefill_wg(-1);
         CUDA_CHECK(cudaFree(d_pos));
         CUDA_CHECK(cudaFree(d_seq));
         CUDA_CHECK(cudaFree(d_ss));
@@ -634,6 +668,7 @@ int main(void) {
     static const tu_test tests[] = {
         {"workspace bytes bound", test_workspace_bytes},
         {"mixed prefill + decode, 8 shapes", test_mixed_shapes},
+        {"head_dim 128 on the mma.sync prefill kernel", test_prefill_mma_sync_hd128},
         {"max_kv_len upper bound / underestimate", test_max_kv_len_bounds},
         {"decode only (direct and split-K)", test_decode_only},
         {"prefill only", test_prefill_only},

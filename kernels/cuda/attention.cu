@@ -29,6 +29,12 @@
 //   size). Head dims not a multiple of 8 (or unaligned bases) load and decode
 //   synchronously instead (correct, not tuned).
 //
+// - prefill at head_dim 128 (16-byte aligned operands): the same on Hopper's
+//   warpgroup MMAs (attn_prefill_wg_kernel, below; 128 query rows x one head
+//   per CTA, key tiles of 128 positions in 128-byte swizzled shared memory,
+//   the S and P.V MMA chains of consecutive half tiles overlapped with the
+//   softmax). SLUICE_PREFILL_WG=0 keeps the mma.sync kernel there.
+//
 // - decode (sequences with exactly one row): flash-decoding. A CTA owns one
 //   sequence x one kv head (x up to 8 of the query heads sharing it, so each
 //   K/V row is read once per group) x one split of the context. Each K/V row
@@ -53,6 +59,7 @@ extern "C" {
 #include "common.h" // C linkage for sl_fatal, which CUDA_CHECK calls
 }
 #include "fp8_dev.cuh"
+#include "wgmma_dev.cuh"
 #include "ops_cuda.h"
 
 typedef __nv_bfloat16 bf16;
@@ -1177,6 +1184,333 @@ static __global__ void __launch_bounds__(PF_THREADS)
 }
 
 // ----------------------------------------------------------------------------
+// prefill on Hopper's warpgroup MMAs (wgmma), head_dim 128: two warpgroups
+// per CTA, 64 query rows each (128 per CTA), key tiles of 128 positions.
+//
+// Same rows, segments, masks and online softmax as attn_prefill_kernel; the
+// differences are where the operands live. Q, K and V tiles sit in shared
+// memory in wgmma's 128-byte swizzled layout (wgmma_dev.cuh): a warp's
+// cp.async copies two whole 256-byte rows (full sectors from L2), and eight
+// consecutive lanes fill one 128-byte row of an atom (no bank conflicts).
+// S = Q K^T takes Q and K from shared memory (K-major); the fp32 S
+// accumulators, turned into P and rounded to bf16, are the A operand of
+// O += P V straight from registers, with V read MN-major (transposed) from
+// the same kind of tile. Each MMA chain is issued, committed and waited for
+// as a whole (no overlap of softmax and MMAs inside a warpgroup; the two
+// warpgroups of a CTA overlap each other).
+//
+// bf16 cache: 3 K/V tile buffers, the next tile in flight. FP8: 2 bf16
+// buffers, fed by the staged codes.
+// FP8 cache: the e4m3 codes are staged raw by cp.async two tiles ahead (rows
+// of 128 bytes) and decoded smem -> smem into the single bf16 K/V tile.
+#define WG_BM 128
+#define WG_BN 128
+#define WG_HD 128
+#define WG_THREADS 256
+
+template <typename KT>
+static __global__ void __launch_bounds__(WG_THREADS, 1)
+    attn_prefill_wg_kernel(bf16 *__restrict__ out, const bf16 *__restrict__ qkv,
+                           const KT *__restrict__ k_cache, const KT *__restrict__ v_cache,
+                           const int32_t *__restrict__ pos, const int32_t *__restrict__ seq_of,
+                           const int32_t *__restrict__ seq_start,
+                           const int32_t *__restrict__ block_tables, int max_blocks,
+                           int n_tokens, int n_seqs, int n_heads, int n_kv_heads, int bs_shift,
+                           float scale_log2, float v_mul, int window,
+                           const float *__restrict__ alibi) {
+    constexpr bool FP8 = sizeof(KT) == 1;
+    constexpr int TILE = WG_BN * WG_HD; // elements of a K or V tile
+    constexpr int NBUF = FP8 ? 2 : 3;
+    // sQ [WG_BM x 128], sK[NBUF], sV[NBUF]; FP8: then the codes [2 stages][K,
+    // V][128 x 128 bytes]
+    // the swizzle atoms must be 1024-byte aligned (the launch adds 1 KB)
+    extern __shared__ __align__(128) unsigned char wg_smem_raw[];
+    unsigned char *wg_smem =
+        wg_smem_raw + ((1024 - ((uint32_t)__cvta_generic_to_shared(wg_smem_raw) & 1023)) & 1023);
+    bf16 *sQ = reinterpret_cast<bf16 *>(wg_smem);
+    bf16 *sK = sQ + WG_BM * WG_HD;
+    bf16 *sV = sK + NBUF * TILE;
+    uint8_t *sRaw = reinterpret_cast<uint8_t *>(sV + NBUF * TILE);
+    __shared__ int s_pos[WG_BM];
+
+    const int h = blockIdx.x;
+    const int R0 = (gridDim.y - 1 - blockIdx.y) * WG_BM; // late rows (long contexts) first
+    const int R1 = min(R0 + WG_BM, n_tokens);
+    const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31;
+    const int wrow = wg * 64 + ((tid >> 5) & 3) * 16; // the warp's first row
+    const int kvh = h / (n_heads / n_kv_heads);
+    const int stride = (n_heads + 2 * n_kv_heads) * WG_HD;
+    const int bmask = (1 << bs_shift) - 1;
+    const size_t blk_stride = (size_t)n_kv_heads << bs_shift;
+    const size_t head_row0 = (size_t)kvh << bs_shift;
+    // this thread's copy slots: chunk cc of rows rr + 16j (bf16: 16 chunks a
+    // row; FP8 codes: 8 chunks a row, rows rr8 + 32j)
+    const int cc = tid & 15, rr = tid >> 4, cc8 = tid & 7, rr8 = tid >> 3;
+
+    for (int s = seq_of[R0]; s < n_seqs; s++) {
+        const int sb = seq_start[s], se = seq_start[s + 1];
+        if (sb >= R1) break;
+        if (se - sb <= 1) continue; // decode sequence (or empty): not ours
+        const int r0 = max(R0, sb), r1 = min(R1, se);
+        const int32_t *bt = block_tables + (size_t)s * max_blocks;
+
+        for (int i = tid; i < WG_BM; i += WG_THREADS) {
+            const int r = R0 + i;
+            s_pos[i] = r >= r0 && r < r1 ? pos[r] : -1; // -1: masks every key
+        }
+        __syncthreads();
+        int kv_end = 0, gmax = -1; // gmax: the warpgroup's last position
+        for (int i = 0; i < WG_BM; i++) {
+            kv_end = max(kv_end, s_pos[i] + 1);
+            if ((i >> 6) == wg) gmax = max(gmax, s_pos[i]);
+        }
+        const int pA = s_pos[wrow + (lane >> 2)], pB = s_pos[wrow + (lane >> 2) + 8];
+        const int pmin = min(pA, pB);
+
+        // K/V rows of positions [k0, k0 + WG_BN) (zero-filled past kv_end)
+        // into bf16 tiles (dk, dv) or, with an FP8 cache, their codes
+        auto load_kv = [&](int kb, void *dk, void *dv) {
+            const int k0 = kb * WG_BN;
+            if constexpr (FP8) { // rows of 128 codes, chunk cc8 of rows rr8 + 32j
+                const uint8_t *kc = reinterpret_cast<const uint8_t *>(k_cache);
+                const uint8_t *vc = reinterpret_cast<const uint8_t *>(v_cache);
+                uint8_t *rk = static_cast<uint8_t *>(dk), *rv = static_cast<uint8_t *>(dv);
+#pragma unroll
+                for (int j = 0; j < WG_BN / 32; j++) {
+                    const int r = rr8 + 32 * j, t = k0 + r, so = r * WG_HD + cc8 * 16;
+                    if (t < kv_end) {
+                        const size_t off =
+                            ((size_t)bt[t >> bs_shift] * blk_stride + head_row0 + (t & bmask)) *
+                                WG_HD + cc8 * 16;
+                        cp_async16(rk + so, kc + off, 16);
+                        cp_async16(rv + so, vc + off, 16);
+                    } else {
+                        cp_async16(rk + so, kc, 0);
+                        cp_async16(rv + so, vc, 0);
+                    }
+                }
+            } else {
+                unsigned char *tk = static_cast<unsigned char *>(dk);
+                unsigned char *tv = static_cast<unsigned char *>(dv);
+#pragma unroll
+                for (int j = 0; j < WG_BN / 16; j++) {
+                    const int r = rr + 16 * j, t = k0 + r, so = wg_sw128_off<WG_BN>(r, cc);
+                    if (t < kv_end) {
+                        const size_t off =
+                            ((size_t)bt[t >> bs_shift] * blk_stride + head_row0 + (t & bmask)) *
+                                WG_HD + cc * 8;
+                        cp_async16(tk + so, k_cache + off, 16);
+                        cp_async16(tv + so, v_cache + off, 16);
+                    } else {
+                        cp_async16(tk + so, k_cache, 0);
+                        cp_async16(tv + so, v_cache, 0);
+                    }
+                }
+            }
+        };
+        // Q rows [R0, R0 + WG_BM): zero rows outside the segment
+#pragma unroll
+        for (int j = 0; j < WG_BM / 16; j++) {
+            const int r = rr + 16 * j, gr = R0 + r;
+            const bool ok = gr >= r0 && gr < r1;
+            cp_async16(reinterpret_cast<unsigned char *>(sQ) + wg_sw128_off<WG_BM>(r, cc),
+                       ok ? qkv + (size_t)gr * stride + (size_t)h * WG_HD + cc * 8 : qkv,
+                       ok ? 16 : 0);
+        }
+        const int nkb = (kv_end + WG_BN - 1) / WG_BN;
+        auto stage = [&](int i) { return sRaw + (size_t)i * 2 * TILE; };
+        if constexpr (FP8) { // codes of tiles 0 and 1 in flight; groups may be empty
+            for (int j = 0; j < 2; j++) {
+                if (j < nkb) load_kv(j, stage(j), stage(j) + TILE);
+                cp_async_commit();
+            }
+        } else { // tile 0 in flight
+            load_kv(0, sK, sV);
+            cp_async_commit();
+        }
+
+        float o[64], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+        for (int i = 0; i < 64; i++) o[i] = 0.f;
+        // The P.V product of the previous half tile, issued with the next S.
+        // Every half issues one (the first a zero P against tile 0's V: O
+        // stays 0) and the loop's issue is unconditional, which keeps the
+        // wgmma chains out of divergent code (ptxas serialises them there).
+        uint32_t pp[4][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) pp[kk][0] = pp[kk][1] = pp[kk][2] = pp[kk][3] = 0u;
+        const bf16 *pv_src = sV; // tile 0's buffer, whatever the cache type
+
+        for (int kb = 0, buf = 0; kb < nkb; kb++, buf = buf + 1 == NBUF ? 0 : buf + 1) {
+            const int k0 = kb * WG_BN;
+            // Buffer use: tile kb's P.V of its second half is still in flight
+            // during tile kb + 1's first half, so the tile loaded now may only
+            // overwrite a buffer of tile kb - 2 or older (done: every
+            // warpgroup waited for those MMAs before this barrier).
+            if constexpr (FP8) {
+                // stage kb & 1 holds tile kb's codes: decode them into bf16
+                // buffer buf, then the stage takes tile kb + 2
+                cp_async_wait<1>();
+                __syncthreads();
+                const uint8_t *rk = stage(kb & 1), *rv = rk + TILE;
+                unsigned char *tk = reinterpret_cast<unsigned char *>(sK + buf * TILE);
+                unsigned char *tv = reinterpret_cast<unsigned char *>(sV + buf * TILE);
+#pragma unroll 2
+                for (int i = tid; i < WG_BN * 8; i += WG_THREADS) {
+                    const int r = i >> 3, c16 = i & 7; // 16 codes: bf16 chunks 2c16, 2c16 + 1
+                    const uint4 bk = *reinterpret_cast<const uint4 *>(rk + r * WG_HD + c16 * 16);
+                    const uint4 bv = *reinterpret_cast<const uint4 *>(rv + r * WG_HD + c16 * 16);
+                    const int o0 = wg_sw128_off<WG_BN>(r, 2 * c16);
+                    const int o1 = wg_sw128_off<WG_BN>(r, 2 * c16 + 1);
+                    *reinterpret_cast<uint4 *>(tk + o0) = e4m3x8_to_bf16x8(make_uint2(bk.x, bk.y));
+                    *reinterpret_cast<uint4 *>(tk + o1) = e4m3x8_to_bf16x8(make_uint2(bk.z, bk.w));
+                    *reinterpret_cast<uint4 *>(tv + o0) = e4m3x8_to_bf16x8(make_uint2(bv.x, bv.y));
+                    *reinterpret_cast<uint4 *>(tv + o1) = e4m3x8_to_bf16x8(make_uint2(bv.z, bv.w));
+                }
+                fence_proxy_async();
+                __syncthreads();
+                if (kb + 2 < nkb) load_kv(kb + 2, stage(kb & 1), stage(kb & 1) + TILE);
+                cp_async_commit();
+            } else {
+                cp_async_wait<0>(); // tile kb (and Q) have landed
+                fence_proxy_async();
+                __syncthreads();
+                if (kb + 1 < nkb) {
+                    const int nb = buf + 1 == NBUF ? 0 : buf + 1;
+                    load_kv(kb + 1, sK + nb * TILE, sV + nb * TILE);
+                }
+                cp_async_commit();
+            }
+            const bf16 *Kb = sK + buf * TILE, *Vb = sV + buf * TILE;
+            // Two halves of 64 keys. A half: S = Q K^T issued, then the
+            // previous half's P.V; softmax of this half while that P.V runs;
+            // O rescaled once the P.V is done (it accumulates into O).
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                // (keys past the warpgroup's rows are computed and masked:
+                // skipping them would put the wgmma chains in divergent code)
+                const int kh = k0 + hf * 64;
+                float sc[32];
+                wg_fence();
+#pragma unroll
+                for (int ks = 0; ks < WG_HD / 16; ks++) { // head_dim 16ks .. 16ks + 15
+                    const int kq = (ks >> 2) * WG_BM * 64 + (ks & 3) * 16; // elements
+                    const int kk = (ks >> 2) * WG_BN * 64 + hf * 64 * 64 + (ks & 3) * 16;
+                    wg_mma_ss_64(sc, wg_desc(sQ + wg * 64 * 64 + kq, 16, 1024),
+                                 wg_desc(Kb + kk, 16, 1024), ks);
+                }
+                wg_commit();
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++) // positions 16kk ..: atoms 2kk, 2kk + 1
+                    wg_mma_rs_128_tb(o, pp[kk], wg_desc(pv_src + kk * 16 * 64, WG_BN * 128, 1024));
+                wg_commit();
+                wg_wait<1>(); // S is done; the P.V may still run
+                wg_reg_fence(sc);
+                // the thread's columns of block j: kh + 8j + 2 (lane % 4) + {0, 1}
+                if (alibi) {
+                    const float sa = alibi[h] * ATT_LOG2E / scale_log2;
+#pragma unroll
+                    for (int j = 0; j < 8; j++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const int t = kh + j * 8 + (lane & 3) * 2 + e;
+                            sc[4 * j + e] = fmaf(sa, (float)(t - pA), sc[4 * j + e]);
+                            sc[4 * j + 2 + e] = fmaf(sa, (float)(t - pB), sc[4 * j + 2 + e]);
+                        }
+                }
+                if (kh + 63 > pmin || (window > 0 && kh <= gmax - window)) {
+#pragma unroll
+                    for (int j = 0; j < 8; j++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const int t = kh + j * 8 + (lane & 3) * 2 + e;
+                            if (t > pA || (window > 0 && t <= pA - window)) sc[4 * j + e] = -INFINITY;
+                            if (t > pB || (window > 0 && t <= pB - window))
+                                sc[4 * j + 2 + e] = -INFINITY;
+                        }
+                }
+                // online softmax of the thread's two rows (A: e 0-1, B: e 2-3)
+                float alpha[2];
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    float mx = -INFINITY;
+#pragma unroll
+                    for (int j = 0; j < 8; j++)
+                        mx = fmaxf(mx, fmaxf(sc[4 * j + 2 * r], sc[4 * j + 2 * r + 1]));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                    const float mnew = fmaxf(m[r], mx * scale_log2);
+                    const float ms = mnew == -INFINITY ? 0.f : mnew;
+                    alpha[r] = ex2(m[r] - ms);
+                    float rs = 0.f;
+#pragma unroll
+                    for (int j = 0; j < 8; j++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const float p = ex2(fmaf(sc[4 * j + 2 * r + e], scale_log2, -ms));
+                            sc[4 * j + 2 * r + e] = p;
+                            rs += p;
+                        }
+                    l[r] = l[r] * alpha[r] + rs; // the thread's columns; summed over the quad at the end
+                    m[r] = mnew;
+                }
+                uint32_t pn[4][4]; // this half's P: blocks 2kk, 2kk + 1 are k-step kk's A fragment
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++) {
+                    pn[kk][0] = pack_bf16x2(sc[8 * kk + 0], sc[8 * kk + 1]);
+                    pn[kk][1] = pack_bf16x2(sc[8 * kk + 2], sc[8 * kk + 3]);
+                    pn[kk][2] = pack_bf16x2(sc[8 * kk + 4], sc[8 * kk + 5]);
+                    pn[kk][3] = pack_bf16x2(sc[8 * kk + 6], sc[8 * kk + 7]);
+                }
+                wg_wait<0>(); // the P.V is done: O may be rescaled, pp reused
+                wg_reg_fence(o);
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++) wg_reg_fence(pp[kk]);
+#pragma unroll
+                for (int j = 0; j < 16; j++)
+                    o[4 * j] *= alpha[0], o[4 * j + 1] *= alpha[0], o[4 * j + 2] *= alpha[1],
+                        o[4 * j + 3] *= alpha[1];
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) pp[kk][i] = pn[kk][i];
+                pv_src = Vb + hf * 64 * 64; // rows (positions) 64hf ..: 8 atoms down
+            }
+        }
+        // the last half's P.V
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+            wg_mma_rs_128_tb(o, pp[kk], wg_desc(pv_src + kk * 16 * 64, WG_BN * 128, 1024));
+        wg_commit();
+        wg_wait<0>();
+        wg_reg_fence(o);
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wg_reg_fence(pp[kk]);
+        cp_async_wait<0>();
+
+        // epilogue: finish the row sums over the quad, normalise, store bf16 pairs
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            if ((r == 0 ? pA : pB) < 0) continue; // row outside the segment
+            const int grow = R0 + wrow + (lane >> 2) + 8 * r;
+            const float inv = v_mul / l[r];
+            bf16 *orow = out + (size_t)grow * n_heads * WG_HD + (size_t)h * WG_HD;
+#pragma unroll
+            for (int j = 0; j < 16; j++)
+                *reinterpret_cast<uint32_t *>(orow + j * 8 + (lane & 3) * 2) =
+                    pack_bf16x2(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+        }
+        __syncthreads(); // s_pos and the tiles are reused by the next segment
+    }
+}
+
+// ----------------------------------------------------------------------------
 // launchers
 
 static int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
@@ -1351,6 +1685,46 @@ static void launch_prefill_hdp(bf16 *out, const bf16 *qkv, const KT *kc, const K
 #undef PF_ARGS
 }
 
+// The wgmma prefill kernel serves head_dim 128 with the 16-byte paths; the
+// mma.sync kernel serves everything else. SLUICE_PREFILL_WG (read once) or
+// cuda_attention_prefill_wg(): 1 the wgmma kernel (default), 0 the mma.sync
+// one at head_dim 128 too.
+static int g_prefill_wg = -1;
+static int prefill_wg_mode() {
+    if (g_prefill_wg < 0) {
+        const char *e = getenv("SLUICE_PREFILL_WG");
+        g_prefill_wg = e ? atoi(e) != 0 : 1;
+    }
+    return g_prefill_wg;
+}
+extern "C" void cuda_attention_prefill_wg(int mode) { g_prefill_wg = mode < 0 ? -1 : mode != 0; }
+
+template <typename KT>
+static void launch_prefill_wg(bf16 *out, const bf16 *qkv, const KT *kc, const KT *vc,
+                              const int32_t *pos, const int32_t *seq_of,
+                              const int32_t *seq_start, const int32_t *bt, int max_blocks,
+                              int n_tokens, int n_seqs, int n_heads, int n_kv_heads,
+                              int bs_shift, float sl2, float v_mul, int window,
+                              const float *alibi, cudaStream_t st) {
+    constexpr bool FP8 = sizeof(KT) == 1;
+    constexpr size_t TILE = (size_t)WG_BN * WG_HD;
+    // 1 KB to align the swizzle atoms; Q; K/V buffers (3 bf16, or 2 bf16 and
+    // two stages of codes)
+    const size_t smem = 1024 + (FP8 ? (WG_BM * WG_HD + 4 * TILE) * sizeof(bf16) + 4 * TILE
+                                    : (WG_BM * WG_HD + 6 * TILE) * sizeof(bf16));
+    static bool attr_set = false; // once per instantiation (not a stream operation)
+    if (!attr_set) {
+        CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_wg_kernel<KT>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        attr_set = true;
+    }
+    attn_prefill_wg_kernel<KT><<<dim3(n_heads, ceil_div(n_tokens, WG_BM)), WG_THREADS, smem,
+                                 st>>>(out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks,
+                                       n_tokens, n_seqs, n_heads, n_kv_heads, bs_shift, sl2,
+                                       v_mul, window, alibi);
+    CUDA_CHECK_LAUNCH();
+}
+
 template <typename KT>
 static void launch_prefill(bf16 *out, const bf16 *qkv, const KT *kc, const KT *vc,
                            const int32_t *pos, const int32_t *seq_of, const int32_t *seq_start,
@@ -1358,6 +1732,12 @@ static void launch_prefill(bf16 *out, const bf16 *qkv, const KT *kc, const KT *v
                            int n_heads, int n_kv_heads, int hd, int bs_shift, float sl2,
                            float v_mul, bool v16, int window, const float *alibi,
                            cudaStream_t st) {
+    if (hd == WG_HD && v16 && prefill_wg_mode()) {
+        launch_prefill_wg<KT>(out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens,
+                              n_seqs, n_heads, n_kv_heads, bs_shift, sl2, v_mul, window, alibi,
+                              st);
+        return;
+    }
 #define PF_ARGS                                                                              \
     out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,     \
         n_kv_heads, hd, bs_shift, sl2, v_mul, v16, window, alibi, st

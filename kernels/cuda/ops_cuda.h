@@ -190,6 +190,11 @@ void cuda_paged_attention_ex(void *out, const void *qkv, const void *k_cache,
 // flight, 0 the CUDA-core kernel; -1 goes back to SLUICE_DECODE_TC (the same
 // values), read once. For A/B tests and benchmarks; not thread-safe.
 void cuda_attention_fp8_decode_kernel(int kind);
+// Prefill attention kernel for head_dim 128 (16-byte aligned operands): 1 =
+// warpgroup MMAs (wgmma, the default), 0 = the mma.sync kernel every other
+// head dim takes; -1 goes back to SLUICE_PREFILL_WG (the same values), read
+// once. For tests and comparisons; not thread-safe.
+void cuda_attention_prefill_wg(int mode);
 
 #ifdef __cplusplus
 }

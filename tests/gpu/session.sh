@@ -15,6 +15,11 @@ echo "build: $((SECONDS - t0)) s"
 row() { printf '%-44s %s\n' "$1" "$2"; }
 for w in $what; do
 case $w in
+probe)
+    # wgmma helpers (descriptor layouts, fragment orders) against a CPU product
+    $(command -v nvcc || echo /usr/local/cuda/bin/nvcc) -std=c++17 -gencode=arch=compute_90a,code=sm_90a \
+        -Ikernels/cuda tests/gpu/wgmma_probe.cu -o build/wgmma_probe 2>"$OUT/probe-build.log" &&
+        build/wgmma_probe | tee "$OUT/probe.log" ;;
 tests)
     for t in ${GPU_TESTS:-build/tests/test_gpu_*}; do
         case $t in build/*) ;; *) t=build/tests/$t ;; esac
@@ -115,6 +120,20 @@ kbench)
     SLUICE_PREFILL_MT=1 SLUICE_GPU_BENCH=1 SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD timeout 120 \
         build/tests/test_gpu_attention >"$OUT/kbench-attention-mt1.log" 2>&1
     grep -E "prefill" "$OUT/kbench-attention-mt1.log" | sed 's/^/64-row tiles: /' ;;
+kprof)
+    # Nsight Compute (full set) on one launch of a kernel in a GPU test's
+    # benchmark: KPROF "regex:skip,..." (skip: matching launches before it)
+    IFS=, read -ra kl <<<"${KPROF:-attn_prefill_wg_kernel:2,attn_prefill_kernel:2}"
+    for ks in "${kl[@]}"; do
+        k=${ks%%:*}; n=${ks#*:}
+        SLUICE_TEST_ONLY=benchmark SLUICE_GPU_BENCH=1 SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD \
+            timeout 240 ncu --set full -k regex:"$k" --launch-skip $n --launch-count 1 \
+            build/tests/${KPROF_TEST:-test_gpu_attention} >"$OUT/kprof-$k-$n.txt" 2>&1
+        echo "== $k (skip $n)"
+        grep -E "^  [a-z_]+.*\(|Duration|Throughput|Occupancy|Registers Per|Shared Memory Configuration Size|Dynamic Shared|Executed Ipc A|Issue Slots Busy|One or More Eligible|No Eligible|Bank" \
+            "$OUT/kprof-$k-$n.txt" | head -40
+        grep -oE "stalled [^.]*\." "$OUT/kprof-$k-$n.txt" | head -6
+    done ;;
 bench-2k-ab)
     # 2048/128 BF16 with the 128-row prefill tiles (default) and the 64-row ones
     for mt in 2 1; do
@@ -188,7 +207,7 @@ bench-2k)
             --max-num-tokens $mnt --backend cuda --output "$OUT/bench-8b-2048-128-mnt$mnt.json" 2>&1 | tail -9
     done ;;
 sanitize)
-    for t in test_gpu_model test_gpu_attention test_gpu_kernels test_gpu_sampling; do
+    for t in ${SAN_TESTS:-test_gpu_model test_gpu_attention test_gpu_kernels test_gpu_sampling}; do
         SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD timeout 300 compute-sanitizer --tool memcheck \
             --error-exitcode 9 build/tests/$t >"$OUT/sanitize-$t.log" 2>&1
         row "memcheck $t" "exit $? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize-$t.log" | tail -1)"
