@@ -360,31 +360,35 @@ static void test_mixed_shapes(void) {
     for (int i = 0; i < N_SHAPES; i++) run_case(&SHAPES[i], MIXED, N_MIXED, 0, 1000 + i);
 }
 
-// Head dim 128 has two prefill kernels: warpgroup MMAs (wgmma, the default,
-// which the other tests here take at head_dim 128) and the mma.sync kernel
-// of the other head dims (SLUICE_PREFILL_WG=0). The latter on the
-// head_dim-128 cases: mixed calls, prefill only (a chunk mid-block; two
+// Head dim 128 has two prefill kernels: warpgroup MMAs (wgmma, which the
+// other tests here take at head_dim 128: in ping-pong over an FP8 cache, not
+// over bf16) and the mma.sync kernel of the other head dims
+// (SLUICE_PREFILL_WG=0). Each mode, mma.sync (0), wgmma without (1) and
+// with (2) ping-pong, on the head_dim-128 cases: mixed calls, prefill only (a chunk mid-block; two
 // sequences sharing a tile), a chunk deep into its context, a window with
 // ALiBi, an FP8 cache (also bit for bit against the bf16 path on the
 // decoded values).
 static void test_prefill_mma_sync_hd128(void) {
     if (!tu_gpu_ready()) return;
     static const int hd128[] = {0, 2, 7};
-    cuda_attention_prefill_wg(0);
-    for (int i = 0; i < 3; i++) run_case(&SHAPES[hd128[i]], MIXED, N_MIXED, 0, 1200 + i);
-    Seq chunk[1] = {{130, 50}}, two[2] = {{65, 0}, {64, 7}}, deep[2] = {{300, 1000}, {1, 1500}};
-    run_case(&SHAPES[2], chunk, 1, 0, 1210);
-    run_case(&SHAPES[0], two, 2, 0, 1211);
-    run_case(&SHAPES[0], deep, 2, 1, 1212);
-    g_window = 37, g_alibi = 1;
-    run_case(&SHAPES[0], MIXED, N_MIXED, 0, 1213);
-    g_window = 0, g_alibi = 0;
-    g_kv_fp8 = 1;
-    run_case(&SHAPES[0], MIXED, N_MIXED, 0, 1214);
-    run_case(&SHAPES[2], deep, 2, 0, 1215);
-    g_kv_fp8 = 2;
-    run_case(&SHAPES[7], MIXED, N_MIXED, 0, 1216);
-    g_kv_fp8 = 0;
+    for (int mode = 0; mode <= 2; mode++) { // mma.sync; wgmma; wgmma in ping-pong
+        printf("  prefill kernel mode %d\n", mode);
+        cuda_attention_prefill_wg(mode);
+        for (int i = 0; i < 3; i++) run_case(&SHAPES[hd128[i]], MIXED, N_MIXED, 0, 1200 + i);
+        Seq chunk[1] = {{130, 50}}, two[2] = {{65, 0}, {64, 7}}, deep[2] = {{300, 1000}, {1, 1500}};
+        run_case(&SHAPES[2], chunk, 1, 0, 1210);
+        run_case(&SHAPES[0], two, 2, 0, 1211);
+        run_case(&SHAPES[0], deep, 2, 1, 1212);
+        g_window = 37, g_alibi = 1;
+        run_case(&SHAPES[0], MIXED, N_MIXED, 0, 1213);
+        g_window = 0, g_alibi = 0;
+        g_kv_fp8 = 1;
+        run_case(&SHAPES[0], MIXED, N_MIXED, 0, 1214);
+        run_case(&SHAPES[2], deep, 2, 0, 1215);
+        g_kv_fp8 = 2;
+        run_case(&SHAPES[7], MIXED, N_MIXED, 0, 1216);
+        g_kv_fp8 = 0;
+    }
     cuda_attention_prefill_wg(-1);
 }
 
@@ -512,6 +516,24 @@ static void test_workspace_bytes(void) {
 }
 
 // ----------------------------------------------------------------------------
+// The decode cases (direct and split-K, windows, ALiBi, the mixed calls, an
+// FP8 cache) again at each other depth of the decode kernels' shared-memory
+// ring (cuda_attention_decode_ring: 0 = loads into registers; the other
+// tests run the default, 3).
+static void test_decode_rings(void) {
+    if (!tu_gpu_ready()) return;
+    static const int rings[] = {0, 4, 6};
+    for (int i = 0; i < 3; i++) {
+        printf("  decode ring %d\n", rings[i]);
+        cuda_attention_decode_ring(rings[i]);
+        test_decode_only();
+        test_sliding_window();
+        test_alibi();
+        test_fp8_cache();
+    }
+    cuda_attention_decode_ring(-1);
+}
+
 // benchmark (SLUICE_GPU_BENCH=1): prints, never fails
 
 static float median_f(float *v, int n) {
@@ -583,19 +605,25 @@ static void test_bench(void) {
             ss[B] = B;
             int32_t *d_pos = dev_i32(pos, B), *d_seq = dev_i32(seq, B), *d_ss = dev_i32(ss, B + 1);
             int32_t *d_kvl = dev_i32(kvl, B), *d_bt = dev_i32(bt, (size_t)B * max_blocks);
-            for (int r = 0; r < 3 + BENCH_REPS; r++) {
-                CUDA_CHECK(cudaEventRecord(e0, 0));
-                cuda_paged_attention(out, qkv, kc, vc, d_pos, d_seq, d_ss, d_kvl, d_bt, max_blocks, B,
-                                     B, ctx, nh, nkv, hd, bs, scale, ws, 0);
-                CUDA_CHECK(cudaEventRecord(e1, 0));
-                CUDA_CHECK(cudaEventSynchronize(e1));
-                if (r >= 3) CUDA_CHECK(cudaEventElapsedTime(&ms[r - 3], e0, e1));
+            static const int rings[] = {0, 3, 4, 6};
+            for (int ri = 0; ri < 4; ri++) {
+                cuda_attention_decode_ring(rings[ri]);
+                for (int r = 0; r < 3 + BENCH_REPS; r++) {
+                    CUDA_CHECK(cudaEventRecord(e0, 0));
+                    cuda_paged_attention(out, qkv, kc, vc, d_pos, d_seq, d_ss, d_kvl, d_bt,
+                                         max_blocks, B, B, ctx, nh, nkv, hd, bs, scale, ws, 0);
+                    CUDA_CHECK(cudaEventRecord(e1, 0));
+                    CUDA_CHECK(cudaEventSynchronize(e1));
+                    if (r >= 3) CUDA_CHECK(cudaEventElapsedTime(&ms[r - 3], e0, e1));
+                }
+                float med = median_f(ms, BENCH_REPS);
+                double bytes = (double)B * ctx * nkv * hd * 2 * sizeof(sl_bf16);
+                double gbs = bytes / (med * 1e-3) / 1e9;
+                printf("  decode batch %3d ctx %4d, ring %d: %.3f ms, K/V read %.0f GB/s (%.0f%% "
+                       "of copy)\n",
+                       B, ctx, rings[ri], med, gbs, 100.0 * gbs / copy_gbs);
             }
-            float med = median_f(ms, BENCH_REPS);
-            double bytes = (double)B * ctx * nkv * hd * 2 * sizeof(sl_bf16);
-            double gbs = bytes / (med * 1e-3) / 1e9;
-            printf("  decode batch %3d ctx %4d: %.3f ms, K/V read %.0f GB/s (%.0f%% of copy)\n", B,
-                   ctx, med, gbs, 100.0 * gbs / copy_gbs);
+            cuda_attention_decode_ring(-1);
             CUDA_CHECK(cudaFree(d_pos));
             CUDA_CHECK(cudaFree(d_seq));
             CUDA_CHECK(cudaFree(d_ss));
@@ -620,8 +648,9 @@ static void test_bench(void) {
         int32_t *d_pos = dev_i32(pos, n), *d_seq = dev_i32(seq, n), *d_ss = dev_i32(ss, pf_prompts + 1);
         int32_t *d_kvl = dev_i32(kvl, pf_prompts), *d_bt = dev_i32(bt, (size_t)pf_prompts * max_blocks);
         // bf16 cache, then the same bytes read as an FP8 cache (e4m3 0x3C = 1.5)
-        static const int kmode[2] = {0, 1}; // mma.sync; wgmma
-        for (int kv8 = 0; kv8 < 4; kv8++) { // bf16, fp8 cache on each kernel
+        static const int kmode[3] = {0, 1, 2}; // mma.sync; wgmma; wgmma ping-pong
+        static const char *const kname[3] = {"mma.sync", "wgmma", "wgmma ping-pong"};
+        for (int kv8 = 0; kv8 < 6; kv8++) { // bf16, fp8 cache on each kernel
             cuda_attention_prefill_wg(kmode[kv8 / 2]);
             for (int r = 0; r < 3 + BENCH_REPS; r++) {
                 CUDA_CHECK(cudaEventRecord(e0, 0));
@@ -641,8 +670,7 @@ static void test_bench(void) {
             // causal work only: row i does (i + 1) keys x head_dim x 2 (QK and PV) FMAs
             double flops = 4.0 * hd * nh * pf_prompts * ((double)pf_len * (pf_len + 1) / 2);
             printf("  prefill %d x %d tokens, %s cache, %s: %.3f ms, %.1f TFLOP/s (causal FLOPs)\n",
-                   pf_prompts, pf_len, kv8 & 1 ? "fp8" : "bf16",
-                   kv8 < 2 ? "mma.sync" : "wgmma", med,
+                   pf_prompts, pf_len, kv8 & 1 ? "fp8" : "bf16", kname[kv8 / 2], med,
                    flops / (med * 1e-3) / 1e12);
         }
         cuda_attention_prefill_wg(-1);
@@ -668,13 +696,14 @@ int main(void) {
     static const tu_test tests[] = {
         {"workspace bytes bound", test_workspace_bytes},
         {"mixed prefill + decode, 8 shapes", test_mixed_shapes},
-        {"head_dim 128 on the mma.sync prefill kernel", test_prefill_mma_sync_hd128},
+        {"head_dim 128 on each prefill kernel mode", test_prefill_mma_sync_hd128},
         {"max_kv_len upper bound / underestimate", test_max_kv_len_bounds},
         {"decode only (direct and split-K)", test_decode_only},
         {"prefill only", test_prefill_only},
         {"sliding window (prefill, decode, split-K)", test_sliding_window},
         {"alibi (BLOOM and MPT slopes, with and without a window)", test_alibi},
         {"fp8 kv cache (prefill staging, decode)", test_fp8_cache},
+        {"decode at ring depths 0, 4, 6", test_decode_rings},
         {"benchmark", test_bench},
         {NULL, NULL},
     };

@@ -190,10 +190,17 @@ void cuda_paged_attention_ex(void *out, const void *qkv, const void *k_cache,
 // flight, 0 the CUDA-core kernel; -1 goes back to SLUICE_DECODE_TC (the same
 // values), read once. For A/B tests and benchmarks; not thread-safe.
 void cuda_attention_fp8_decode_kernel(int kind);
+// Stages of the bf16-cache decode kernel's shared-memory ring of K/V loads
+// (head_dim 64/128): 3 (default), 4 or 6; 0 loads into registers instead;
+// -1 goes back to SLUICE_DECODE_RING (the same values), read once. For A/B
+// tests and benchmarks; not thread-safe.
+void cuda_attention_decode_ring(int stages);
 // Prefill attention kernel for head_dim 128 (16-byte aligned operands): 1 =
-// warpgroup MMAs (wgmma, the default), 0 = the mma.sync kernel every other
-// head dim takes; -1 goes back to SLUICE_PREFILL_WG (the same values), read
-// once. For tests and comparisons; not thread-safe.
+// warpgroup MMAs (wgmma), 2 = the same with the two warpgroups' MMAs issued
+// in turns (ping-pong), 0 = the mma.sync kernel every other head dim takes;
+// -1 goes back to SLUICE_PREFILL_WG (the same values, read once), whose
+// default is 1 over a bf16 cache and 2 over an FP8 one. For tests and
+// comparisons; not thread-safe.
 void cuda_attention_prefill_wg(int mode);
 
 #ifdef __cplusplus

@@ -54,6 +54,15 @@ template <int N> static __device__ __forceinline__ void wg_wait() {
 }
 // Makes shared-memory writes of the generic proxy (st.shared, cp.async)
 // visible to the async proxy that wgmma reads through.
+// Named barriers between warpgroups: sync waits until n threads (its own
+// included) have arrived at barrier id; arrive counts this thread and goes on.
+static __device__ __forceinline__ void wg_bar_sync(int id, int n) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+static __device__ __forceinline__ void wg_bar_arrive(int id, int n) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+
 static __device__ __forceinline__ void fence_proxy_async() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }

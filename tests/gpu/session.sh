@@ -112,9 +112,9 @@ kbench)
     # the kernel benchmarks of the GPU tests (attention: decode GB/s against a
     # device copy, prefill TFLOP/s; with the 64-row prefill tiles too)
     for t in ${KBENCH_TESTS:-test_gpu_attention test_gpu_kernels test_gpu_gemm test_gpu_int4}; do
-        SLUICE_GPU_BENCH=1 SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD timeout 120 build/tests/$t \
-            >"$OUT/kbench-$t.log" 2>&1
-        grep -iE "GB/s|TFLOP|copy" "$OUT/kbench-$t.log" | head -30
+        SLUICE_TEST_ONLY=${KBENCH_ONLY:-} SLUICE_GPU_BENCH=1 SLUICE_REQUIRE_GPU=1 \
+            SLUICE_ROOT=$PWD timeout 120 build/tests/$t >"$OUT/kbench-$t.log" 2>&1
+        grep -iE "GB/s|TFLOP|copy|^ +[0-9]+ +[0-9]+ " "$OUT/kbench-$t.log" | head -40
     done
     [ -n "${KBENCH_TESTS:-}" ] && continue
     SLUICE_PREFILL_MT=1 SLUICE_GPU_BENCH=1 SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD timeout 120 \
@@ -126,7 +126,7 @@ kprof)
     IFS=, read -ra kl <<<"${KPROF:-attn_prefill_wg_kernel:2,attn_prefill_kernel:2}"
     for ks in "${kl[@]}"; do
         k=${ks%%:*}; n=${ks#*:}
-        SLUICE_TEST_ONLY=benchmark SLUICE_GPU_BENCH=1 SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD \
+        SLUICE_TEST_ONLY=${KBENCH_ONLY:-benchmark} SLUICE_GPU_BENCH=1 SLUICE_REQUIRE_GPU=1 SLUICE_ROOT=$PWD \
             timeout 240 ncu --set full -k regex:"$k" --launch-skip $n --launch-count 1 \
             build/tests/${KPROF_TEST:-test_gpu_attention} >"$OUT/kprof-$k-$n.txt" 2>&1
         echo "== $k (skip $n)"
@@ -157,10 +157,15 @@ int4 b256 v3|SLUICE_INT4_KERNELS=v3|--dtype int4 --isl 128 --osl 128 --requests 
     IFS=';' read -ra speclist <<<"$specs"
     for spec in "${speclist[@]}"; do
         IFS='|' read -r label envs args <<<"$spec"
-        log="$OUT/ab-${label// /-}.log"
+        label=${label//\//-}; log="$OUT/ab-${label// /-}.log"
+        # power and SM clock once a second (nvidia-smi dmon) during the run
+        nvidia-smi dmon -s pc -d 1 >"${log%.log}.dmon" 2>/dev/null & dm=$!
         env $envs timeout ${AB_TIMEOUT:-240} build/sluice bench --arch ${AB_ARCH:-llama-3.1-8b} \
             --backend cuda $args --output "${log%.log}.json" >"$log" 2>&1
-        row "$label" "$(grep -E 'output tokens/s' "$log" | head -1) $(grep -m1 -E 'rror' "$log")"
+        kill $dm 2>/dev/null; wait $dm 2>/dev/null
+        # mean power and SM clock over the busy samples (above 200 W)
+        pw=$(awk '!/^#/ && $2 > 200 { p += $2; c += $6; n++ } END { if (n) printf "%.0f W, SM %.0f MHz (%d s)", p / n, c / n, n }' "${log%.log}.dmon")
+        row "$label" "$(grep -E 'output tokens/s' "$log" | head -1) $(grep -m1 -E 'rror' "$log") [$pw]"
     done ;;
 golden-f32)
     [ -f build/golden-prompts.h5 ] || bash "$0" golden >/dev/null
