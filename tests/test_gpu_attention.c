@@ -591,10 +591,10 @@ static void test_bench(void) {
 
     int32_t *perm = sl_malloc(sizeof(int32_t) * n_blocks);
     shuffle_ids(perm, (int)n_blocks, &rng);
-    const int batches[2] = {64, 256}, ctxs[2] = {2048, 8192};
-    for (int bi = 0; bi < 2; bi++)
-        for (int ci = 0; ci < 2; ci++) {
-            int B = batches[bi], ctx = ctxs[ci], max_blocks = ctx / bs;
+    // long contexts, and the short ones of a 128/128 run at batch 512
+    static const int cases[][2] = {{64, 2048}, {64, 8192}, {256, 2048}, {256, 8192}, {512, 192}};
+    for (int ci = 0; ci < 5; ci++) {
+            int B = cases[ci][0], ctx = cases[ci][1], max_blocks = ctx / bs;
             int32_t *pos = sl_malloc(sizeof(int32_t) * B), *seq = sl_malloc(sizeof(int32_t) * B);
             int32_t *ss = sl_malloc(sizeof(int32_t) * (B + 1)), *kvl = sl_malloc(sizeof(int32_t) * B);
             int32_t *bt = sl_malloc(sizeof(int32_t) * B * max_blocks);

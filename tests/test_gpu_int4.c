@@ -799,7 +799,10 @@ static void test_int4_bench(void) {
     // (59392 x 14848 up, 14848 x 59392 down) with the GEMV table only
     static const int shapes[][3] = {{6144, 4096, 1},   {4096, 4096, 1},    {28672, 4096, 1},
                                     {4096, 14336, 1},  {59392, 14848, 0},  {14848, 59392, 0}};
+    // SLUICE_INT4_BENCH_SHAPE=k runs shape k only (for profiling one launch)
+    const char *only = getenv("SLUICE_INT4_BENCH_SHAPE");
     for (int s = 0; s < 6; s++) {
+        if (only && *only && atoi(only) != s) continue;
         c.out = shapes[s][0], c.in = shapes[s][1], c.g = 128;
         int per_n = shapes[s][2];
         size_t nw = (size_t)c.out * c.in / 8, ng = (size_t)c.out * c.in / c.g;

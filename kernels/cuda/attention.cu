@@ -223,11 +223,12 @@ static __device__ __forceinline__ void dec_empty_partial(float *__restrict__ ws,
 // After a barrier: the DEC_WARPS warps' (m, l, acc) of each head g < gvalid
 // in shared memory; one thread per (head, d). mx is finite: position t_begin
 // < t_end was scored by some warp.
-template <int GB, int HDMAX>
+// col(dd): the column of a row of sm_acc that holds dimension dd.
+template <int GB, int HDMAX, typename Col>
 static __device__ __forceinline__ void
 dec_merge_warps(bf16 *__restrict__ out, float *__restrict__ ws, const float (*sm_acc)[GB][HDMAX],
                 const float (*sm_m)[GB], const float (*sm_l)[GB], const DecSpan &d, int s, int h0,
-                int gvalid, int hd, int n_seqs, int n_heads, int n_splits, float v_mul) {
+                int gvalid, int hd, int n_seqs, int n_heads, int n_splits, float v_mul, Col col) {
     const size_t n_entries = (size_t)n_seqs * n_heads * n_splits;
     for (int idx = threadIdx.x; idx < gvalid * hd; idx += DEC_THREADS) {
         const int g = idx / hd, dd = idx - g * hd;
@@ -239,7 +240,7 @@ dec_merge_warps(bf16 *__restrict__ out, float *__restrict__ ws, const float (*sm
         for (int w = 0; w < DEC_WARPS; w++) {
             const float f = ex2(sm_m[w][g] - mx);
             L = fmaf(sm_l[w][g], f, L);
-            A = fmaf(sm_acc[w][g][dd], f, A);
+            A = fmaf(sm_acc[w][g][col(dd)], f, A);
         }
         A *= v_mul; // an FP8 cache's v_scale (1 otherwise)
         const int h = h0 + g;
@@ -483,7 +484,7 @@ static __global__ void __launch_bounds__(DEC_THREADS)
     }
     __syncthreads();
     dec_merge_warps<GB, HDMAX>(out, ws, sm_acc, sm_m, sm_l, sp, s, h0, gvalid, hd, n_seqs,
-                               n_heads, n_splits, v_mul);
+                               n_heads, n_splits, v_mul, [](int dd) { return dd; });
 }
 
 // ----------------------------------------------------------------------------
@@ -557,7 +558,13 @@ static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 3 : 2)
     constexpr int NKS = HD / 16; // k-steps of QK^T
     constexpr int NTO = HD / 8;  // n8 tiles of O
     constexpr int STEP = 16 * DEC_WARPS;
-    __shared__ float sm_acc[DEC_WARPS][DTC_GB][HD];
+    // O in fragment order (column 8 jo + c of a row holds the tile jo's
+    // column c), rows padded by 8 floats: a warp's float2 stores of the rows
+    // g < 4 then fill the 32 banks once (unpadded rows in dimension order put
+    // all 32 lanes on one bank: a 32-way conflict per store, which made the
+    // kernel slow at short contexts)
+    constexpr int ACC_ROW = HD + 8;
+    __shared__ __align__(16) float sm_acc[DEC_WARPS][DTC_GB][ACC_ROW];
     __shared__ float sm_m[DEC_WARPS][DTC_GB], sm_l[DEC_WARPS][DTC_GB];
 
     const int s = blockIdx.z;
@@ -728,17 +735,21 @@ static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 3 : 2)
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     }
+    // (only the rows of heads that exist: the merge reads no others)
 #pragma unroll
-    for (int jo = 0; jo < NTO; jo++)
+    for (int r = 0; r < 2; r++)
+        if (g + 8 * r < gvalid) {
 #pragma unroll
-        for (int e = 0; e < 4; e++) // column 2t + (e & 1) of tile jo = dimension (2t + (e & 1)) * NTO + jo
-            sm_acc[warp][g + 8 * (e >> 1)][(2 * t + (e & 1)) * NTO + jo] = o[jo][e];
-    if (t == 0)
-#pragma unroll
-        for (int r = 0; r < 2; r++) sm_m[warp][g + 8 * r] = m[r], sm_l[warp][g + 8 * r] = l[r];
+            for (int jo = 0; jo < NTO; jo++)
+                *reinterpret_cast<float2 *>(&sm_acc[warp][g + 8 * r][8 * jo + 2 * t]) =
+                    make_float2(o[jo][2 * r], o[jo][2 * r + 1]);
+            if (t == 0) sm_m[warp][g + 8 * r] = m[r], sm_l[warp][g + 8 * r] = l[r];
+        }
     __syncthreads();
-    dec_merge_warps<DTC_GB, HD>(out, ws, sm_acc, sm_m, sm_l, sp, s, h0, gvalid, HD, n_seqs,
-                                n_heads, n_splits, v_mul);
+    // column 2t + (e & 1) of tile jo is dimension (2t + (e & 1)) * NTO + jo
+    dec_merge_warps<DTC_GB, ACC_ROW>(out, ws, sm_acc, sm_m, sm_l, sp, s, h0, gvalid, HD, n_seqs,
+                                     n_heads, n_splits, v_mul,
+                                     [](int dd) { return (dd % NTO) * 8 + dd / NTO; });
 }
 
 // Combines the splits of each (decode sequence, head): out = sum_i w_i acc_i /

@@ -72,16 +72,45 @@ static __device__ __forceinline__ void rope_table(float *cs, int p, const float 
 // ----------------------------------------------------------------------------
 // kernels
 
-// Vector path: head_dim % 16 == 0. Work items of one row, in order:
+// Eight k or v values (bf16, as rounded in qkv) into the cache: as they
+// are, or as e4m3 codes of value * inv (8 bytes; the generic kernel's
+// rounding, two codes per cvt).
+template <typename TK> struct KvPut8;
+template <> struct KvPut8<bf16> {
+    static __device__ __forceinline__ void put(bf16 *dst, uint4 v, float) {
+        *reinterpret_cast<uint4 *>(dst) = v;
+    }
+};
+template <> struct KvPut8<uint8_t> {
+    static __device__ __forceinline__ void put(uint8_t *dst, uint4 v, float inv) {
+        float f[8];
+        bf16x8_to_f32(v, f);
+        uint32_t w[2];
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(f[4 * k] * inv, f[4 * k + 1] * inv),
+                                                         __NV_SATFINITE, __NV_E4M3);
+            const uint32_t hi = __nv_cvt_float2_to_fp8x2(
+                make_float2(f[4 * k + 2] * inv, f[4 * k + 3] * inv), __NV_SATFINITE, __NV_E4M3);
+            w[k] = (lo & 0xffffu) | (hi << 16);
+        }
+        *reinterpret_cast<uint2 *>(dst) = make_uint2(w[0], w[1]);
+    }
+};
+
+// Vector path: head_dim % 16 == 0, bf16 activations, a bf16 or FP8 cache
+// (TK uint8_t: k_inv, v_inv = 1 / scale). Work items of one row, in order:
 //   [0, n_rot * hv)            rotate 8 pairs of q/k head it / hv (k: and cache)
 //   [n_rot * hv, + n_kv * vv)  copy 8 elements of a v head to the cache
 // with hv = half / 8 and vv = head_dim / 8. Dynamic shared memory: head_dim floats.
-static __global__ void rope_kv_vec_kernel(bf16 *__restrict__ qkv, bf16 *__restrict__ k_cache,
-                                          bf16 *__restrict__ v_cache,
+template <typename TK>
+static __global__ void rope_kv_vec_kernel(bf16 *__restrict__ qkv, TK *__restrict__ k_cache,
+                                          TK *__restrict__ v_cache,
                                           const int32_t *__restrict__ pos,
                                           const int32_t *__restrict__ slots,
                                           const float *__restrict__ inv_freq, int n_heads,
-                                          int n_kv_heads, int head_dim, int block_size) {
+                                          int n_kv_heads, int head_dim, int block_size,
+                                          float k_inv, float v_inv) {
     extern __shared__ float cs[];
     int i = blockIdx.x, half = head_dim / 2;
     rope_table(cs, pos[i], inv_freq, half);
@@ -122,16 +151,16 @@ static __global__ void rope_kv_vec_kernel(bf16 *__restrict__ qkv, bf16 *__restri
             *a = ov1;
             *b = ov2;
             if (h >= n_heads && slot >= 0) { // a k head: also to the cache
-                bf16 *dst = k_cache + cbase + (size_t)(h - n_heads) * head_step;
-                *reinterpret_cast<uint4 *>(dst + j0) = ov1;
-                *reinterpret_cast<uint4 *>(dst + half + j0) = ov2;
+                TK *dst = k_cache + cbase + (size_t)(h - n_heads) * head_step;
+                KvPut8<TK>::put(dst + j0, ov1, k_inv);
+                KvPut8<TK>::put(dst + half + j0, ov2, k_inv);
             }
         } else {
             int v_it = it - n_rot_items;
             int h = v_it / vv, d0 = (v_it % vv) * 8;
             const uint4 *src =
                 reinterpret_cast<const uint4 *>(row + (size_t)(n_rot + h) * head_dim + d0);
-            *reinterpret_cast<uint4 *>(v_cache + cbase + (size_t)h * head_step + d0) = *src;
+            KvPut8<TK>::put(v_cache + cbase + (size_t)h * head_step + d0, *src, v_inv);
         }
     }
 }
@@ -204,9 +233,9 @@ extern "C" void cuda_rope_kv_write(sl_bf16 *qkv, sl_bf16 *k_cache, sl_bf16 *v_ca
     bf16 *kc = reinterpret_cast<bf16 *>(k_cache);
     bf16 *vc = reinterpret_cast<bf16 *>(v_cache);
     if (head_dim % 16 == 0 && addr % 16 == 0)
-        rope_kv_vec_kernel<<<n, ROPE_BLOCK, smem, stream>>>(q, kc, vc, pos, slots, inv_freq,
-                                                            n_heads, n_kv_heads, head_dim,
-                                                            block_size);
+        rope_kv_vec_kernel<bf16><<<n, ROPE_BLOCK, smem, stream>>>(q, kc, vc, pos, slots, inv_freq,
+                                                                  n_heads, n_kv_heads, head_dim,
+                                                                  block_size, 1.0f, 1.0f);
     else
         rope_kv_scalar_kernel<<<n, ROPE_BLOCK, smem, stream>>>(q, kc, vc, pos, slots, inv_freq,
                                                                n_heads, n_kv_heads, head_dim,
@@ -282,6 +311,17 @@ extern "C" void cuda_rope_kv_write_ex(void *qkv, void *k_cache, void *v_cache,
     }
     size_t smem = sizeof(float) * (size_t)(head_dim / 2) * 2;
     float k_inv = 1.0f / k_scale, v_inv = 1.0f / v_scale;
+    // bf16 activations into an FP8 cache: 16-byte items where the head
+    // dimension and the bases allow (8-byte cache stores)
+    if (!act_f32 && head_dim % 16 == 0 && (uintptr_t)qkv % 16 == 0 &&
+        ((uintptr_t)k_cache | (uintptr_t)v_cache) % 8 == 0) {
+        rope_kv_vec_kernel<uint8_t><<<n, ROPE_BLOCK, smem, stream>>>(
+            static_cast<bf16 *>(qkv), static_cast<uint8_t *>(k_cache),
+            static_cast<uint8_t *>(v_cache), pos, slots, inv_freq, n_heads, n_kv_heads, head_dim,
+            block_size, k_inv, v_inv);
+        CUDA_CHECK_LAUNCH();
+        return;
+    }
 #define ROPE_GEN(TA, TK)                                                                   \
     rope_kv_gen_kernel<TA, TK><<<n, ROPE_BLOCK, smem, stream>>>(                           \
         static_cast<TA *>(qkv), static_cast<TK *>(k_cache), static_cast<TK *>(v_cache), pos, \

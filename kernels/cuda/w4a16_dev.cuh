@@ -25,14 +25,35 @@ static __device__ __forceinline__ uint32_t neg_zero_pair(uint32_t z) {
     return 0xC300C300u | z | (z << 16);
 }
 
+// (v & 0x000F000F) | 0x43004300 in one LOP3: the nibbles at bits 0 and 16
+// as the bf16 pair (128 + q, 128 + q'). Written out because the compiler
+// emits an AND and an OR (a LOP3 takes one immediate; here the magic number
+// stays in a register).
+static __device__ __forceinline__ uint32_t nib_pair_bf16(uint32_t v) {
+    uint32_t d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(v), "n"(0x000F000F), "r"(0x43004300u));
+    return d;
+}
+
+// w >> s as the high word of w * 2^(32 - s): an IMAD.HI on the FMA pipe
+// rather than a shift on the integer pipe, which the dequantisation below
+// keeps busy (the W4A16 GEMVs were limited by it).
+static __device__ __forceinline__ uint32_t shr_on_fma(uint32_t w, uint32_t pow2) {
+    uint32_t d;
+    asm("mul.hi.u32 %0, %1, %2;\n" : "=r"(d) : "r"(w), "r"(pow2));
+    return d;
+}
+
 // The 4 bf16x2 pairs (q_j - z, q_{j+4} - z), j = 0..3, of packed word w
-// (q_p = nibble p of w). nz = neg_zero_pair(z). Exact.
+// (q_p = nibble p of w). nz = neg_zero_pair(z). Exact. Per word: 4 LOP3, 3
+// IMAD.HI, 4 bf16x2 adds.
 static __device__ __forceinline__ void dq_pairs(uint32_t w, uint32_t nz, uint32_t a[4]) {
+    const uint32_t v[4] = {nib_pair_bf16(w), nib_pair_bf16(shr_on_fma(w, 1u << 28)),
+                           nib_pair_bf16(shr_on_fma(w, 1u << 24)),
+                           nib_pair_bf16(shr_on_fma(w, 1u << 20))};
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        const uint32_t v = ((w >> (4 * j)) & 0x000F000Fu) | 0x43004300u; // 128 + q, bf16x2
-        asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(a[j]) : "r"(v), "r"(0x3F803F80u), "r"(nz));
-    }
+    for (int j = 0; j < 4; j++) // (128 + q) - (128 + z)
+        asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(a[j]) : "r"(v[j]), "r"(0x3F803F80u), "r"(nz));
 }
 
 // Asynchronous 16-byte copies global -> shared (sm_80+): src_bytes (0 or 16)

@@ -165,7 +165,7 @@ int4 b256 v3|SLUICE_INT4_KERNELS=v3|--dtype int4 --isl 128 --osl 128 --requests 
         kill $dm 2>/dev/null; wait $dm 2>/dev/null
         # mean power and SM clock over the busy samples (above 200 W)
         pw=$(awk '!/^#/ && $2 > 200 { p += $2; c += $6; n++ } END { if (n) printf "%.0f W, SM %.0f MHz (%d s)", p / n, c / n, n }' "${log%.log}.dmon")
-        row "$label" "$(grep -E 'output tokens/s' "$log" | head -1) $(grep -m1 -E 'rror' "$log") [$pw]"
+        row "$label" "$(grep -E 'output tokens/s' "$log" | head -1) $(grep -m1 -E 'TPOT' "$log" | awk '{print "TPOT p50", $5}') $(grep -m1 -E 'rror' "$log") [$pw]"
     done ;;
 golden-f32)
     [ -f build/golden-prompts.h5 ] || bash "$0" golden >/dev/null
