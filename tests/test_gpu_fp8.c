@@ -670,9 +670,11 @@ static void test_attention_fp8_decode(void) {
                                seq_start, kvl);
                 cpu_paged_attention_ex(c.ref, c.qkv, c.ck, c.cv, pos, seq_of, bt, mb, n, nh, nkv,
                                        hd, bs, scale, window, alibi);
-                // each kernel: tensor cores with loads 2 and 1 steps ahead, CUDA cores
-                for (int v = 0; v < 3; v++) {
-                    cuda_attention_fp8_decode_kernel(v == 0 ? 2 : v == 1 ? 1 : 0);
+                // each kernel (cuda_attention_fp8_decode_kernel): 0 CUDA cores;
+                // tensor cores with heads as rows, loads 1 and 2 steps ahead
+                // (1, 2); heads as columns, the same (3, 4)
+                for (int v = 0; v < 5; v++) {
+                    cuda_attention_fp8_decode_kernel(v);
                     cudaMemset(c.dout, 0xff, c.oe * 2);
                     cuda_paged_attention_ex(c.dout, c.dq, c.dk, c.dv, c.dpos, c.dso, c.dss, c.dkl,
                                             c.dbt, mb, n, S, mb * bs, nh, nkv, hd, bs, scale, 0, 1,
@@ -702,10 +704,11 @@ static void test_attention_fp8_decode_bench(void) {
     const int cases[][2] = {{64, 2048}, {256, 1024}, {256, 2048}, {512, 1100}, {16, 8192},
                             {512, 192}, {1024, 160}};
     printf("\nFP8-KV decode attention (32 heads, 8 kv heads, hd 128), GB/s of K/V read\n");
-    printf("  (tc2: the tensor-core kernel, loads 2 steps ahead, SLUICE_DECODE_TC=2; tc1: 1 "
-           "step, the default;\n   cuda-core: SLUICE_DECODE_TC=0)\n");
-    printf("  %5s %6s  %8s %6s  %8s %6s  %10s %6s\n", "batch", "ctx", "tc2 us", "GB/s", "tc1 us",
-           "GB/s", "cuda-core us", "GB/s");
+    printf("  (SLUICE_DECODE_TC: 0 CUDA cores; tensor cores with the heads as MMA rows, loads 1 "
+           "and 2 steps ahead: 1, 2;\n   heads as MMA columns: 3, 4)\n");
+    printf("  %5s %6s", "batch", "ctx");
+    for (int v = 0; v < 5; v++) printf("  %6s%d %6s", "us tc", v, "GB/s");
+    printf("\n");
     for (int c = 0; c < (int)(sizeof cases / sizeof cases[0]); c++) {
         const int S = cases[c][0], ctx = cases[c][1], mb = (ctx + bs - 1) / bs, nblk = S * mb;
         size_t ce = (size_t)nblk * nkv * bs * hd, qe = (size_t)S * (nh + 2 * nkv) * hd;
@@ -723,9 +726,9 @@ static void test_attention_fp8_decode_bench(void) {
         int32_t *dso = dev_copy(so, sizeof(int32_t) * S), *dss = dev_copy(ss, sizeof(int32_t) * (S + 1));
         size_t wsb = cuda_attention_workspace_bytes(S, nh, hd, mb * bs);
         void *ws = dev_alloc(wsb ? wsb : 4);
-        double us[3];
-        for (int v = 0; v < 3; v++) {
-            cuda_attention_fp8_decode_kernel(v == 0 ? 2 : v == 1 ? 1 : 0);
+        double us[5];
+        for (int v = 0; v < 5; v++) {
+            cuda_attention_fp8_decode_kernel(v);
             cudaEvent_t e0, e1;
             cudaEventCreate(&e0);
             cudaEventCreate(&e1);
@@ -748,8 +751,9 @@ static void test_attention_fp8_decode_bench(void) {
         }
         cuda_attention_fp8_decode_kernel(-1);
         double bytes = 2.0 * S * (double)ctx * nkv * hd;
-        printf("  %5d %6d  %8.1f %6.0f  %8.1f %6.0f  %10.1f %6.0f\n", S, ctx, us[0],
-               bytes / us[0] / 1e3, us[1], bytes / us[1] / 1e3, us[2], bytes / us[2] / 1e3);
+        printf("  %5d %6d", S, ctx);
+        for (int v = 0; v < 5; v++) printf("  %7.1f %6.0f", us[v], bytes / us[v] / 1e3);
+        printf("\n");
         free(bt);
         free(pos);
         free(so);

@@ -752,6 +752,226 @@ static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 3 : 2)
                                      [](int dd) { return (dd % NTO) * 8 + dd / NTO; });
 }
 
+// ----------------------------------------------------------------------------
+// decode over an FP8 cache on the tensor cores, heads as the MMAs' n8
+//
+// The kernel above puts the group's query heads on the 16 rows of its MMAs:
+// with GQA 4, 12 of the 16 rows are idle, yet every lane keeps 64 fp32
+// accumulators of O, which holds it at 3 CTAs per SM. Here the products are
+// transposed so the heads are the n8 columns (8 heads per CTA):
+//   S^T (16 positions x 8 heads) = K (16 positions x hd) . Q^T,
+//   O^T (hd x 8 heads)          += V^T (hd x 16 positions) . P^T,
+// which leaves 32 accumulators per lane (4 CTAs per SM). The lanes' loads are
+// those of the kernel above:
+//   - K: lane (g, t) loads bytes [t * HD/4, (t + 1) * HD/4) of the K rows of
+//     positions g and g + 8; k-step s takes bytes 4s..4s+3 of them as the A
+//     fragment's k = 2t, 2t+1, 2t+8, 2t+9. Q^T's B fragment (head g) follows
+//     the same map.
+//   - V: lane (g, t) loads bytes [g * HD/8, (g + 1) * HD/8) of the V rows of
+//     positions 2t, 2t+1, 2t+8, 2t+9; O^T tile m's rows g and g + 8 are
+//     dimensions g * HD/8 + 2m and + 2m + 1 (byte permutes pair the
+//     positions).
+//   - P^T, the B fragment of the second product, is S^T's C fragment
+//     transposed: two movmatrix (8 x 8, b16) per step.
+// The softmax state is per head (column): the maximum over a step's 16
+// positions takes three shuffles across the lanes of a column.
+
+#define DTN_GB 8 // query heads per CTA (the n8 of the MMAs)
+
+static __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t a) {
+    uint32_t d;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(a));
+    return d;
+}
+
+template <int HD, int D>
+static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 4 : 3)
+    attn_decode_tn_kernel(bf16 *__restrict__ out, float *__restrict__ ws,
+                          const bf16 *__restrict__ qkv, const uint8_t *__restrict__ k_cache,
+                          const uint8_t *__restrict__ v_cache, const int32_t *__restrict__ pos,
+                          const int32_t *__restrict__ seq_start,
+                          const int32_t *__restrict__ block_tables, int max_blocks, int n_seqs,
+                          int n_heads, int n_kv_heads, int bs_shift, int n_sub, int n_splits,
+                          int chunk, float scale_log2, float v_mul, int window,
+                          const float *__restrict__ alibi) {
+    constexpr int KB = HD / 4;   // K bytes per lane per position
+    constexpr int VB = HD / 8;   // V bytes per lane per position
+    constexpr int NKS = HD / 16; // k-steps of S^T
+    constexpr int NMO = HD / 16; // m16 tiles of O^T
+    constexpr int STEP = 16 * DEC_WARPS;
+    // O^T in fragment order: column 16 m + 2 g + r of a head's row holds
+    // tile m's row g + 8r (dimension g * VB + 2m + r); a warp's float2
+    // stores take two wavefronts
+    constexpr int ACC_ROW = HD + 8;
+    __shared__ __align__(16) float sm_acc[DEC_WARPS][DTN_GB][ACC_ROW];
+    __shared__ float sm_m[DEC_WARPS][DTN_GB], sm_l[DEC_WARPS][DTN_GB];
+
+    const int s = blockIdx.z;
+    DecSpan sp;
+    if (!dec_span(sp, pos, seq_start, s, n_splits, chunk, window)) return;
+    const int row = sp.row, ctx = sp.ctx, t_begin = sp.t_begin, t_end = sp.t_end, t_lo = sp.t_lo;
+
+    const int group = n_heads / n_kv_heads;
+    const int kvh = blockIdx.y / n_sub, sub = blockIdx.y % n_sub;
+    const int h0 = kvh * group + sub * DTN_GB;
+    const int gvalid = min(DTN_GB, group - sub * DTN_GB);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int bmask = (1 << bs_shift) - 1;
+    const size_t blk_stride = (size_t)n_kv_heads << bs_shift;
+    const size_t head_row0 = (size_t)kvh << bs_shift;
+    const int32_t *bt = block_tables + (size_t)s * max_blocks;
+
+    if (t_end <= t_lo) {
+        dec_empty_partial(ws, sp, s, h0, gvalid, HD, n_seqs, n_heads, n_splits);
+        return;
+    }
+
+    // Q^T fragments (head g of this CTA), scaled, in fp16
+    uint32_t qb[NKS][2];
+    {
+        const bf16 *qrow = qkv + (size_t)row * (n_heads + 2 * n_kv_heads) * HD;
+        uint32_t w[KB / 2]; // KB bf16 = dims [t * KB, (t + 1) * KB)
+#pragma unroll
+        for (int i = 0; i < KB / 8; i++) {
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (g < gvalid)
+                v = __ldg(reinterpret_cast<const uint4 *>(qrow + (size_t)(h0 + g) * HD + t * KB + 8 * i));
+            w[4 * i] = v.x, w[4 * i + 1] = v.y, w[4 * i + 2] = v.z, w[4 * i + 3] = v.w;
+        }
+#pragma unroll
+        for (int ks = 0; ks < NKS; ks++) {
+            qb[ks][0] = pack_f16x2(bf_lo(w[2 * ks]) * scale_log2, bf_hi(w[2 * ks]) * scale_log2);
+            qb[ks][1] = pack_f16x2(bf_lo(w[2 * ks + 1]) * scale_log2, bf_hi(w[2 * ks + 1]) * scale_log2);
+        }
+    }
+    // this lane's heads: columns 2t and 2t + 1
+    float slope[2];
+#pragma unroll
+    for (int c = 0; c < 2; c++)
+        slope[c] = alibi && 2 * t + c < gvalid ? alibi[h0 + 2 * t + c] * ATT_LOG2E : 0.f;
+
+    float o[NMO][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < NMO; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+
+    int first = t_begin;
+    if (t_lo > t_begin) first = t_begin + (t_lo - t_begin) / STEP * STEP;
+    auto valid = [&](int tp) { return tp < t_end && tp >= t_lo; };
+    auto cache_row = [&](int tp) {
+        return ((size_t)bt[tp >> bs_shift] * blk_stride + head_row0 + (tp & bmask));
+    };
+    uint32_t kw[D][2][KB / 4], vw[D][4][VB / 4];
+    auto load = [&](int base, uint32_t (&kw)[2][KB / 4], uint32_t (&vw)[4][VB / 4]) {
+        const int p0 = base + 16 * warp;
+#pragma unroll
+        for (int j = 0; j < 2; j++) { // K rows of positions p0 + 8j + g
+            const int tp = p0 + 8 * j + g;
+            const bool ok = valid(tp);
+            const uint8_t *kp = k_cache + (ok ? cache_row(tp) * HD : 0) + t * KB;
+#pragma unroll
+            for (int i = 0; i < KB / 16; i++) ld_bytes<16>(&kw[j][4 * i], kp + 16 * i, ok);
+            if constexpr (KB % 16) ld_bytes<8>(&kw[j][4 * (KB / 16)], kp + 16 * (KB / 16), ok);
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) { // V rows of positions p0 + {2t, 2t+1, 2t+8, 2t+9}
+            const int tp = p0 + 2 * t + (u & 1) + 8 * (u >> 1);
+            const bool ok = valid(tp);
+            ld_bytes<VB>(vw[u], v_cache + (ok ? cache_row(tp) * HD : 0) + g * VB, ok);
+        }
+    };
+    auto compute = [&](int base, const uint32_t (&kc)[2][KB / 4], const uint32_t (&vc)[4][VB / 4]) {
+        // S^T = K Q^T (two accumulators: shorter MMA chains)
+        float sa[4] = {0.f, 0.f, 0.f, 0.f}, sb[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int ks = 0; ks < NKS; ks++) {
+            const uint32_t a[4] = {e4m3x2_to_f16x2(kc[0][ks]), e4m3x2_to_f16x2(kc[1][ks]),
+                                   e4m3x2_to_f16x2(kc[0][ks] >> 16), e4m3x2_to_f16x2(kc[1][ks] >> 16)};
+            mma_f16_16816(ks & 1 ? sb : sa, a, qb[ks][0], qb[ks][1]);
+        }
+        // element e: position p0 + g + 8 (e >> 1), head column 2t + (e & 1)
+        const int p0 = base + 16 * warp;
+        float sc[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int tp = p0 + g + 8 * (e >> 1);
+            sc[e] = valid(tp) ? fmaf(slope[e & 1], (float)(tp - (ctx - 1)), sa[e] + sb[e]) : -INFINITY;
+        }
+        // online softmax per head column c (positions across the 8 lanes g)
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+            float mx = fmaxf(sc[c], sc[c + 2]);
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+            mx = fmaxf(mx, m[c]);
+            const float ms = mx == -INFINITY ? 0.f : mx;
+            const float alpha = ex2(m[c] - ms);
+            m[c] = mx;
+            sc[c] = ex2(sc[c] - ms);
+            sc[c + 2] = ex2(sc[c + 2] - ms);
+            l[c] = fmaf(l[c], alpha, sc[c] + sc[c + 2]);
+#pragma unroll
+            for (int j = 0; j < NMO; j++) o[j][c] *= alpha, o[j][c + 2] *= alpha;
+        }
+        // P^T's B fragment: S^T's C fragment (rows g and g + 8) transposed
+        const uint32_t b0 = movmatrix_trans(pack_f16x2(sc[0], sc[1]));
+        const uint32_t b1 = movmatrix_trans(pack_f16x2(sc[2], sc[3]));
+        // O^T += V^T P^T: tile j's rows g, g + 8 = bytes 2j, 2j + 1 of the lane's V pieces
+#pragma unroll
+        for (int j = 0; j < NMO; j++) {
+            const uint32_t sel = j & 1 ? 0x7362u : 0x5140u;
+            const uint32_t lo = __byte_perm(vc[0][j >> 1], vc[1][j >> 1], sel); // positions 2t, 2t+1
+            const uint32_t hi = __byte_perm(vc[2][j >> 1], vc[3][j >> 1], sel); // 2t+8, 2t+9
+            const uint32_t a[4] = {e4m3x2_to_f16x2(lo), e4m3x2_to_f16x2(lo >> 16),
+                                   e4m3x2_to_f16x2(hi), e4m3x2_to_f16x2(hi >> 16)};
+            mma_f16_16816(o[j], a, b0, b1);
+        }
+    };
+#pragma unroll
+    for (int d = 0; d < D; d++)
+        if (first + d * STEP < t_end) load(first + d * STEP, kw[d], vw[d]);
+    for (int base = first; base < t_end; base += D * STEP) {
+#pragma unroll
+        for (int d = 0; d < D; d++) {
+            const int b = base + d * STEP;
+            if (b >= t_end) break;
+            uint32_t kc[2][KB / 4], vc[4][VB / 4];
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int i = 0; i < KB / 4; i++) kc[j][i] = kw[d][j][i];
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+#pragma unroll
+                for (int i = 0; i < VB / 4; i++) vc[u][i] = vw[d][u][i];
+            if (b + D * STEP < t_end) load(b + D * STEP, kw[d], vw[d]); // in flight from now
+            compute(b, kc, vc);
+        }
+    }
+
+    // the column sums over the 8 lanes g; then the warps through shared memory
+#pragma unroll
+    for (int c = 0; c < 2; c++) {
+        l[c] += __shfl_xor_sync(0xffffffffu, l[c], 4);
+        l[c] += __shfl_xor_sync(0xffffffffu, l[c], 8);
+        l[c] += __shfl_xor_sync(0xffffffffu, l[c], 16);
+    }
+#pragma unroll
+    for (int c = 0; c < 2; c++)
+        if (2 * t + c < gvalid) {
+#pragma unroll
+            for (int j = 0; j < NMO; j++)
+                *reinterpret_cast<float2 *>(&sm_acc[warp][2 * t + c][16 * j + 2 * g]) =
+                    make_float2(o[j][c], o[j][c + 2]);
+            if (g == 0) sm_m[warp][2 * t + c] = m[c], sm_l[warp][2 * t + c] = l[c];
+        }
+    __syncthreads();
+    dec_merge_warps<DTN_GB, ACC_ROW>(out, ws, sm_acc, sm_m, sm_l, sp, s, h0, gvalid, HD, n_seqs,
+                                     n_heads, n_splits, v_mul, [](int dd) {
+                                         return ((dd % VB) >> 1) * 16 + (dd / VB) * 2 + (dd & 1);
+                                     });
+}
+
 // Combines the splits of each (decode sequence, head): out = sum_i w_i acc_i /
 // sum_i w_i l_i with w_i = 2^(m_i - max m). Only splits that started before
 // the sequence's end wrote a partial.
@@ -1699,23 +1919,29 @@ static void launch_decode_v16(int gb, dim3 grid, bf16 *out, float *ws, const bf1
 #undef V16_ARGS
 }
 
-// Which decode kernel reads an FP8 cache: 1 the tensor-core kernel with one
-// step of loads ahead (the default: 3 CTAs per SM, measured faster on an
-// H200 than two steps at 2 CTAs per SM, 2.6 against 2.2 TB/s), 2 with two
-// steps, 0 the CUDA-core kernel. SLUICE_DECODE_TC sets it, read once;
+// Which decode kernel reads an FP8 cache (head_dim 64 or 128):
+//   0  the CUDA-core kernel;
+//   1  tensor cores, heads as the MMA rows, one step of loads ahead (3 CTAs
+//      per SM); 2 the same with two steps (2 CTAs per SM);
+//   3  tensor cores, heads as the MMA columns, one step ahead (4 CTAs per
+//      SM): the default; 4 the same with two steps (3 CTAs per SM).
+// Measured on an H200 (test_gpu_fp8's benchmark, 32/8 heads, hd 128), GB/s
+// of K/V: 256 x 2048: 2,616 (1), 2,604 (2), 3,972 (3), 3,030 (4); 512 x 192:
+// 1,996 (1), 2,743 (3). SLUICE_DECODE_TC sets it, read once;
 // cuda_attention_fp8_decode_kernel overrides it (tests and benchmarks).
 static int g_fp8_decode_kind = -1;
 
 static int fp8_decode_kind() {
     if (g_fp8_decode_kind < 0) {
         const char *e = getenv("SLUICE_DECODE_TC");
-        g_fp8_decode_kind = e && e[0] == '0' ? 0 : e && e[0] == '2' ? 2 : 1;
+        const int k = e && e[0] >= '0' && e[0] <= '4' && !e[1] ? e[0] - '0' : 3;
+        g_fp8_decode_kind = k;
     }
     return g_fp8_decode_kind;
 }
 
 extern "C" void cuda_attention_fp8_decode_kernel(int kind) {
-    g_fp8_decode_kind = kind >= 0 && kind <= 2 ? kind : -1;
+    g_fp8_decode_kind = kind >= 0 && kind <= 4 ? kind : -1;
 }
 
 template <typename KT>
@@ -1729,7 +1955,8 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, c
         // FP8 cache, head_dim 64/128: the tensor-core kernel (cuda_attention_fp8_decode_kernel)
         const int kind = fp8_decode_kind();
         if (kind != 0 && v16 && (hd == 128 || hd == 64)) {
-            const int n_sub = ceil_div(group, DTC_GB);
+            const bool tn = kind >= 3; // heads as the n8 (8 per CTA), else as the m16
+            const int n_sub = ceil_div(group, tn ? DTN_GB : DTC_GB);
             int n_splits, chunk;
             decode_splits(n_seqs, n_kv_heads, n_sub, max_kv_len, &n_splits, &chunk);
             if (n_splits > 1) SL_CHECK(ws != NULL);
@@ -1737,8 +1964,16 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, c
 #define DTC_ARGS                                                                              \
     out, ws, qkv, kc, vc, pos, seq_start, bt, max_blocks, n_seqs, n_heads, n_kv_heads, bs_shift, \
         n_sub, n_splits, chunk, sl2, v_mul, window, alibi
-            const bool d1 = kind == 1;
-            if (hd == 128 && d1)
+            const bool d1 = kind == 1 || kind == 3;
+            if (tn && hd == 128 && d1)
+                attn_decode_tn_kernel<128, 1><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
+            else if (tn && hd == 128)
+                attn_decode_tn_kernel<128, 2><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
+            else if (tn && d1)
+                attn_decode_tn_kernel<64, 1><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
+            else if (tn)
+                attn_decode_tn_kernel<64, 2><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
+            else if (hd == 128 && d1)
                 attn_decode_tc_kernel<128, 1><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
             else if (hd == 128)
                 attn_decode_tc_kernel<128, 2><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
