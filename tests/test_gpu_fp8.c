@@ -671,9 +671,8 @@ static void test_attention_fp8_decode(void) {
                 cpu_paged_attention_ex(c.ref, c.qkv, c.ck, c.cv, pos, seq_of, bt, mb, n, nh, nkv,
                                        hd, bs, scale, window, alibi);
                 // each kernel (cuda_attention_fp8_decode_kernel): 0 CUDA cores;
-                // tensor cores with heads as rows, loads 1 and 2 steps ahead
-                // (1, 2); heads as columns, the same (3, 4)
-                for (int v = 0; v < 5; v++) {
+                // tensor cores with loads 1 and 2 steps ahead (1, 2)
+                for (int v = 0; v < 3; v++) {
                     cuda_attention_fp8_decode_kernel(v);
                     cudaMemset(c.dout, 0xff, c.oe * 2);
                     cuda_paged_attention_ex(c.dout, c.dq, c.dk, c.dv, c.dpos, c.dso, c.dss, c.dkl,
@@ -704,10 +703,10 @@ static void test_attention_fp8_decode_bench(void) {
     const int cases[][2] = {{64, 2048}, {256, 1024}, {256, 2048}, {512, 1100}, {16, 8192},
                             {512, 192}, {1024, 160}};
     printf("\nFP8-KV decode attention (32 heads, 8 kv heads, hd 128), GB/s of K/V read\n");
-    printf("  (SLUICE_DECODE_TC: 0 CUDA cores; tensor cores with the heads as MMA rows, loads 1 "
-           "and 2 steps ahead: 1, 2;\n   heads as MMA columns: 3, 4)\n");
+    printf("  (SLUICE_DECODE_TC: 0 CUDA cores; tensor cores with loads 1 step ahead (the "
+           "default) and 2 steps: 1, 2)\n");
     printf("  %5s %6s", "batch", "ctx");
-    for (int v = 0; v < 5; v++) printf("  %6s%d %6s", "us tc", v, "GB/s");
+    for (int v = 0; v < 3; v++) printf("  %6s%d %6s", "us tc", v, "GB/s");
     printf("\n");
     for (int c = 0; c < (int)(sizeof cases / sizeof cases[0]); c++) {
         const int S = cases[c][0], ctx = cases[c][1], mb = (ctx + bs - 1) / bs, nblk = S * mb;
@@ -726,8 +725,8 @@ static void test_attention_fp8_decode_bench(void) {
         int32_t *dso = dev_copy(so, sizeof(int32_t) * S), *dss = dev_copy(ss, sizeof(int32_t) * (S + 1));
         size_t wsb = cuda_attention_workspace_bytes(S, nh, hd, mb * bs);
         void *ws = dev_alloc(wsb ? wsb : 4);
-        double us[5];
-        for (int v = 0; v < 5; v++) {
+        double us[3];
+        for (int v = 0; v < 3; v++) {
             cuda_attention_fp8_decode_kernel(v);
             cudaEvent_t e0, e1;
             cudaEventCreate(&e0);
@@ -752,7 +751,7 @@ static void test_attention_fp8_decode_bench(void) {
         cuda_attention_fp8_decode_kernel(-1);
         double bytes = 2.0 * S * (double)ctx * nkv * hd;
         printf("  %5d %6d", S, ctx);
-        for (int v = 0; v < 5; v++) printf("  %7.1f %6.0f", us[v], bytes / us[v] / 1e3);
+        for (int v = 0; v < 3; v++) printf("  %7.1f %6.0f", us[v], bytes / us[v] / 1e3);
         printf("\n");
         free(bt);
         free(pos);

@@ -493,24 +493,34 @@ static __global__ void __launch_bounds__(DEC_THREADS)
 // With e4m3 K/V, the CUDA-core kernel above runs out of instructions before it
 // runs out of bandwidth: per cache byte it decodes the code and does GB fused
 // multiply-adds (measured on an H200: 1.2 TB/s of K/V). Here each warp takes
-// 16 positions per step as two MMAs of m16n8k16 (fp16 in, fp32 accumulate):
-//   S (16 query heads x 8 positions) = Q (16 heads x hd) . K^T, per n8 tile,
-//   O (16 heads x hd)               += P (16 heads x 16 positions) . V,
-// the group's heads padded to 16 rows (idle rows cost tensor-core time, which
-// is plentiful here). e4m3 -> fp16 is one exact cvt per pair. Dot products
-// and sums may run over any order of their index, so the lanes' fragments
-// come straight from their own loads, with no shared memory or shuffles:
-//   - QK^T: lane (g, t) loads bytes [t * HD/4, (t + 1) * HD/4) of position g's
-//     K row (of each n8 tile); k-step s takes its bytes 4s..4s+3 as the
-//     fragment's k = 2t, 2t+1, 2t+8, 2t+9. Q's fragments follow the same map.
-//   - PV: lane (g, t) loads bytes [g * HD/8, (g + 1) * HD/8) of the V rows of
-//     positions 2t, 2t+1, 2t+8, 2t+9; output tile j's column g is dimension
-//     g * HD/8 + j. Pairs of positions are interleaved with byte permutes.
-// P is rounded to fp16 (finer than the bf16 FlashAttention rounds it to).
-// Loads run one step ahead in registers (or two; see fp8_decode_kind). Output, partials and workspace are
-// those of attn_decode_kernel (same split scheme and reduce kernel).
+// 16 positions per step on m16n8k16 MMAs (fp16 in, fp32 accumulate), with
+// the CTA's 8 query heads as the n8 columns:
+//   S^T (16 positions x 8 heads) = K (16 positions x hd) . Q^T,
+//   O^T (hd x 8 heads)          += V^T (hd x 16 positions) . P^T,
+// so a lane keeps 32 fp32 accumulators of O and the kernel runs 4 CTAs per
+// SM. (An earlier kernel put the heads on the 16 rows: with GQA 4, 12 rows
+// idle, 64 accumulators per lane, 3 CTAs per SM, 2.6 against 3.97 TB/s of
+// K/V at 256 x 2048 on an H200; removed.) e4m3 -> fp16 is one exact cvt per
+// pair. Dot products and sums may run over any order of their index, so the
+// lanes' fragments come straight from their own loads:
+//   - K: lane (g, t) loads bytes [t * HD/4, (t + 1) * HD/4) of the K rows of
+//     positions g and g + 8; k-step s takes bytes 4s..4s+3 of them as the A
+//     fragment's k = 2t, 2t+1, 2t+8, 2t+9. Q^T's B fragment (head g) follows
+//     the same map.
+//   - V: lane (g, t) loads bytes [g * HD/8, (g + 1) * HD/8) of the V rows of
+//     positions 2t, 2t+1, 2t+8, 2t+9; O^T tile m's rows g and g + 8 are
+//     dimensions g * HD/8 + 2m and + 2m + 1 (byte permutes pair the
+//     positions).
+//   - P^T, the B fragment of the second product, is S^T's C fragment
+//     transposed: two movmatrix (8 x 8, b16) per step.
+// The softmax state is per head (column): the maximum over a step's 16
+// positions takes three shuffles across the lanes of a column. P is rounded
+// to fp16 (finer than the bf16 FlashAttention rounds it to). Loads run one
+// step ahead in registers (or two; see fp8_decode_kind). Output, partials and
+// workspace are those of attn_decode_kernel (same split scheme and reduce
+// kernel).
 
-#define DTC_GB 16 // query-head rows per CTA (one m16 tile)
+#define DTN_GB 8 // query heads per CTA (the n8 of the MMAs)
 
 static __device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t two) {
     __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xffffu), __NV_E4M3);
@@ -543,240 +553,6 @@ static __device__ __forceinline__ void ld_bytes(uint32_t w[NB / 4], const uint8_
     }
 }
 
-template <int HD, int D>
-static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 3 : 2)
-    attn_decode_tc_kernel(bf16 *__restrict__ out, float *__restrict__ ws,
-                          const bf16 *__restrict__ qkv, const uint8_t *__restrict__ k_cache,
-                          const uint8_t *__restrict__ v_cache, const int32_t *__restrict__ pos,
-                          const int32_t *__restrict__ seq_start,
-                          const int32_t *__restrict__ block_tables, int max_blocks, int n_seqs,
-                          int n_heads, int n_kv_heads, int bs_shift, int n_sub, int n_splits,
-                          int chunk, float scale_log2, float v_mul, int window,
-                          const float *__restrict__ alibi) {
-    constexpr int KB = HD / 4;  // K bytes per lane per position
-    constexpr int VB = HD / 8;  // V bytes per lane per position
-    constexpr int NKS = HD / 16; // k-steps of QK^T
-    constexpr int NTO = HD / 8;  // n8 tiles of O
-    constexpr int STEP = 16 * DEC_WARPS;
-    // O in fragment order (column 8 jo + c of a row holds the tile jo's
-    // column c), rows padded by 8 floats: a warp's float2 stores of the rows
-    // g < 4 then fill the 32 banks once (unpadded rows in dimension order put
-    // all 32 lanes on one bank: a 32-way conflict per store, which made the
-    // kernel slow at short contexts)
-    constexpr int ACC_ROW = HD + 8;
-    __shared__ __align__(16) float sm_acc[DEC_WARPS][DTC_GB][ACC_ROW];
-    __shared__ float sm_m[DEC_WARPS][DTC_GB], sm_l[DEC_WARPS][DTC_GB];
-
-    const int s = blockIdx.z;
-    DecSpan sp;
-    if (!dec_span(sp, pos, seq_start, s, n_splits, chunk, window)) return;
-    const int row = sp.row, ctx = sp.ctx, t_begin = sp.t_begin, t_end = sp.t_end, t_lo = sp.t_lo;
-
-    const int group = n_heads / n_kv_heads;
-    const int kvh = blockIdx.y / n_sub, sub = blockIdx.y % n_sub;
-    const int h0 = kvh * group + sub * DTC_GB;
-    const int gvalid = min(DTC_GB, group - sub * DTC_GB);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int bmask = (1 << bs_shift) - 1;
-    const size_t blk_stride = (size_t)n_kv_heads << bs_shift;
-    const size_t head_row0 = (size_t)kvh << bs_shift;
-    const int32_t *bt = block_tables + (size_t)s * max_blocks;
-
-    if (t_end <= t_lo) {
-        dec_empty_partial(ws, sp, s, h0, gvalid, HD, n_seqs, n_heads, n_splits);
-        return;
-    }
-
-    // Q fragments (heads g and g + 8 of this CTA), scaled, in fp16
-    uint32_t qa[NKS][4];
-    {
-        const bf16 *qrow = qkv + (size_t)row * (n_heads + 2 * n_kv_heads) * HD;
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const int hh = g + 8 * r;
-            uint32_t w[KB / 2]; // KB bf16 = dims [t * KB, (t + 1) * KB)
-#pragma unroll
-            for (int i = 0; i < KB / 8; i++) {
-                uint4 v = make_uint4(0, 0, 0, 0);
-                if (hh < gvalid)
-                    v = __ldg(reinterpret_cast<const uint4 *>(qrow + (size_t)(h0 + hh) * HD +
-                                                              t * KB + 8 * i));
-                w[4 * i] = v.x, w[4 * i + 1] = v.y, w[4 * i + 2] = v.z, w[4 * i + 3] = v.w;
-            }
-#pragma unroll
-            for (int ks = 0; ks < NKS; ks++) {
-                // dims 4ks, 4ks+1 -> k = 2t, 2t+1; 4ks+2, 4ks+3 -> k = 2t+8, 2t+9
-                qa[ks][r] = pack_f16x2(bf_lo(w[2 * ks]) * scale_log2, bf_hi(w[2 * ks]) * scale_log2);
-                qa[ks][2 + r] =
-                    pack_f16x2(bf_lo(w[2 * ks + 1]) * scale_log2, bf_hi(w[2 * ks + 1]) * scale_log2);
-            }
-        }
-    }
-    float slope[2];
-#pragma unroll
-    for (int r = 0; r < 2; r++)
-        slope[r] = alibi && g + 8 * r < gvalid ? alibi[h0 + g + 8 * r] * ATT_LOG2E : 0.f;
-
-    float o[NTO][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-#pragma unroll
-    for (int j = 0; j < NTO; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-
-    // this warp's positions: base + 16 * warp + [0, 16), base += STEP
-    int first = t_begin;
-    if (t_lo > t_begin) first = t_begin + (t_lo - t_begin) / STEP * STEP;
-    auto valid = [&](int tp) { return tp < t_end && tp >= t_lo; };
-    auto cache_row = [&](int tp) {
-        return ((size_t)bt[tp >> bs_shift] * blk_stride + head_row0 + (tp & bmask));
-    };
-    uint32_t kw[D][2][KB / 4], vw[D][4][VB / 4]; // D steps of loads in flight
-    auto load = [&](int base, uint32_t (&kw)[2][KB / 4], uint32_t (&vw)[4][VB / 4]) {
-        const int p0 = base + 16 * warp;
-#pragma unroll
-        for (int j = 0; j < 2; j++) { // K rows of positions p0 + 8j + g
-            const int tp = p0 + 8 * j + g;
-            const bool ok = valid(tp);
-            const uint8_t *kp = k_cache + (ok ? cache_row(tp) * HD : 0) + t * KB;
-#pragma unroll
-            for (int i = 0; i < KB / 16; i++) ld_bytes<16>(&kw[j][4 * i], kp + 16 * i, ok);
-            if constexpr (KB % 16) ld_bytes<8>(&kw[j][4 * (KB / 16)], kp + 16 * (KB / 16), ok);
-        }
-#pragma unroll
-        for (int u = 0; u < 4; u++) { // V rows of positions p0 + {2t, 2t+1, 2t+8, 2t+9}
-            const int tp = p0 + 2 * t + (u & 1) + 8 * (u >> 1);
-            const bool ok = valid(tp);
-            ld_bytes<VB>(vw[u], v_cache + (ok ? cache_row(tp) * HD : 0) + g * VB, ok);
-        }
-    };
-    auto compute = [&](int base, const uint32_t (&kc)[2][KB / 4], const uint32_t (&vc)[4][VB / 4]) {
-        // S = Q K^T for the two n8 tiles
-        float sc[2][4];
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-            sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
-#pragma unroll
-            for (int ks = 0; ks < NKS; ks++)
-                mma_f16_16816(sc[j], qa[ks], e4m3x2_to_f16x2(kc[j][ks]),
-                              e4m3x2_to_f16x2(kc[j][ks] >> 16));
-        }
-        // mask, ALiBi; online softmax per head row (r = 0: head g, 1: g + 8)
-        const int p0 = base + 16 * warp;
-        float mx[2] = {m[0], m[1]};
-#pragma unroll
-        for (int j = 0; j < 2; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int tp = p0 + 8 * j + 2 * t + (e & 1), r = e >> 1;
-                sc[j][e] = valid(tp) ? fmaf(slope[r], (float)(tp - (ctx - 1)), sc[j][e]) : -INFINITY;
-                mx[r] = fmaxf(mx[r], sc[j][e]);
-            }
-        float alpha[2];
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            const float ms = mx[r] == -INFINITY ? 0.f : mx[r];
-            alpha[r] = ex2(m[r] - ms);
-            m[r] = mx[r];
-            l[r] *= alpha[r];
-#pragma unroll
-            for (int j = 0; j < 2; j++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    sc[j][2 * r + e] = ex2(sc[j][2 * r + e] - ms);
-                    l[r] += sc[j][2 * r + e];
-                }
-        }
-#pragma unroll
-        for (int jo = 0; jo < NTO; jo++) {
-            o[jo][0] *= alpha[0], o[jo][1] *= alpha[0];
-            o[jo][2] *= alpha[1], o[jo][3] *= alpha[1];
-        }
-        // O += P V: P's A fragment is S's two C fragments
-        const uint32_t pa[4] = {pack_f16x2(sc[0][0], sc[0][1]), pack_f16x2(sc[0][2], sc[0][3]),
-                                pack_f16x2(sc[1][0], sc[1][1]), pack_f16x2(sc[1][2], sc[1][3])};
-#pragma unroll
-        for (int i = 0; i < VB / 4; i++) {
-            // bytes 4i..4i+3 of positions (2t, 2t+1) and (2t+8, 2t+9), interleaved
-            const uint32_t lo0 = __byte_perm(vc[0][i], vc[1][i], 0x5140);
-            const uint32_t hi0 = __byte_perm(vc[0][i], vc[1][i], 0x7362);
-            const uint32_t lo1 = __byte_perm(vc[2][i], vc[3][i], 0x5140);
-            const uint32_t hi1 = __byte_perm(vc[2][i], vc[3][i], 0x7362);
-            mma_f16_16816(o[4 * i + 0], pa, e4m3x2_to_f16x2(lo0), e4m3x2_to_f16x2(lo1));
-            mma_f16_16816(o[4 * i + 1], pa, e4m3x2_to_f16x2(lo0 >> 16), e4m3x2_to_f16x2(lo1 >> 16));
-            mma_f16_16816(o[4 * i + 2], pa, e4m3x2_to_f16x2(hi0), e4m3x2_to_f16x2(hi1));
-            mma_f16_16816(o[4 * i + 3], pa, e4m3x2_to_f16x2(hi0 >> 16), e4m3x2_to_f16x2(hi1 >> 16));
-        }
-    };
-#pragma unroll
-    for (int d = 0; d < D; d++)
-        if (first + d * STEP < t_end) load(first + d * STEP, kw[d], vw[d]);
-    for (int base = first; base < t_end; base += D * STEP) {
-#pragma unroll
-        for (int d = 0; d < D; d++) {
-            const int b = base + d * STEP;
-            if (b >= t_end) break;
-            uint32_t kc[2][KB / 4], vc[4][VB / 4];
-#pragma unroll
-            for (int j = 0; j < 2; j++)
-#pragma unroll
-                for (int i = 0; i < KB / 4; i++) kc[j][i] = kw[d][j][i];
-#pragma unroll
-            for (int u = 0; u < 4; u++)
-#pragma unroll
-                for (int i = 0; i < VB / 4; i++) vc[u][i] = vw[d][u][i];
-            if (b + D * STEP < t_end) load(b + D * STEP, kw[d], vw[d]); // in flight from now
-            compute(b, kc, vc);
-        }
-    }
-
-    // the row sums over the 4 lanes of a row; then the warps through shared memory
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    }
-    // (only the rows of heads that exist: the merge reads no others)
-#pragma unroll
-    for (int r = 0; r < 2; r++)
-        if (g + 8 * r < gvalid) {
-#pragma unroll
-            for (int jo = 0; jo < NTO; jo++)
-                *reinterpret_cast<float2 *>(&sm_acc[warp][g + 8 * r][8 * jo + 2 * t]) =
-                    make_float2(o[jo][2 * r], o[jo][2 * r + 1]);
-            if (t == 0) sm_m[warp][g + 8 * r] = m[r], sm_l[warp][g + 8 * r] = l[r];
-        }
-    __syncthreads();
-    // column 2t + (e & 1) of tile jo is dimension (2t + (e & 1)) * NTO + jo
-    dec_merge_warps<DTC_GB, ACC_ROW>(out, ws, sm_acc, sm_m, sm_l, sp, s, h0, gvalid, HD, n_seqs,
-                                     n_heads, n_splits, v_mul,
-                                     [](int dd) { return (dd % NTO) * 8 + dd / NTO; });
-}
-
-// ----------------------------------------------------------------------------
-// decode over an FP8 cache on the tensor cores, heads as the MMAs' n8
-//
-// The kernel above puts the group's query heads on the 16 rows of its MMAs:
-// with GQA 4, 12 of the 16 rows are idle, yet every lane keeps 64 fp32
-// accumulators of O, which holds it at 3 CTAs per SM. Here the products are
-// transposed so the heads are the n8 columns (8 heads per CTA):
-//   S^T (16 positions x 8 heads) = K (16 positions x hd) . Q^T,
-//   O^T (hd x 8 heads)          += V^T (hd x 16 positions) . P^T,
-// which leaves 32 accumulators per lane (4 CTAs per SM). The lanes' loads are
-// those of the kernel above:
-//   - K: lane (g, t) loads bytes [t * HD/4, (t + 1) * HD/4) of the K rows of
-//     positions g and g + 8; k-step s takes bytes 4s..4s+3 of them as the A
-//     fragment's k = 2t, 2t+1, 2t+8, 2t+9. Q^T's B fragment (head g) follows
-//     the same map.
-//   - V: lane (g, t) loads bytes [g * HD/8, (g + 1) * HD/8) of the V rows of
-//     positions 2t, 2t+1, 2t+8, 2t+9; O^T tile m's rows g and g + 8 are
-//     dimensions g * HD/8 + 2m and + 2m + 1 (byte permutes pair the
-//     positions).
-//   - P^T, the B fragment of the second product, is S^T's C fragment
-//     transposed: two movmatrix (8 x 8, b16) per step.
-// The softmax state is per head (column): the maximum over a step's 16
-// positions takes three shuffles across the lanes of a column.
-
-#define DTN_GB 8 // query heads per CTA (the n8 of the MMAs)
 
 static __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t a) {
     uint32_t d;
@@ -1919,29 +1695,25 @@ static void launch_decode_v16(int gb, dim3 grid, bf16 *out, float *ws, const bf1
 #undef V16_ARGS
 }
 
-// Which decode kernel reads an FP8 cache (head_dim 64 or 128):
-//   0  the CUDA-core kernel;
-//   1  tensor cores, heads as the MMA rows, one step of loads ahead (3 CTAs
-//      per SM); 2 the same with two steps (2 CTAs per SM);
-//   3  tensor cores, heads as the MMA columns, one step ahead (4 CTAs per
-//      SM): the default; 4 the same with two steps (3 CTAs per SM).
+// Which decode kernel reads an FP8 cache (head_dim 64 or 128): 1 the
+// tensor-core kernel with one step of loads ahead (the default, 4 CTAs per
+// SM), 2 with two steps (3 CTAs per SM, spills), 0 the CUDA-core kernel.
 // Measured on an H200 (test_gpu_fp8's benchmark, 32/8 heads, hd 128), GB/s
-// of K/V: 256 x 2048: 2,616 (1), 2,604 (2), 3,972 (3), 3,030 (4); 512 x 192:
-// 1,996 (1), 2,743 (3). SLUICE_DECODE_TC sets it, read once;
+// of K/V at 256 x 2048: 3,972 (1), 3,030 (2), 1,187 (0); at 512 x 192: 2,743
+// (1), 2,156 (2). SLUICE_DECODE_TC sets it, read once;
 // cuda_attention_fp8_decode_kernel overrides it (tests and benchmarks).
 static int g_fp8_decode_kind = -1;
 
 static int fp8_decode_kind() {
     if (g_fp8_decode_kind < 0) {
         const char *e = getenv("SLUICE_DECODE_TC");
-        const int k = e && e[0] >= '0' && e[0] <= '4' && !e[1] ? e[0] - '0' : 3;
-        g_fp8_decode_kind = k;
+        g_fp8_decode_kind = e && e[0] == '0' ? 0 : e && e[0] == '2' ? 2 : 1;
     }
     return g_fp8_decode_kind;
 }
 
 extern "C" void cuda_attention_fp8_decode_kernel(int kind) {
-    g_fp8_decode_kind = kind >= 0 && kind <= 4 ? kind : -1;
+    g_fp8_decode_kind = kind >= 0 && kind <= 2 ? kind : -1;
 }
 
 template <typename KT>
@@ -1955,33 +1727,24 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, c
         // FP8 cache, head_dim 64/128: the tensor-core kernel (cuda_attention_fp8_decode_kernel)
         const int kind = fp8_decode_kind();
         if (kind != 0 && v16 && (hd == 128 || hd == 64)) {
-            const bool tn = kind >= 3; // heads as the n8 (8 per CTA), else as the m16
-            const int n_sub = ceil_div(group, tn ? DTN_GB : DTC_GB);
+            const int n_sub = ceil_div(group, DTN_GB);
             int n_splits, chunk;
             decode_splits(n_seqs, n_kv_heads, n_sub, max_kv_len, &n_splits, &chunk);
             if (n_splits > 1) SL_CHECK(ws != NULL);
             dim3 grid(n_splits, n_kv_heads * n_sub, n_seqs);
-#define DTC_ARGS                                                                              \
+#define DTN_ARGS                                                                              \
     out, ws, qkv, kc, vc, pos, seq_start, bt, max_blocks, n_seqs, n_heads, n_kv_heads, bs_shift, \
         n_sub, n_splits, chunk, sl2, v_mul, window, alibi
-            const bool d1 = kind == 1 || kind == 3;
-            if (tn && hd == 128 && d1)
-                attn_decode_tn_kernel<128, 1><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
-            else if (tn && hd == 128)
-                attn_decode_tn_kernel<128, 2><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
-            else if (tn && d1)
-                attn_decode_tn_kernel<64, 1><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
-            else if (tn)
-                attn_decode_tn_kernel<64, 2><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
-            else if (hd == 128 && d1)
-                attn_decode_tc_kernel<128, 1><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
+            const bool d1 = kind == 1;
+            if (hd == 128 && d1)
+                attn_decode_tn_kernel<128, 1><<<grid, DEC_THREADS, 0, st>>>(DTN_ARGS);
             else if (hd == 128)
-                attn_decode_tc_kernel<128, 2><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
+                attn_decode_tn_kernel<128, 2><<<grid, DEC_THREADS, 0, st>>>(DTN_ARGS);
             else if (d1)
-                attn_decode_tc_kernel<64, 1><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
+                attn_decode_tn_kernel<64, 1><<<grid, DEC_THREADS, 0, st>>>(DTN_ARGS);
             else
-                attn_decode_tc_kernel<64, 2><<<grid, DEC_THREADS, 0, st>>>(DTC_ARGS);
-#undef DTC_ARGS
+                attn_decode_tn_kernel<64, 2><<<grid, DEC_THREADS, 0, st>>>(DTN_ARGS);
+#undef DTN_ARGS
             CUDA_CHECK_LAUNCH();
             if (n_splits > 1) {
                 attn_decode_reduce_kernel<<<dim3(n_heads, n_seqs), DEC_REDUCE_THREADS, 0, st>>>(
