@@ -88,10 +88,10 @@ typedef struct {
     // INT4 layer) and run cuBLASLt.
     int gemv_max_n;
     int mma_max_n; // calls of up to this many rows run the tensor-core W4A16 GEMM
-    // SLUICE_INT4_KERNELS: 2 (default) the w4a16_tc.cu kernels on sluice's
-    // layout, 3 the v3 kernels on the tiled v3 layout (w4a16_v3.cu; the
-    // weights are repacked at upload), 1 the first generation. Each backend
-    // keeps one layout only.
+    // SLUICE_INT4_KERNELS: 3 (default) the v3 kernels on the tiled v3 layout
+    // (w4a16_v3.cu; the weights are repacked at upload), 2 the w4a16_tc.cu
+    // kernels on sluice's layout, 1 the first generation. Each backend keeps
+    // one layout only.
     int int4_gen;
     size_t int4_max_elems; // largest out_dim * in_dim of an INT4 layer loaded
     int int4_max_out;      // largest out_dim of an INT4 layer loaded
@@ -1200,16 +1200,14 @@ Backend *backend_cuda_create_ex(int device, int act_f32, sl_err *err) {
     // with the table of tests/test_gpu_int4 (SLUICE_GPU_BENCH=1).
     // SLUICE_INT4_MMA_MAX_N: up to this many rows, the tensor-core W4A16 GEMM;
     // above, dequantise to bf16 + cuBLASLt. 0 turns it off.
-    // SLUICE_INT4_KERNELS=v2 (default) / v3 / v1: which generation of GEMV
-    // and GEMM runs (w4a16_tc.cu on sluice's layout / w4a16_v3.cu on the
-    // tiled copy / w4a16.cu + w4a16_mma.cu). Read once here: the weights'
-    // layout follows it. v2 stays the default because the headline figures
-    // (Falcon-180B shape 812 tok/s, 8B batch 256 11,362 tok/s, H200) were
-    // measured with it; v3 measured faster at batch 1 and 16 (283 / 3,420
-    // against 253 / 3,262 tok/s) and 5% slower at batch 256 (its dequantise
-    // is 2-4% slower), and has not run on the 180B shape.
+    // SLUICE_INT4_KERNELS=v3 (default) / v2 / v1: which generation of GEMV
+    // and GEMM runs (w4a16_v3.cu on the tiled copy / w4a16_tc.cu on sluice's
+    // layout / w4a16.cu + w4a16_mma.cu). Read once here: the weights' layout
+    // follows it. v3 is the default since its GEMV's fast path (eighth
+    // session, docs/INT4.md): 8B batch 1 326.5 tok/s against v2's 257.0 on
+    // an H200.
     const char *kv = getenv("SLUICE_INT4_KERNELS");
-    c->int4_gen = kv && strcmp(kv, "v1") == 0 ? 1 : kv && strcmp(kv, "v3") == 0 ? 3 : 2;
+    c->int4_gen = kv && strcmp(kv, "v1") == 0 ? 1 : kv && strcmp(kv, "v2") == 0 ? 2 : 3;
     c->gemv_max_n = W4A16_GEMV_MAX_N;
     const char *gm = getenv("SLUICE_INT4_GEMV_MAX_N");
     if (gm && atoi(gm) >= 0) c->gemv_max_n = atoi(gm);

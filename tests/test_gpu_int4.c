@@ -161,20 +161,31 @@ static const int q4_shapes[][3] = {{72, 128, 128},  {383, 640, 64},   {4104, 422
 
 // The GEMVs checked: v1 and v2 on sluice's layout; v3 on the tiled copy as
 // the backend calls it, then with each way of reading x forced (xmode 0: the
-// per-warp ring, 1: staged whole) and with grids of 1 and 3 blocks (pieces
-// crossing many tiles, warps with no work on the small shapes).
+// per-warp ring, 1: staged whole), each configuration of the fast path
+// (xmode 2..6: ring depth and blocks per SM; shapes it does not apply to
+// fall back to auto) and with grids of 1 and 3 blocks (pieces crossing many
+// tiles, warps with no work on the small shapes).
+// SLUICE_INT4_GEMV_KIND=text runs only the kinds whose names contain it
+// (e.g. "fast" under compute-sanitizer).
 static const struct {
     int v, xmode, ctas;
     const char *name;
 } gemv_kinds[] = {{1, -1, 0, "v1"},          {2, -1, 0, "v2"},
                   {3, -1, 0, "v3"},          {3, 0, 0, "v3 ring"},
                   {3, 1, 0, "v3 staged"},    {3, 0, 1, "v3 ring 1 block"},
-                  {3, 1, 3, "v3 staged 3 blocks"}};
+                  {3, 1, 3, "v3 staged 3 blocks"},
+                  {3, 2, 0, "v3 fast 4x2"},
+                  {3, 3, 0, "v3 fast 5x2"},
+                  {3, 4, 0, "v3 fast 6"},
+                  {3, 5, 0, "v3 fast 8"},
+                  {3, 6, 0, "v3 fast 10"},
+                  {3, 4, 3, "v3 fast 6 3 blocks"}};
 #define N_GEMV_KINDS ((int)(sizeof gemv_kinds / sizeof gemv_kinds[0]))
 
 static void test_gemv_vs_cpu(void) {
     if (!tu_gpu_ready()) return;
     const int (*shapes)[3] = q4_shapes;
+    const char *kind_only = getenv("SLUICE_INT4_GEMV_KIND");
     uint64_t seed = 1;
     for (int sh = 0; sh < N_Q4_SHAPES; sh++)
         for (int zp = 0; zp < 2; zp++) {
@@ -196,6 +207,8 @@ static void test_gemv_vs_cpu(void) {
                     if (n > 2 && n < nmax && wb) continue; // bias at n = 1, 2, 8
                     cpu_w4a16_linear(ref, x, h.q, h.s, h.z, wb ? bias : NULL, n, in, out, g);
                     for (int k = 0; k < N_GEMV_KINDS; k++) {
+                        if (kind_only && *kind_only && !strstr(gemv_kinds[k].name, kind_only))
+                            continue;
                         CU_ASSERT_FATAL(cudaMemset(dy, 0xFF, 2 * (size_t)nmax * out) ==
                                         cudaSuccess);
                         void *bb = wb ? db : NULL;
@@ -841,6 +854,11 @@ static void test_int4_bench(void) {
             float mr = time_median_ex(run_gemv_v3, &c, c.st, run_l2_flush, &l2f);
             c.xmode = 1; // falls back to the ring past 200 KB of x
             float ms = time_median_ex(run_gemv_v3, &c, c.st, run_l2_flush, &l2f);
+            float mf[W4A16_V3F_CONFIGS];
+            for (int k = 0; k < W4A16_V3F_CONFIGS; k++) {
+                c.xmode = 2 + k;
+                mf[k] = time_median_ex(run_gemv_v3, &c, c.st, run_l2_flush, &l2f);
+            }
             c.xmode = -1;
             float mw = time_median(run_gemv_v3, &c, c.st);
             double g1 = bytes / (m1 * 1e-3) / 1e9, g2 = bytes / (m2 * 1e-3) / 1e9;
@@ -849,6 +867,13 @@ static void test_int4_bench(void) {
                    "%8.1f %8.1f %8.1f\n", n, m1 * 1e3, g1, 100.0 * g1 / copy_gbs, m2 * 1e3, g2,
                    100.0 * g2 / copy_gbs, m3 * 1e3, g3, 100.0 * g3 / copy_gbs, m2 / m3, mr * 1e3,
                    ms * 1e3, mw * 1e3);
+            int kb = 0;
+            for (int k = 1; k < W4A16_V3F_CONFIGS; k++)
+                if (mf[k] < mf[kb]) kb = k;
+            double gb = bytes / (mf[kb] * 1e-3) / 1e9;
+            printf("  %3s  v3 fast path (xmode 2+k) us:", "");
+            for (int k = 0; k < W4A16_V3F_CONFIGS; k++) printf(" [%d] %.1f", k, mf[k] * 1e3);
+            printf("; best [%d] %.0f GB/s %.0f%% of copy\n", kb, gb, 100.0 * gb / copy_gbs);
         }
         if (per_n) {
             printf("  per n (us, L2 not flushed): GEMV in calls of 8 rows (v1, v2, v3), "

@@ -113,8 +113,12 @@ void cuda_w4a16_gemv_v3(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qt, const 
 
 // The same with the choices made by hand (tests, benchmarks): xmode -1 auto,
 // 0 x copied per warp and chunk into a shared ring, 1 x staged whole in
-// shared memory (falls back to 0 where it does not fit); ctas 0 auto, else
-// that many blocks (at most the number of row tiles).
+// shared memory (falls back to 0 where it does not fit), 2 + k the fast
+// path (group 128, in_dim % 128 == 0, x staged, weights through a shared
+// ring) in configuration k < W4A16_V3F_CONFIGS (falls back to auto where it
+// does not apply); ctas 0 auto, else that many blocks (at most the number of
+// row tiles).
+#define W4A16_V3F_CONFIGS 5
 void cuda_w4a16_gemv_v3_ex(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qt, const uint16_t *st,
                            const uint8_t *zt, const float *bias, int n, int in_dim, int out_dim,
                            int group, int xmode, int ctas, cudaStream_t stream);

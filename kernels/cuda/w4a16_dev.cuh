@@ -44,13 +44,20 @@ static __device__ __forceinline__ uint32_t shr_on_fma(uint32_t w, uint32_t pow2)
     return d;
 }
 
-// The 4 bf16x2 pairs (q_j - z, q_{j+4} - z), j = 0..3, of packed word w
-// (q_p = nibble p of w). nz = neg_zero_pair(z). Exact. Per word: 4 LOP3, 3
-// IMAD.HI, 4 bf16x2 adds.
+// The 4 bf16x2 pairs (128 + q_j, 128 + q_{j+4}), j = 0..3, of packed word w
+// (q_p = nibble p of w). Exact. Per word: 4 LOP3, 3 IMAD.HI.
+static __device__ __forceinline__ void nib_pairs(uint32_t w, uint32_t v[4]) {
+    v[0] = nib_pair_bf16(w);
+    v[1] = nib_pair_bf16(shr_on_fma(w, 1u << 28));
+    v[2] = nib_pair_bf16(shr_on_fma(w, 1u << 24));
+    v[3] = nib_pair_bf16(shr_on_fma(w, 1u << 20));
+}
+
+// The 4 bf16x2 pairs (q_j - z, q_{j+4} - z), j = 0..3, of packed word w.
+// nz = neg_zero_pair(z). Exact. Per word: nib_pairs + 4 bf16x2 adds.
 static __device__ __forceinline__ void dq_pairs(uint32_t w, uint32_t nz, uint32_t a[4]) {
-    const uint32_t v[4] = {nib_pair_bf16(w), nib_pair_bf16(shr_on_fma(w, 1u << 28)),
-                           nib_pair_bf16(shr_on_fma(w, 1u << 24)),
-                           nib_pair_bf16(shr_on_fma(w, 1u << 20))};
+    uint32_t v[4];
+    nib_pairs(w, v);
 #pragma unroll
     for (int j = 0; j < 4; j++) // (128 + q) - (128 + z)
         asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(a[j]) : "r"(v[j]), "r"(0x3F803F80u), "r"(nz));

@@ -57,14 +57,20 @@
 //     what it copied (no synchronisation but its own cp.async.wait_group).
 // Only lanes g < n touch x; the others feed zeros.
 //
+// GEMV fast path (w4a16_gemv_v3f_kernel, the default where it applies:
+// group 128, in % 128 == 0, x staged): the same grid and pieces, the
+// weights, scales and zero points through a per-warp cp.async ring, the
+// zero point applied once per chunk through the chunk sums of x (see the
+// kernel's comment).
+//
 // GEMM (any n; w4a16_gemm_v3_kernel): w4a16_tc.cu's GEMM on this layout: a
 // block is 128 rows (8 warps x 16) by NB = 8 NT batch rows over a slice of
 // the chunks (split-K over gridDim.z, partials added in order by a second
 // kernel); x staged per chunk in shared memory (row stride 20 units of 16
 // bytes: conflict-free), the weights loaded 2 chunks ahead.
 //
-// Dequantise (int4_dequant_v3_kernel): one thread per packed word, 8 bf16
-// (16 bytes) out, the same arithmetic as cuda_int4_dequant_bf16.
+// Dequantise (int4_dequant_v3_kernel): one thread per lane unit of 4 packed
+// words, 4 x 8 bf16 out, the same arithmetic as cuda_int4_dequant_bf16.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -90,6 +96,17 @@
 #define V3_XD W4A16_V3_XDEPTH
 #define V3_XS_MAX_BYTES (200 * 1024) // x staged whole up to this (auto)
 #define V3_XS_LIMIT (200 * 1024)    // ... and at most this (xmode 1)
+// shared memory: the static part of a GEMV block (red, + 1 KB the driver
+// keeps per block), the most one block may take dynamically (227 KB opt-in
+// in all), and an SM's total (Hopper)
+#define V3_STATIC_SMEM ((size_t)(V3_WARPS * 2 * 4 * 32 * 4 + 1024))
+#define V3_SMEM_MAX (227 * 1024 - V3_WARPS * 2 * 4 * 32 * 4)
+#define V3_SMEM_SM ((size_t)228 * 1024)
+// xmode -1 takes the fast path (w4a16_gemv_v3f_kernel) where it applies
+// (-DV3F_AUTO=0: never)
+#ifndef V3F_AUTO
+#define V3F_AUTO 1
+#endif
 #define V3_RING_BYTES(n) (V3_WARPS * V3_XD * 4 * 4 * (n) * 16)
 #define V3_GEMM_THREADS 256
 #define V3_GEMM_DEPTH 2
@@ -187,6 +204,63 @@ static __device__ __forceinline__ void v3_store(const V3Gemv &p, int m, const fl
     }
 }
 
+// A GEMV warp's share: this block's tiles from T0 (R chunks of them), this
+// warp's piece [q0, q1) of those chunks, whose first tile is f0 (block-local).
+struct V3Piece {
+    int T0, R, q0, q1, f0;
+};
+
+static __device__ __forceinline__ V3Piece v3_piece(const V3Gemv &p, int warp) {
+    V3Piece w;
+    w.T0 = (int)((long long)p.mt * blockIdx.x / gridDim.x);
+    const int T1 = (int)((long long)p.mt * (blockIdx.x + 1) / gridDim.x);
+    w.R = (T1 - w.T0) * p.nck;
+    w.q0 = (int)((long long)w.R * warp / V3_WARPS);
+    w.q1 = (int)((long long)w.R * (warp + 1) / V3_WARPS);
+    w.f0 = w.q0 / p.nck;
+    return w;
+}
+
+// The end of a GEMV block: a tile shared by several warps' pieces is added
+// up (their partials in red, slot 0 = a piece's first tile, 1 = its last)
+// by the warp holding its last chunk: that tile is this warp's first, begun
+// by earlier warps (warp order: deterministic).
+static __device__ __forceinline__ void v3_add_shared_tiles(const V3Gemv &p, const V3Piece &w,
+                                                           const float (*red)[2][4][32], int lane,
+                                                           int g, int t) {
+    __syncthreads();
+    const int nck = p.nck;
+    if (w.q0 < w.q1 && w.f0 * nck < w.q0 && (w.f0 + 1) * nck <= w.q1) {
+        const int ts = w.f0 * nck, te = ts + nck;
+        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int k = 0; k < V3_WARPS; k++) {
+            const int a = (int)((long long)w.R * k / V3_WARPS);
+            const int b = (int)((long long)w.R * (k + 1) / V3_WARPS);
+            if (a >= b || b <= ts || a >= te) continue;
+            const int slot = a / nck == w.f0 ? 0 : 1;
+#pragma unroll
+            for (int e = 0; e < 4; e++) v[e] += red[k][slot][e][lane];
+        }
+        v3_store(p, w.T0 + w.f0, v, g, t);
+    }
+}
+
+// Tile tl (block-local) ends in warp w's piece with the sums acc: written
+// out if the piece holds all of it, else its partial goes to w's red slot 0
+// (the piece's first tile) or 1 (its last); acc is zeroed.
+static __device__ __forceinline__ void v3_finish_tile(const V3Gemv &p, const V3Piece &w, int tl,
+                                                      float acc[4], float (*red)[4][32], int lane,
+                                                      int g, int t) {
+    if (tl * p.nck >= w.q0 && (tl + 1) * p.nck <= w.q1) {
+        v3_store(p, w.T0 + tl, acc, g, t);
+    } else {
+        const int slot = tl == w.f0 ? 0 : 1;
+#pragma unroll
+        for (int e = 0; e < 4; e++) red[slot][e][lane] = acc[e];
+    }
+    acc[0] = acc[1] = acc[2] = acc[3] = 0.0f;
+}
+
 // grid.x = G blocks of V3_THREADS; dynamic shared memory: x (XS) or the rings.
 template <int GS, bool XS>
 static __global__ void __launch_bounds__(V3_THREADS, 1) w4a16_gemv_v3_kernel(const V3Gemv p) {
@@ -195,13 +269,8 @@ static __global__ void __launch_bounds__(V3_THREADS, 1) w4a16_gemv_v3_kernel(con
     __shared__ float red[V3_WARPS][2][4][32]; // partial sums of shared tiles
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int nck = p.nck, in = p.in;
-    // this block's tiles, this warp's piece [q0, q1) of their chunks
-    const int T0 = (int)((long long)p.mt * blockIdx.x / gridDim.x);
-    const int T1 = (int)((long long)p.mt * (blockIdx.x + 1) / gridDim.x);
-    const int R = (T1 - T0) * nck;
-    const int q0 = (int)((long long)R * warp / V3_WARPS);
-    const int q1 = (int)((long long)R * (warp + 1) / V3_WARPS);
-    const int f0 = q0 / nck; // first tile of the piece (block-local)
+    const V3Piece pc = v3_piece(p, warp);
+    const int T0 = pc.T0, q0 = pc.q0, q1 = pc.q1, f0 = pc.f0;
     const bool has_x = g < p.n;
     const uint4 *wq = p.qw + (size_t)T0 * nck * V3_CU4 + lane;
     const size_t tstride = (size_t)p.ng * 8; // scale pairs per tile
@@ -265,18 +334,7 @@ static __global__ void __launch_bounds__(V3_THREADS, 1) w4a16_gemv_v3_kernel(con
     }
 
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    // tile tl (block-local) ends in this piece: written out if the piece
-    // holds all of it, else its partial goes to slot 0 (first tile) or 1
-    auto finish = [&](int tl) {
-        if (tl * nck >= q0 && (tl + 1) * nck <= q1) {
-            v3_store(p, T0 + tl, acc, g, t);
-        } else {
-            const int slot = tl == f0 ? 0 : 1;
-#pragma unroll
-            for (int e = 0; e < 4; e++) red[warp][slot][e][lane] = acc[e];
-        }
-        acc[0] = acc[1] = acc[2] = acc[3] = 0.0f;
-    };
+    auto finish = [&](int tl) { v3_finish_tile(p, pc, tl, acc, red[warp], lane, g, t); };
 
     int cm = T0 + f0, cc = q0 - f0 * nck; // the consumer's tile and chunk
     int dx = 0;                           // ... and x ring slot
@@ -312,22 +370,182 @@ static __global__ void __launch_bounds__(V3_THREADS, 1) w4a16_gemv_v3_kernel(con
         }
     }
 
-    // A shared tile is added up by the warp holding its last chunk: that
-    // tile is this warp's first, begun by earlier warps (warp order:
-    // deterministic).
-    __syncthreads();
-    if (q0 < q1 && f0 * nck < q0 && (f0 + 1) * nck <= q1) {
-        const int ts = f0 * nck, te = ts + nck;
-        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int w = 0; w < V3_WARPS; w++) {
-            const int a = (int)((long long)R * w / V3_WARPS), b = (int)((long long)R * (w + 1) / V3_WARPS);
-            if (a >= b || b <= ts || a >= te) continue;
-            const int slot = a / nck == f0 ? 0 : 1;
-#pragma unroll
-            for (int e = 0; e < 4; e++) v[e] += red[w][slot][e][lane];
+    v3_add_shared_tiles(p, pc, red, lane, g, t);
+}
+
+// GEMV fast path (group 128, in % 128 == 0, x staged whole): then the
+// (tile, chunk) index q of a piece is linear in everything a chunk needs:
+// weights at q KB, scales and zero points at 8 q (one group per chunk), x
+// at chunk q mod nck. Per chunk, each lane copies its 2 x 16 bytes of
+// weights and lanes 0..2 the chunk's 32 bytes of scales and 16 of zero
+// points (cp.async) into slot q mod D of the warp's shared ring (67 units:
+// weights, then scales, then zeros), D chunks ahead; no register holds a
+// load in flight (MINB blocks per SM fit the registers). The zero point
+// leaves the dequantisation: the A fragment is 128 + q (one LOP3 per pair,
+// exact), and the chunk's sum is corrected by -(128 + z) sum(x over the
+// chunk), the sums computed once per block after x is staged (fp32; the
+// products are exact, the sums cancel to within ~2^-24 of 136 |x| per
+// input). Shared memory is addressed through 32-bit registers computed
+// once. Lanes g >= n read x row n - 1: their output columns are not stored.
+#define V3F_SLOT (V3_CU4 + 3)
+
+static __device__ __forceinline__ uint4 lds128(uint32_t a) {
+    uint4 u;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(u.x), "=r"(u.y), "=r"(u.z), "=r"(u.w)
+                 : "r"(a));
+    return u;
+}
+static __device__ __forceinline__ uint32_t lds32(uint32_t a) {
+    uint32_t v;
+    asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(a));
+    return v;
+}
+static __device__ __forceinline__ uint32_t lds16(uint32_t a) {
+    uint16_t v;
+    asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(a));
+    return v;
+}
+static __device__ __forceinline__ float2 lds64f(uint32_t a) {
+    float2 v;
+    asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(a));
+    return v;
+}
+static __device__ __forceinline__ void cp_async16_s(uint32_t s, const void *gmem) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+
+template <int D, int MINB>
+static __global__ void __launch_bounds__(V3_THREADS, MINB) w4a16_gemv_v3f_kernel(const V3Gemv p) {
+    extern __shared__ __align__(16) uint4 v3_smem[];
+    __shared__ float red[V3_WARPS][2][4][32]; // partial sums of shared tiles
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int nck = p.nck, in = p.in;
+    const V3Piece pc = v3_piece(p, warp);
+    const int T0 = pc.T0, q0 = pc.q0, q1 = pc.q1, f0 = pc.f0;
+    // shared: x (n rows of xsu units, as w4a16_gemv_v3_kernel's XS), the
+    // chunk sums of x (nck x npad floats, npad = n rounded up to even; the
+    // region rounded up to 16 bytes), the warps' rings
+    const int xsu = nck * 16 + 4, npad = (p.n + 1) & ~1;
+    const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(v3_smem);
+    const uint32_t xsum_s = sbase + (uint32_t)p.n * xsu * 16;
+    const uint32_t ring_s = xsum_s + (((uint32_t)(nck * npad) * 4 + 15) & ~15u) +
+                            (uint32_t)warp * D * V3F_SLOT * 16;
+    { // the whole x (the oldest cp.async group)
+        const int units = nck * 16;
+        for (int idx = threadIdx.x; idx < p.n * units; idx += V3_THREADS) {
+            const int r = idx / units, u = idx - r * units;
+            cp_async16_s(sbase + (uint32_t)(r * xsu + u) * 16, p.x + (size_t)r * in + 8 * u);
         }
-        v3_store(p, T0 + f0, v, g, t);
+        cp_async_commit();
     }
+    // this lane's sources at chunk q0 of the piece: weights; scales (lanes
+    // 0, 1: 16 bytes each of 32 per chunk) or zero points (lane 2: 16 bytes)
+    const size_t c0 = (size_t)T0 * nck + q0; // global (tile, chunk) index
+    const uint4 *wsrc = p.qw + c0 * V3_CU4 + lane;
+    const bool mcopy = lane < 2 || (lane == 2 && p.zz);
+    const uint4 *msrc = lane < 2 ? reinterpret_cast<const uint4 *>(p.sc + c0 * 8) + lane
+                                 : reinterpret_cast<const uint4 *>(p.zz + c0 * 8);
+    const int mstep = lane < 2 ? 2 : 1;
+    const uint32_t wdst = ring_s + lane * 16, mdst = ring_s + (V3_CU4 + lane) * 16;
+    int lq = q0;
+    auto load = [&](int d) {
+        if (lq < q1) {
+            cp_async16_s(wdst + d * V3F_SLOT * 16, wsrc);
+            cp_async16_s(wdst + d * V3F_SLOT * 16 + 512, wsrc + 32);
+            if (mcopy) cp_async16_s(mdst + d * V3F_SLOT * 16, msrc);
+        }
+        cp_async_commit(); // one group per chunk, empty past the end
+        wsrc += V3_CU4, msrc += mstep, lq++;
+    };
+#pragma unroll
+    for (int d = 0; d < D; d++) load(d);
+    cp_async_wait<D>(); // x has landed (this thread's part)
+    __syncthreads();
+    // the chunk sums of x: xsum[c][r] = sum of row r's inputs 128 c .. 128 c
+    // + 127 (0 for r = n when n is odd), 4 threads per sum (32 inputs each,
+    // then two shuffles); the loop runs whole warps
+    {
+        const int items = nck * npad, total = (4 * items + 31) & ~31;
+        for (int idx = threadIdx.x; idx < total; idx += V3_THREADS) {
+            const int it = idx >> 2, part = idx & 3, r = it % npad, c = it / npad;
+            float sum = 0.0f;
+            if (it < items && r < p.n) {
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    const uint4 v = lds128(sbase + (uint32_t)(r * xsu + c * 16 + 4 * part + u) * 16);
+                    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        sum += __uint_as_float(w[i] << 16) + __uint_as_float(w[i] & 0xFFFF0000u);
+                }
+            }
+            sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 1);
+            sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 2);
+            if (part == 0 && it < items)
+                asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(xsum_s + (uint32_t)it * 4), "f"(sum));
+        }
+    }
+    __syncthreads();
+
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    auto finish = [&](int tl) { v3_finish_tile(p, pc, tl, acc, red[warp], lane, g, t); };
+    const int xr = g < p.n ? g : p.n - 1;
+    int cm = f0, cc = q0 - f0 * nck; // the consumer's tile (block-local) and chunk
+    uint32_t x_s = sbase + (uint32_t)(xr * xsu + cc * 16 + t) * 16; // chunk cc, step 0
+    // this lane's output columns 2t, 2t + 1 (those >= n are not stored: read
+    // the last pair instead)
+    const int xcol = 2 * t < npad ? 2 * t : npad - 2;
+    uint32_t xsum_c = xsum_s + (uint32_t)(cc * npad + xcol) * 4;
+    const uint32_t x_row0 = sbase + (uint32_t)(xr * xsu + t) * 16, xsum_0 = xsum_s + 4 * xcol;
+    const uint32_t wsrc_s = ring_s + lane * 16, msrc_s = ring_s + V3_CU4 * 16 + 4 * g;
+    for (int q = q0; q < q1; q += D) {
+#pragma unroll
+        for (int d = 0; d < D; d++) {
+            if (q + d < q1) {
+                cp_async_wait<D - 1>(); // this lane's copies of chunk q + d
+                __syncwarp();           // ... and lanes 0..2's scales
+                const uint32_t sl = wsrc_s + d * V3F_SLOT * 16;
+                const uint4 w0 = lds128(sl), w1 = lds128(sl + 512);
+                const uint32_t ms = msrc_s + d * V3F_SLOT * 16;
+                const uint32_t sc = lds32(ms);
+                const uint32_t zp = p.zz ? lds16(ms - 2 * g + 32) : 0x0808u;
+                __syncwarp(); // slot d is free for chunk q + d + D
+                load(d);
+                float p0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, p1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    uint32_t a0[4], a1[4];
+                    nib_pairs(word_of(w0, i), a0);
+                    nib_pairs(word_of(w1, i), a1);
+                    const uint4 b = lds128(x_s + 64 * i);
+                    const uint32_t A0[4] = {a0[0], a1[0], a0[1], a1[1]}; // inputs 8t + 0..3
+                    const uint32_t A1[4] = {a0[2], a1[2], a0[3], a1[3]}; // inputs 8t + 4..7
+                    mma_bf16_16816(p0, A0, b.x, b.y);
+                    mma_bf16_16816(p1, A1, b.z, b.w);
+                }
+                // sum (q - z) x = sum (128 + q) x - (128 + z) sum x; 128 + z
+                // as a float from its bits
+                const float2 X = lds64f(xsum_c);
+                const float z0 = __uint_as_float(0x43000000u | (zp & 0xFFu) << 16);
+                const float z1 = __uint_as_float(0x43000000u | (zp & 0xFF00u) << 8);
+                const float2 s = half2_bits_to_float2(sc);
+                acc[0] = fmaf(s.x, fmaf(-z0, X.x, p0[0] + p1[0]), acc[0]);
+                acc[1] = fmaf(s.x, fmaf(-z0, X.y, p0[1] + p1[1]), acc[1]);
+                acc[2] = fmaf(s.y, fmaf(-z1, X.x, p0[2] + p1[2]), acc[2]);
+                acc[3] = fmaf(s.y, fmaf(-z1, X.y, p0[3] + p1[3]), acc[3]);
+                x_s += 256, xsum_c += 4 * npad;
+                if (++cc == nck) {
+                    finish(cm);
+                    cc = 0, cm++, x_s = x_row0, xsum_c = xsum_0;
+                } else if (q + d == q1 - 1) {
+                    finish(cm);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>(); // (only empty groups remain)
+    v3_add_shared_tiles(p, pc, red, lane, g, t);
 }
 
 // SMs of the current device (sizes the persistent grid), asked once per device.
@@ -379,6 +597,47 @@ static void v3_fill(P &p, sl_bf16 *y, const sl_bf16 *x, const uint32_t *qt, cons
     p.mt = (out_dim + 15) / 16, p.nck = (in_dim + V3_KC - 1) / V3_KC, p.ng = in_dim / group;
 }
 
+template <int D, int MINB>
+static void launch_gemv_v3f(const V3Gemv &p, int ctas, size_t smem, cudaStream_t s) {
+    static bool attr_set = false;
+    if (!attr_set) {
+        CUDA_CHECK(cudaFuncSetAttribute(w4a16_gemv_v3f_kernel<D, MINB>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, V3_SMEM_MAX));
+        attr_set = true;
+    }
+    w4a16_gemv_v3f_kernel<D, MINB><<<(unsigned)ctas, V3_THREADS, smem, s>>>(p);
+    CUDA_CHECK_LAUNCH();
+}
+
+// The fast path's configurations (xmode 2 + k): chunks in flight per warp,
+// blocks per SM. Default: SLUICE_INT4_V3F (benchmarks), else V3F_DEFAULT.
+static const struct {
+    int depth, blocks;
+} v3f_cfgs[W4A16_V3F_CONFIGS] = {{4, 2}, {5, 2}, {6, 1}, {8, 1}, {10, 1}};
+#ifndef V3F_DEFAULT
+#define V3F_DEFAULT 2
+#endif
+
+static void launch_gemv_v3f_cfg(const V3Gemv &p, int cfg, int ctas, size_t smem, cudaStream_t s) {
+    switch (cfg) {
+    case 0: launch_gemv_v3f<4, 2>(p, ctas, smem, s); break;
+    case 1: launch_gemv_v3f<5, 2>(p, ctas, smem, s); break;
+    case 2: launch_gemv_v3f<6, 1>(p, ctas, smem, s); break;
+    case 3: launch_gemv_v3f<8, 1>(p, ctas, smem, s); break;
+    default: launch_gemv_v3f<10, 1>(p, ctas, smem, s); break;
+    }
+}
+
+static int v3f_cfg_default() {
+    static int cfg = -1;
+    if (cfg < 0) {
+        const char *e = getenv("SLUICE_INT4_V3F");
+        cfg = e && *e ? atoi(e) : V3F_DEFAULT;
+        if (cfg < 0 || cfg >= W4A16_V3F_CONFIGS) cfg = V3F_DEFAULT;
+    }
+    return cfg;
+}
+
 extern "C" void cuda_w4a16_gemv_v3_ex(sl_bf16 *y, const sl_bf16 *x, const uint32_t *qt,
                                       const uint16_t *st, const uint8_t *zt, const float *bias,
                                       int n, int in_dim, int out_dim, int group, int xmode,
@@ -389,15 +648,33 @@ extern "C" void cuda_w4a16_gemv_v3_ex(sl_bf16 *y, const sl_bf16 *x, const uint32
                  "in_dim, x 16-byte aligned", "cuda_w4a16_gemv_v3");
     V3Gemv p;
     v3_fill(p, y, x, qt, st, zt, bias, n, in_dim, out_dim, group);
-    // Persistent grid: at most one block per SM, the tiles split evenly
-    // (every block gets the same number of tiles, give or take one only
-    // where the SMs cannot all get ceil(mt / SMs)).
+    const size_t xs_bytes = (size_t)n * (p.nck * 16 + 4) * 16;
+    // the fast path where it applies and x plus the rings fit (auto: the
+    // default configuration, else rings of 5, else 4 chunks)
+    int cfg = xmode >= 2 && xmode < 2 + W4A16_V3F_CONFIGS ? xmode - 2 : v3f_cfg_default();
+    auto fbytes = [&](int k) {
+        return xs_bytes + (((size_t)p.nck * ((n + 1) & ~1) * 4 + 15) & ~(size_t)15) +
+               (size_t)V3_WARPS * v3f_cfgs[k].depth * V3F_SLOT * 16;
+    };
+    if (xmode == -1 && fbytes(cfg) > V3_SMEM_MAX) cfg = fbytes(1) <= V3_SMEM_MAX ? 1 : 0;
+    const size_t f_bytes = fbytes(cfg);
+    const bool fast = (xmode >= 2 || (xmode == -1 && V3F_AUTO)) && group == 128 &&
+                      in_dim % 128 == 0 && f_bytes <= V3_SMEM_MAX;
+    const int blocks = fast && (f_bytes + V3_STATIC_SMEM) * v3f_cfgs[cfg].blocks <= V3_SMEM_SM
+                           ? v3f_cfgs[cfg].blocks : 1;
+    // Persistent grid: at most `blocks` blocks per SM, the tiles split
+    // evenly (every block gets the same number of tiles, give or take one
+    // only where the SMs cannot all get ceil(mt / slots)).
     if (ctas <= 0) {
-        const int sms = v3_sm_count(), per = (p.mt + sms - 1) / sms;
+        const int slots = v3_sm_count() * blocks, per = (p.mt + slots - 1) / slots;
         ctas = (p.mt + per - 1) / per;
     }
     if (ctas > p.mt) ctas = p.mt;
-    const size_t xs_bytes = (size_t)n * (p.nck * 16 + 4) * 16;
+    if (fast) {
+        launch_gemv_v3f_cfg(p, cfg, ctas, f_bytes, stream);
+        return;
+    }
+    if (xmode >= 2) xmode = -1;
     const bool xs = xmode == 1 ? xs_bytes <= V3_XS_LIMIT : xmode == 0 ? false : xs_bytes <= V3_XS_MAX_BYTES;
     const size_t smem = xs ? xs_bytes : (size_t)V3_RING_BYTES(n);
     switch (v3_gs(group) * 2 + (xs ? 1 : 0)) {
@@ -674,23 +951,34 @@ extern "C" void cuda_int4_repack_v3(uint32_t *qt, uint16_t *st, uint8_t *zt,
     CUDA_CHECK_LAUNCH();
 }
 
-static __global__ void int4_dequant_v3_kernel(bf16 *__restrict__ dst, const uint32_t *__restrict__ qt,
+// One thread per lane unit (4 words, 16 bytes: row g or g + 8 of a tile,
+// inputs 32 i + 8 t + 0..7 of a chunk, i = 0..3): one 16-byte load, four
+// 16-byte stores 64 bytes apart (a warp covers 2 rows x 256 contiguous bytes).
+static __global__ void int4_dequant_v3_kernel(bf16 *__restrict__ dst, const uint4 *__restrict__ qt,
                                               const __half *__restrict__ st,
                                               const uint8_t *__restrict__ zt, int out, int in,
-                                              int group, int nck, int ng, size_t nw) {
-    for (size_t w = blockIdx.x * (size_t)blockDim.x + threadIdx.x; w < nw;
-         w += (size_t)gridDim.x * blockDim.x) {
+                                              int group, int nck, int ng, size_t nu) {
+    for (size_t u = blockIdx.x * (size_t)blockDim.x + threadIdx.x; u < nu;
+         u += (size_t)gridDim.x * blockDim.x) {
+        const size_t w = 4 * u;
         const V3Word a = v3_word(w, nck);
         if (a.row >= out || a.k0 >= in) continue;
         const int L = (int)((w >> 2) & 31);
-        const size_t gi = ((w >> 8) / nck * ng + a.k0 / group) * 16 + 2 * (L >> 2) + ((w >> 7) & 1);
-        const float s = __half2float(st[gi]), z = zt ? (float)zt[gi] : 8.0f;
-        const uint32_t v = qt[w];
-        __align__(16) bf16 o[8];
+        const size_t gbase = (w >> 8) / nck * ng * 16 + 2 * (L >> 2) + ((w >> 7) & 1);
+        const uint4 q = qt[u];
+        const uint32_t qv[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-        for (int p = 0; p < 8; p++)
-            o[v3_pi(p)] = __float2bfloat16_rn(((float)((v >> (4 * p)) & 15u) - z) * s);
-        *reinterpret_cast<uint4 *>(dst + (size_t)a.row * in + a.k0) = *reinterpret_cast<const uint4 *>(o);
+        for (int i = 0; i < 4; i++) {
+            const int k0 = a.k0 + 32 * i;
+            if (k0 >= in) break;
+            const size_t gi = gbase + (size_t)(k0 / group) * 16;
+            const float sc = __half2float(st[gi]), z = zt ? (float)zt[gi] : 8.0f;
+            __align__(16) bf16 o[8];
+#pragma unroll
+            for (int p = 0; p < 8; p++)
+                o[v3_pi(p)] = __float2bfloat16_rn(((float)((qv[i] >> (4 * p)) & 15u) - z) * sc);
+            *reinterpret_cast<uint4 *>(dst + (size_t)a.row * in + k0) = *reinterpret_cast<const uint4 *>(o);
+        }
     }
 }
 
@@ -699,9 +987,9 @@ extern "C" void cuda_int4_dequant_bf16_v3(sl_bf16 *dst, const uint32_t *qt, cons
                                           cudaStream_t stream) {
     if (out_dim <= 0 || in_dim <= 0) return;
     const int nck = (in_dim + V3_KC - 1) / V3_KC, ng = in_dim / group;
-    const size_t nw = w4a16_v3_qwords(out_dim, in_dim);
-    int4_dequant_v3_kernel<<<grid_for(nw), 256, 0, stream>>>(
-        reinterpret_cast<bf16 *>(dst), qt, reinterpret_cast<const __half *>(st), zt, out_dim,
-        in_dim, group, nck, ng, nw);
+    const size_t nu = w4a16_v3_qwords(out_dim, in_dim) / 4;
+    int4_dequant_v3_kernel<<<grid_for(nu), 256, 0, stream>>>(
+        reinterpret_cast<bf16 *>(dst), reinterpret_cast<const uint4 *>(qt),
+        reinterpret_cast<const __half *>(st), zt, out_dim, in_dim, group, nck, ng, nu);
     CUDA_CHECK_LAUNCH();
 }

@@ -20,28 +20,9 @@ SLUICE=$BUILD/sluice
 MODEL=tests/models/tiny-code-llama
 mkdir -p "$WORK"
 
-python3 - "$WORK" <<'PY'
-import json, sys
-work = sys.argv[1]
-sets = {
-    "calib": ["tests/golden/make_golden.py"],
-    "heldout": ["tests/tokenizer/make_fixtures.py", "tests/golden/check_completions.py",
-                "tests/tokenizer/bench_hf.py", "tests/gpu/hf_generate_bench.py"],
-}
-for name, files in sets.items():
-    with open(f"{work}/{name}.jsonl", "w") as out:
-        for f in files:
-            text = open(f).read()
-            # split at line boundaries into pieces of about 1500 characters
-            piece = ""
-            for line in text.splitlines(keepends=True):
-                if len(piece) + len(line) > 1500 and piece:
-                    out.write(json.dumps({"prompt": piece}) + "\n")
-                    piece = ""
-                piece += line
-            if piece.strip():
-                out.write(json.dumps({"prompt": piece}) + "\n")
-PY
+python3 tests/awq/cut_prompts.py "$WORK/calib.jsonl" tests/golden/make_golden.py
+python3 tests/awq/cut_prompts.py "$WORK/heldout.jsonl" tests/tokenizer/make_fixtures.py \
+    tests/golden/check_completions.py tests/tokenizer/bench_hf.py tests/gpu/hf_generate_bench.py
 
 for s in calib heldout; do
     "$SLUICE" prep --model "$MODEL" --input "$WORK/$s.jsonl" --output "$WORK/$s.h5" >/dev/null

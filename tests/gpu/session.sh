@@ -77,6 +77,10 @@ bench-int4)
             --backend cuda --dtype int4 "$@" --output "$OUT/bench-int4-$a-b$mb$*.json" 2>&1 \
             | tee "$OUT/bench-int4-$a-b$mb.log" | grep -E "sluice bench|output tokens/s|TPOT|memory|rror" | head -5
     done ;;
+readprobe)
+    # HBM read bandwidth by access pattern (the W4A16 GEMV's ceiling)
+    nvcc -O3 -gencode=arch=compute_90a,code=sm_90a tests/gpu/read_probe.cu -o build/read_probe \
+        2>"$OUT/readprobe-build.log" && build/read_probe | tee "$OUT/readprobe.log" ;;
 bench-180)
     # Falcon-180B shape, INT4 weights + FP8 KV cache, on this one GPU
     timeout ${B180_TIMEOUT:-200} build/sluice bench --arch falcon-180b --isl 128 --osl 128 --requests ${N180:-512} \
