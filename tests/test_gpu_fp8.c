@@ -143,9 +143,11 @@ static long check_fp8(const char *what, const uint8_t *gq, const float *gs, cons
 static void test_quantize_rows(void) {
     if (!tu_gpu_ready()) return;
     uint64_t rng = 5;
-    const int dims[] = {16, 383, 4096};
+    // 16, 1000, 4096, 8192: bf16 takes the vector kernel (1, 1 partial, 2 and
+    // 8 vectors a thread); 383 and 12288: the scalar one
+    const int dims[] = {16, 383, 1000, 4096, 8192, 12288};
     for (int f32 = 0; f32 < 2; f32++)
-        for (int di = 0; di < 3; di++)
+        for (int di = 0; di < 6; di++)
             for (int ni = 0; ni < N_NS; ni++)
                 for (int st = 0; st < 2; st++) {
                     int n = NS[ni], dim = dims[di];
