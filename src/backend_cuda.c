@@ -1186,6 +1186,12 @@ Backend *backend_cuda_create_ex(int device, int act_f32, sl_err *err) {
         return NULL;
     }
 
+    const char *gen = getenv("SLUICE_INT4_KERNELS");
+    if (gen && *gen && strcmp(gen, "v1") && strcmp(gen, "v2") && strcmp(gen, "v3")) {
+        sl_errf(err, "SLUICE_INT4_KERNELS=%s: expected v1, v2 or v3 (default v3)", gen);
+        return NULL;
+    }
+
     sl_log_set_gpu(device);
     CudaImpl *c = sl_calloc(1, sizeof *c);
     c->device = device;

@@ -633,7 +633,9 @@ static int v3f_cfg_default() {
     if (cfg < 0) {
         const char *e = getenv("SLUICE_INT4_V3F");
         cfg = e && *e ? atoi(e) : V3F_DEFAULT;
-        if (cfg < 0 || cfg >= W4A16_V3F_CONFIGS) cfg = V3F_DEFAULT;
+        if (cfg < 0 || cfg >= W4A16_V3F_CONFIGS || (e && *e && (e[0] < '0' || e[0] > '9' || e[1])))
+            SL_FATAL("sluice", "SLUICE_INT4_V3F: expected a configuration 0..4 of the INT4 GEMV "
+                     "fast path", "cuda_w4a16_gemv_v3");
     }
     return cfg;
 }
