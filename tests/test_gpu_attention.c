@@ -244,9 +244,14 @@ static void run_case(const Shape *sh, const Seq *seqs, int n_seqs, int max_kv_mo
     if (g_kv_fp8 == 2) {
         sl_bf16 *d_kb = dev_bf16(kc, cache_n), *d_vb = dev_bf16(vc, cache_n); // exact
         CUDA_CHECK(cudaMemset(d_out, 0xFF, out_n * sizeof(sl_bf16)));
+        // the same prefill kernel as the FP8 run (the defaults differ by cache
+        // type, and kernels sum in different orders)
+        const int m8 = cuda_attention_prefill_wg_mode(1), m16 = cuda_attention_prefill_wg_mode(0);
+        if (m8 != m16) cuda_attention_prefill_wg(m8);
         cuda_paged_attention_window(d_out, d_qkv, d_kb, d_vb, d_pos, d_seq_of, d_seq_start,
                                     d_kv_len, d_bt, max_blocks, n, n_seqs, max_kv_arg, nh, nkv,
                                     hd, bs, scale, g_window, d_slopes, d_ws, 0);
+        if (m8 != m16) cuda_attention_prefill_wg(-1);
         sl_bf16 *h_ref = sl_malloc(out_n * sizeof(sl_bf16));
         CUDA_CHECK(cudaMemcpy(h_ref, d_out, out_n * sizeof(sl_bf16), cudaMemcpyDeviceToHost));
         // Decode rows at head_dim 64/128 take the tensor-core FP8 kernel (fp16
@@ -360,24 +365,32 @@ static void test_mixed_shapes(void) {
     for (int i = 0; i < N_SHAPES; i++) run_case(&SHAPES[i], MIXED, N_MIXED, 0, 1000 + i);
 }
 
-// Head dim 128 has two prefill kernels: warpgroup MMAs (wgmma, which the
+// Head dim 128 has three prefill kernels: warpgroup MMAs (wgmma, which the
 // other tests here take at head_dim 128: in ping-pong over an FP8 cache, not
-// over bf16) and the mma.sync kernel of the other head dims
+// over bf16), the same warp-specialised (a producer warpgroup loads K/V into
+// a ring of buffers) and the mma.sync kernel of the other head dims
 // (SLUICE_PREFILL_WG=0). Each mode, mma.sync (0), wgmma without (1) and
-// with (2) ping-pong, on the head_dim-128 cases: mixed calls, prefill only (a chunk mid-block; two
-// sequences sharing a tile), a chunk deep into its context, a window with
-// ALiBi, an FP8 cache (also bit for bit against the bf16 path on the
-// decoded values).
+// with (2) ping-pong, warp-specialised with (3) and without (4), on the
+// head_dim-128 cases: mixed calls, prefill only (a chunk mid-block; two
+// sequences sharing a tile; four segments of 1-6 key tiles in one CTA, so
+// the ring's slots and phases carry across segments), a chunk deep into its
+// context, a window with ALiBi, an FP8 cache (also bit for bit against the
+// bf16 path on the decoded values).
 static void test_prefill_mma_sync_hd128(void) {
     if (!tu_gpu_ready()) return;
     static const int hd128[] = {0, 2, 7};
-    for (int mode = 0; mode <= 2; mode++) { // mma.sync; wgmma; wgmma in ping-pong
+    for (int mode = 0; mode <= 4; mode++) { // mma.sync; wgmma; ping-pong; warp-specialised (+pp)
         printf("  prefill kernel mode %d\n", mode);
         cuda_attention_prefill_wg(mode);
         for (int i = 0; i < 3; i++) run_case(&SHAPES[hd128[i]], MIXED, N_MIXED, 0, 1200 + i);
         Seq chunk[1] = {{130, 50}}, two[2] = {{65, 0}, {64, 7}}, deep[2] = {{300, 1000}, {1, 1500}};
         run_case(&SHAPES[2], chunk, 1, 0, 1210);
         run_case(&SHAPES[0], two, 2, 0, 1211);
+        Seq multi[4] = {{40, 500}, {100, 260}, {30, 0}, {90, 1200}};
+        run_case(&SHAPES[2], multi, 4, 0, 1217);
+        g_kv_fp8 = 1;
+        run_case(&SHAPES[0], multi, 4, 0, 1218);
+        g_kv_fp8 = 0;
         run_case(&SHAPES[0], deep, 2, 1, 1212);
         g_window = 37, g_alibi = 1;
         run_case(&SHAPES[0], MIXED, N_MIXED, 0, 1213);
@@ -388,6 +401,16 @@ static void test_prefill_mma_sync_hd128(void) {
         g_kv_fp8 = 2;
         run_case(&SHAPES[7], MIXED, N_MIXED, 0, 1216);
         g_kv_fp8 = 0;
+        if (mode >= 3) { // the persistent grid cut to 7 CTAs: many items each
+            cuda_attention_prefill_ws_ctas(7);
+            run_case(&SHAPES[0], MIXED, N_MIXED, 0, 1219);
+            run_case(&SHAPES[2], multi, 4, 0, 1220);
+            g_kv_fp8 = 1;
+            run_case(&SHAPES[0], MIXED, N_MIXED, 0, 1221);
+            run_case(&SHAPES[2], deep, 2, 0, 1222);
+            g_kv_fp8 = 0;
+            cuda_attention_prefill_ws_ctas(0);
+        }
     }
     cuda_attention_prefill_wg(-1);
 }
@@ -648,9 +671,10 @@ static void test_bench(void) {
         int32_t *d_pos = dev_i32(pos, n), *d_seq = dev_i32(seq, n), *d_ss = dev_i32(ss, pf_prompts + 1);
         int32_t *d_kvl = dev_i32(kvl, pf_prompts), *d_bt = dev_i32(bt, (size_t)pf_prompts * max_blocks);
         // bf16 cache, then the same bytes read as an FP8 cache (e4m3 0x3C = 1.5)
-        static const int kmode[3] = {0, 1, 2}; // mma.sync; wgmma; wgmma ping-pong
-        static const char *const kname[3] = {"mma.sync", "wgmma", "wgmma ping-pong"};
-        for (int kv8 = 0; kv8 < 6; kv8++) { // bf16, fp8 cache on each kernel
+        static const int kmode[5] = {0, 1, 2, 3, 4};
+        static const char *const kname[5] = {"mma.sync", "wgmma", "wgmma ping-pong",
+                                             "warp-specialised ping-pong", "warp-specialised"};
+        for (int kv8 = 0; kv8 < 10; kv8++) { // bf16, fp8 cache on each kernel
             cuda_attention_prefill_wg(kmode[kv8 / 2]);
             for (int r = 0; r < 3 + BENCH_REPS; r++) {
                 CUDA_CHECK(cudaEventRecord(e0, 0));

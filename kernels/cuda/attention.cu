@@ -33,7 +33,10 @@
 //   warpgroup MMAs (attn_prefill_wg_kernel, below; 128 query rows x one head
 //   per CTA, key tiles of 128 positions in 128-byte swizzled shared memory,
 //   the S and P.V MMA chains of consecutive half tiles overlapped with the
-//   softmax). SLUICE_PREFILL_WG=0 keeps the mma.sync kernel there.
+//   softmax); over an FP8 cache its warp-specialised, persistent form
+//   (attn_prefill_ws_kernel: a producer warpgroup loads and decodes the K/V
+//   tiles into a ring that two consumer warpgroups read). SLUICE_PREFILL_WG
+//   picks among them (0 keeps the mma.sync kernel there too).
 //
 // - decode (sequences with exactly one row): flash-decoding. A CTA owns one
 //   sequence x one kv head (x up to 8 of the query heads sharing it, so each
@@ -49,6 +52,7 @@
 //   positions each), so a CUDA graph captured with max_kv_len = max_seq_len
 //   stays correct for any shorter context (splits past a sequence's length
 //   exit at once; the last split always runs to the sequence's end).
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <cuda_bf16.h>
@@ -1586,6 +1590,377 @@ static __global__ void __launch_bounds__(WG_THREADS, 1)
 }
 
 // ----------------------------------------------------------------------------
+// prefill at head_dim 128, warp-specialised (SLUICE_PREFILL_WG=3 with the
+// ping-pong, 4 without): attn_prefill_wg_kernel's two warpgroups of 64 query
+// rows become consumers that only issue MMAs and run the softmax, and a third
+// warpgroup, the producer, does every K/V load. The K/V tiles go round a ring
+// of bf16 buffers (3 over a bf16 cache; 2 over an FP8 one, fed from two
+// stages of raw codes that the producer decodes), handed over by mbarriers:
+// full[b] (the producer's 128 threads arrive once a tile is in buffer b) and
+// empty[b] (the consumers' 256 threads arrive once the last MMA reading it is
+// done). So the loads and the FP8 decode overlap the MMAs instead of
+// stopping both warpgroups at a CTA barrier every tile. Each producer thread
+// decodes exactly the chunks it copied (its own cp.async groups), so the
+// producer needs no barrier of its own. The producer gives registers to the
+// consumers (setmaxnreg): 56 against 224. The grid is persistent (one CTA
+// per SM walking the work items), so the producer fills the ring for the
+// next item while the consumers finish the current one. Each consumer
+// warpgroup takes whole 128-key tiles: S = Q K^T of a tile is issued with
+// the previous tile's P.V, and its softmax runs while that P.V does.
+#define WS_THREADS 384
+#define WS_PREG 56  // registers of a producer thread
+#define WS_CREG 224 // and of a consumer thread (128 x 56 + 256 x 224 <= 64K)
+
+template <typename KT>
+static __global__ void __launch_bounds__(WS_THREADS, 1)
+    attn_prefill_ws_kernel(bf16 *__restrict__ out, const bf16 *__restrict__ qkv,
+                           const KT *__restrict__ k_cache, const KT *__restrict__ v_cache,
+                           const int32_t *__restrict__ pos, const int32_t *__restrict__ seq_of,
+                           const int32_t *__restrict__ seq_start,
+                           const int32_t *__restrict__ block_tables, int max_blocks,
+                           int n_tokens, int n_seqs, int n_heads, int n_kv_heads, int bs_shift,
+                           float scale_log2, float v_mul, int window,
+                           const float *__restrict__ alibi, int pingpong) {
+    constexpr bool FP8 = sizeof(KT) == 1;
+    constexpr int TILE = WG_BN * WG_HD; // elements of a K or V tile
+    constexpr int NBUF = FP8 ? 2 : 3;
+    // sQ [WG_BM x 128], sK[NBUF], sV[NBUF]; FP8: then the codes [2 stages][K,
+    // V][128 x 128 bytes] (the same layout as attn_prefill_wg_kernel's)
+    extern __shared__ __align__(128) unsigned char wg_smem_raw[];
+    unsigned char *wg_smem =
+        wg_smem_raw + ((1024 - ((uint32_t)__cvta_generic_to_shared(wg_smem_raw) & 1023)) & 1023);
+    bf16 *sQ = reinterpret_cast<bf16 *>(wg_smem);
+    bf16 *sK = sQ + WG_BM * WG_HD;
+    bf16 *sV = sK + NBUF * TILE;
+    uint8_t *sRaw = reinterpret_cast<uint8_t *>(sV + NBUF * TILE);
+    __shared__ __align__(8) uint64_t s_full[NBUF], s_empty[NBUF];
+
+    // wg through a shuffle: warp-uniform to the compiler, which keeps the
+    // consumers' wgmma chains out of what it would treat as divergent code
+    const int tid = threadIdx.x, wg = __shfl_sync(0xffffffffu, tid >> 7, 0), lane = tid & 31;
+    const int stride = (n_heads + 2 * n_kv_heads) * WG_HD;
+    const int bmask = (1 << bs_shift) - 1;
+    const size_t blk_stride = (size_t)n_kv_heads << bs_shift;
+    // Persistent: CTA b takes work items b, b + gridDim.x, ...; item i is
+    // query head i % n_heads of row block i / n_heads counted from the end
+    // (late rows, long contexts, first). Each role walks the same items and
+    // segments on its own; they meet only at the ring's mbarriers, so the
+    // producer runs ahead into the next segment or item while the consumers
+    // finish one.
+    const int n_rb = (n_tokens + WG_BM - 1) / WG_BM, n_items = n_rb * n_heads;
+
+    if (tid == 0) {
+        for (int i = 0; i < NBUF; i++) mbar_init(&s_full[i], 128), mbar_init(&s_empty[i], 256);
+    }
+    __syncthreads();
+
+    uint32_t it0 = 0; // tiles of the earlier segments: ring slot and phase
+    if (wg == 0) { // ---- producer
+        wg_setmaxnreg_dec<WS_PREG>();
+        for (int item = blockIdx.x; item < n_items; item += gridDim.x) {
+            const int h = item % n_heads, R0 = (n_rb - 1 - item / n_heads) * WG_BM;
+            const int R1 = min(R0 + WG_BM, n_tokens);
+            const size_t head_row0 = (size_t)(h / (n_heads / n_kv_heads)) << bs_shift;
+            for (int s = seq_of[R0]; s < n_seqs; s++) {
+                const int sb = seq_start[s], se = seq_start[s + 1];
+                if (sb >= R1) break;
+                if (se - sb <= 1) continue; // decode sequence (or empty): not ours
+                const int r0 = max(R0, sb), r1 = min(R1, se);
+                const int32_t *bt = block_tables + (size_t)s * max_blocks;
+                int kv_end = 0; // one past the segment's last position in the CTA's rows
+#pragma unroll
+                for (int k = 0; k < WG_BM / 32; k++) { // each warp on its own: no barrier
+                    const int r = R0 + lane + 32 * k;
+                    if (r >= r0 && r < r1) kv_end = max(kv_end, pos[r] + 1);
+                }
+                kv_end = __reduce_max_sync(0xffffffffu, kv_end);
+                const int nkb = (kv_end + WG_BN - 1) / WG_BN;
+                // bf16: chunk cc of rows rr + 8j straight into the swizzled
+                // buffer; FP8: 16 codes cc8 of rows rr8 + 16j into a stage
+                const int cc = tid & 15, rr = tid >> 4, cc8 = tid & 7, rr8 = tid >> 3;
+                auto row_off = [&](int t) { // element offset of position t's row
+                    return ((size_t)bt[t >> bs_shift] * blk_stride + head_row0 + (t & bmask)) * WG_HD;
+                };
+                auto acquire = [&](uint32_t t) { // buffer of tile t: tile t - NBUF released
+                    if (t >= NBUF) mbar_wait(&s_empty[t % NBUF], (t / NBUF - 1) & 1);
+                };
+                if constexpr (FP8) {
+                    const uint8_t *kc = reinterpret_cast<const uint8_t *>(k_cache);
+                    const uint8_t *vc = reinterpret_cast<const uint8_t *>(v_cache);
+                    auto stage = [&](int i) { return sRaw + (size_t)i * 2 * TILE; };
+                    auto load_raw = [&](int kb, uint8_t *rk) {
+                        uint8_t *rv = rk + TILE;
+#pragma unroll
+                        for (int j = 0; j < WG_BN / 16; j++) {
+                            const int r = rr8 + 16 * j, t = kb * WG_BN + r, so = r * WG_HD + cc8 * 16;
+                            if (t < kv_end) {
+                                const size_t off = row_off(t) + cc8 * 16;
+                                cp_async16(rk + so, kc + off, 16);
+                                cp_async16(rv + so, vc + off, 16);
+                            } else {
+                                cp_async16(rk + so, kc, 0);
+                                cp_async16(rv + so, vc, 0);
+                            }
+                        }
+                    };
+                    for (int j = 0; j < 2; j++) {
+                        if (j < nkb) load_raw(j, stage(j));
+                        cp_async_commit();
+                    }
+                    for (int kb = 0; kb < nkb; kb++) {
+                        const uint32_t t = it0 + kb;
+                        cp_async_wait<1>(); // this thread's codes of tile kb
+                        acquire(t);
+                        const uint8_t *rk = stage(kb & 1), *rv = rk + TILE;
+                        unsigned char *tk = reinterpret_cast<unsigned char *>(sK + (t % NBUF) * TILE);
+                        unsigned char *tv = reinterpret_cast<unsigned char *>(sV + (t % NBUF) * TILE);
+#pragma unroll 2
+                        for (int j = 0; j < WG_BN / 16; j++) {
+                            const int r = rr8 + 16 * j;
+                            const uint4 bk = *reinterpret_cast<const uint4 *>(rk + r * WG_HD + cc8 * 16);
+                            const uint4 bv = *reinterpret_cast<const uint4 *>(rv + r * WG_HD + cc8 * 16);
+                            const int o0 = wg_sw128_off<WG_BN>(r, 2 * cc8);
+                            const int o1 = wg_sw128_off<WG_BN>(r, 2 * cc8 + 1);
+                            *reinterpret_cast<uint4 *>(tk + o0) = e4m3x8_to_bf16x8(make_uint2(bk.x, bk.y));
+                            *reinterpret_cast<uint4 *>(tk + o1) = e4m3x8_to_bf16x8(make_uint2(bk.z, bk.w));
+                            *reinterpret_cast<uint4 *>(tv + o0) = e4m3x8_to_bf16x8(make_uint2(bv.x, bv.y));
+                            *reinterpret_cast<uint4 *>(tv + o1) = e4m3x8_to_bf16x8(make_uint2(bv.z, bv.w));
+                        }
+                        fence_proxy_async();
+                        mbar_arrive(&s_full[t % NBUF]);
+                        if (kb + 2 < nkb) load_raw(kb + 2, stage(kb & 1)); // its own chunks: read above
+                        cp_async_commit();
+                    }
+                } else {
+                    auto load_kv = [&](int kb, uint32_t t) {
+                        unsigned char *tk = reinterpret_cast<unsigned char *>(sK + (t % NBUF) * TILE);
+                        unsigned char *tv = reinterpret_cast<unsigned char *>(sV + (t % NBUF) * TILE);
+#pragma unroll 4
+                        for (int j = 0; j < WG_BN / 8; j++) {
+                            const int r = rr + 8 * j, tt = kb * WG_BN + r, so = wg_sw128_off<WG_BN>(r, cc);
+                            if (tt < kv_end) {
+                                const size_t off = row_off(tt) + cc * 8;
+                                cp_async16(tk + so, k_cache + off, 16);
+                                cp_async16(tv + so, v_cache + off, 16);
+                            } else {
+                                cp_async16(tk + so, k_cache, 0);
+                                cp_async16(tv + so, v_cache, 0);
+                            }
+                        }
+                    };
+                    for (int j = 0; j < 2; j++) {
+                        if (j < nkb) acquire(it0 + j), load_kv(j, it0 + j);
+                        cp_async_commit();
+                    }
+                    for (int kb = 0; kb < nkb; kb++) {
+                        const uint32_t t = it0 + kb;
+                        cp_async_wait<1>(); // this thread's rows of tile kb
+                        fence_proxy_async();
+                        mbar_arrive(&s_full[t % NBUF]);
+                        if (kb + 2 < nkb) acquire(t + 2), load_kv(kb + 2, t + 2);
+                        cp_async_commit();
+                    }
+                }
+                it0 += nkb;
+            }
+        }
+    } else { // ---- consumers: warpgroup cw has rows 64cw .. 64cw + 63
+        wg_setmaxnreg_inc<WS_CREG>();
+        const int cw = wg - 1;
+        const int wrow = cw * 64 + ((tid >> 5) & 3) * 16; // the warp's first row
+        for (int item = blockIdx.x; item < n_items; item += gridDim.x) {
+            const int h = item % n_heads, R0 = (n_rb - 1 - item / n_heads) * WG_BM;
+            const int R1 = min(R0 + WG_BM, n_tokens);
+            for (int s = seq_of[R0]; s < n_seqs; s++) {
+                const int sb = seq_start[s], se = seq_start[s + 1];
+                if (sb >= R1) break;
+                if (se - sb <= 1) continue; // decode sequence (or empty): not ours
+                const int r0 = max(R0, sb), r1 = min(R1, se);
+                auto pos_of = [&](int rr) { // -1 outside the segment: masks every key
+                    const int r = R0 + rr;
+                    return r >= r0 && r < r1 ? pos[r] : -1;
+                };
+                // the segment's last position in the CTA's rows (kv_end - 1) and
+                // in the warpgroup's (gmax), each warp on its own
+                int kv_end = -1, gmax = -1;
+#pragma unroll
+                for (int k = 0; k < WG_BM / 32; k++) {
+                    const int p = pos_of(lane + 32 * k);
+                    kv_end = max(kv_end, p);
+                    if ((k >> 1) == cw) gmax = max(gmax, p);
+                }
+                kv_end = __reduce_max_sync(0xffffffffu, kv_end) + 1;
+                gmax = __reduce_max_sync(0xffffffffu, gmax);
+                const int nkb = (kv_end + WG_BN - 1) / WG_BN;
+                const int pA = pos_of(wrow + (lane >> 2)), pB = pos_of(wrow + (lane >> 2) + 8);
+                const int pmin = min(pA, pB);
+                // ping-pong as in attn_prefill_wg_kernel (named barriers 1, 2)
+                if (pingpong && cw == 1) wg_bar_arrive(1, 2 * 128);
+                { // this warpgroup's Q rows (zero outside the segment); barrier 3 + cw
+                    const int qc = tid & 15, qr = (tid & 127) >> 4;
+#pragma unroll
+                    for (int j = 0; j < 8; j++) {
+                        const int r = cw * 64 + qr + 8 * j, gr = R0 + r;
+                        const bool ok = gr >= r0 && gr < r1;
+                        cp_async16(reinterpret_cast<unsigned char *>(sQ) + wg_sw128_off<WG_BM>(r, qc),
+                                   ok ? qkv + (size_t)gr * stride + (size_t)h * WG_HD + qc * 8 : qkv,
+                                   ok ? 16 : 0);
+                    }
+                    cp_async_commit();
+                    cp_async_wait<0>();
+                    fence_proxy_async();
+                    wg_bar_sync(3 + cw, 128);
+                }
+
+                float o[64], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+                for (int i = 0; i < 64; i++) o[i] = 0.f;
+                // Whole tiles of 128 keys: S = Q K^T of tile kb is issued with the
+                // P.V of tile kb - 1 (P in pp), and the softmax of tile kb runs
+                // while that P.V does. The first P.V is a zero P against tile 0's
+                // V (O stays 0), so the loop's issue is unconditional.
+                uint32_t pp[8][4];
+#pragma unroll
+                for (int kk = 0; kk < 8; kk++) pp[kk][0] = pp[kk][1] = pp[kk][2] = pp[kk][3] = 0u;
+                const bf16 *pv_src = sV + (it0 % NBUF) * TILE; // tile 0's buffer
+
+                for (int kb = 0; kb < nkb; kb++) {
+                    const uint32_t t = it0 + kb;
+                    const int k0 = kb * WG_BN;
+                    mbar_wait(&s_full[t % NBUF], (t / NBUF) & 1);
+                    const bf16 *Kb = sK + (t % NBUF) * TILE;
+                    float sc[64];
+                    if (pingpong) wg_bar_sync(1 + cw, 2 * 128);
+                    wg_fence();
+#pragma unroll
+                    for (int ks = 0; ks < WG_HD / 16; ks++) { // head_dim 16ks .. 16ks + 15
+                        const int kq = (ks >> 2) * WG_BM * 64 + (ks & 3) * 16; // elements
+                        const int kk = (ks >> 2) * WG_BN * 64 + (ks & 3) * 16;
+                        wg_mma_ss_128(sc, wg_desc(sQ + cw * 64 * 64 + kq, 16, 1024),
+                                      wg_desc(Kb + kk, 16, 1024), ks);
+                    }
+                    wg_commit();
+#pragma unroll
+                    for (int kk = 0; kk < 8; kk++) // positions 16kk ..: atoms 2kk, 2kk + 1
+                        wg_mma_rs_128_tb(o, pp[kk], wg_desc(pv_src + kk * 16 * 64, WG_BN * 128, 1024));
+                    wg_commit();
+                    if (pingpong) wg_bar_arrive(1 + (cw ^ 1), 2 * 128);
+                    wg_wait<1>(); // S is done; the P.V may still run
+                    wg_reg_fence(sc);
+                    // the thread's columns of block j: k0 + 8j + 2 (lane % 4) + {0, 1}
+                    // (keys past the warpgroup's rows are computed and masked:
+                    // skipping them would put the wgmma chains in divergent code)
+                    if (alibi) {
+                        const float sa = alibi[h] * ATT_LOG2E / scale_log2;
+#pragma unroll
+                        for (int j = 0; j < 16; j++)
+#pragma unroll
+                            for (int e = 0; e < 2; e++) {
+                                const int tt = k0 + j * 8 + (lane & 3) * 2 + e;
+                                sc[4 * j + e] = fmaf(sa, (float)(tt - pA), sc[4 * j + e]);
+                                sc[4 * j + 2 + e] = fmaf(sa, (float)(tt - pB), sc[4 * j + 2 + e]);
+                            }
+                    }
+                    if (k0 + WG_BN - 1 > pmin || (window > 0 && k0 <= gmax - window)) {
+#pragma unroll
+                        for (int j = 0; j < 16; j++)
+#pragma unroll
+                            for (int e = 0; e < 2; e++) {
+                                const int tt = k0 + j * 8 + (lane & 3) * 2 + e;
+                                if (tt > pA || (window > 0 && tt <= pA - window)) sc[4 * j + e] = -INFINITY;
+                                if (tt > pB || (window > 0 && tt <= pB - window))
+                                    sc[4 * j + 2 + e] = -INFINITY;
+                            }
+                    }
+                    // online softmax of the thread's two rows (A: e 0-1, B: e 2-3)
+                    float alpha[2];
+#pragma unroll
+                    for (int r = 0; r < 2; r++) {
+                        float mx = -INFINITY;
+#pragma unroll
+                        for (int j = 0; j < 16; j++)
+                            mx = fmaxf(mx, fmaxf(sc[4 * j + 2 * r], sc[4 * j + 2 * r + 1]));
+                        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                        const float mnew = fmaxf(m[r], mx * scale_log2);
+                        const float ms = mnew == -INFINITY ? 0.f : mnew;
+                        alpha[r] = ex2(m[r] - ms);
+                        float rs = 0.f;
+#pragma unroll
+                        for (int j = 0; j < 16; j++)
+#pragma unroll
+                            for (int e = 0; e < 2; e++) {
+                                const float p = ex2(fmaf(sc[4 * j + 2 * r + e], scale_log2, -ms));
+                                sc[4 * j + 2 * r + e] = p;
+                                rs += p;
+                            }
+                        l[r] = l[r] * alpha[r] + rs; // the thread's columns; summed over the quad at the end
+                        m[r] = mnew;
+                    }
+                    uint32_t pn[8][4]; // this tile's P: blocks 2kk, 2kk + 1 are k-step kk's A fragment
+#pragma unroll
+                    for (int kk = 0; kk < 8; kk++) {
+                        pn[kk][0] = pack_bf16x2(sc[8 * kk + 0], sc[8 * kk + 1]);
+                        pn[kk][1] = pack_bf16x2(sc[8 * kk + 2], sc[8 * kk + 3]);
+                        pn[kk][2] = pack_bf16x2(sc[8 * kk + 4], sc[8 * kk + 5]);
+                        pn[kk][3] = pack_bf16x2(sc[8 * kk + 6], sc[8 * kk + 7]);
+                    }
+                    wg_wait<0>(); // the P.V is done: O may be rescaled, pp reused
+                    wg_reg_fence(o);
+#pragma unroll
+                    for (int kk = 0; kk < 8; kk++) wg_reg_fence(pp[kk]);
+                    // that P.V was the previous tile's last reader: release it
+                    if (kb > 0) mbar_arrive(&s_empty[(t - 1) % NBUF]);
+                    // alpha is exactly 1 where a row's maximum did not move: the
+                    // warp skips the multiplications when that holds for all its rows
+                    if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+                        for (int j = 0; j < 16; j++)
+                            o[4 * j] *= alpha[0], o[4 * j + 1] *= alpha[0], o[4 * j + 2] *= alpha[1],
+                                o[4 * j + 3] *= alpha[1];
+                    }
+#pragma unroll
+                    for (int kk = 0; kk < 8; kk++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++) pp[kk][i] = pn[kk][i];
+                    pv_src = sV + (t % NBUF) * TILE;
+                }
+                // the last tile's P.V, then its buffer is released
+                wg_fence();
+#pragma unroll
+                for (int kk = 0; kk < 8; kk++)
+                    wg_mma_rs_128_tb(o, pp[kk], wg_desc(pv_src + kk * 16 * 64, WG_BN * 128, 1024));
+                wg_commit();
+                if (pingpong && cw == 0) wg_bar_sync(1, 2 * 128);
+                wg_wait<0>();
+                wg_reg_fence(o);
+#pragma unroll
+                for (int kk = 0; kk < 8; kk++) wg_reg_fence(pp[kk]);
+                mbar_arrive(&s_empty[(it0 + nkb - 1) % NBUF]);
+
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+                    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+                }
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    if ((r == 0 ? pA : pB) < 0) continue; // row outside the segment
+                    const int grow = R0 + wrow + (lane >> 2) + 8 * r;
+                    const float inv = v_mul / l[r];
+                    bf16 *orow = out + (size_t)grow * n_heads * WG_HD + (size_t)h * WG_HD;
+#pragma unroll
+                    for (int j = 0; j < 16; j++)
+                        *reinterpret_cast<uint32_t *>(orow + j * 8 + (lane & 3) * 2) =
+                            pack_bf16x2(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+                }
+                it0 += nkb;
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
 // launchers
 
 static int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
@@ -1829,24 +2204,29 @@ static void launch_prefill_hdp(bf16 *out, const bf16 *qkv, const KT *kc, const K
 #undef PF_ARGS
 }
 
-// The wgmma prefill kernel serves head_dim 128 with the 16-byte paths; the
+// The wgmma prefill kernels serve head_dim 128 with the 16-byte paths; the
 // mma.sync kernel serves everything else. SLUICE_PREFILL_WG (read once) or
 // cuda_attention_prefill_wg(): 1 the wgmma kernel, 2 the same with the
-// warpgroups' MMAs in ping-pong, 0 the mma.sync one at head_dim 128 too.
-// Unset (-1): 1 over a bf16 cache and 2 over an FP8 one, as measured on an
-// H200 (8 x 2048 tokens causal: bf16 298.7 / 298.1 TFLOP/s, FP8 247.4 /
-// 257.9).
+// warpgroups' MMAs in ping-pong, 3 the warp-specialised persistent kernel
+// (ping-pong), 4 the same without ping-pong, 0 the mma.sync one at head_dim
+// 128 too. Unset (-1): 1 over a bf16 cache and 3 over an FP8 one, as
+// measured on an H200 (8 x 2048 tokens causal, TFLOP/s, modes 1 / 2 / 3 /
+// 4: bf16 300.9 / 298.4 / 296.9 / 279.8, FP8 249.1 / 257.8 / 304.4 / 288.3).
 static int g_prefill_wg = -2; // -2: SLUICE_PREFILL_WG not read yet
 static int prefill_wg_mode(bool fp8) {
     if (g_prefill_wg == -2) {
         const char *e = getenv("SLUICE_PREFILL_WG");
         const int m = e ? atoi(e) : -1;
-        g_prefill_wg = m >= 0 && m <= 2 ? m : -1;
+        g_prefill_wg = m >= 0 && m <= 4 ? m : -1;
     }
-    return g_prefill_wg >= 0 ? g_prefill_wg : fp8 ? 2 : 1;
+    return g_prefill_wg >= 0 ? g_prefill_wg : fp8 ? 3 : 1;
 }
+// CTAs of the warp-specialised kernel's grid; 0: one per SM (the default)
+static int g_ws_ctas = 0;
+extern "C" void cuda_attention_prefill_ws_ctas(int n) { g_ws_ctas = n > 0 ? n : 0; }
+extern "C" int cuda_attention_prefill_wg_mode(int fp8_cache) { return prefill_wg_mode(fp8_cache); }
 extern "C" void cuda_attention_prefill_wg(int mode) {
-    g_prefill_wg = mode >= 0 && mode <= 2 ? mode : -2;
+    g_prefill_wg = mode >= 0 && mode <= 4 ? mode : -2;
 }
 
 template <typename KT>
@@ -1862,16 +2242,31 @@ static void launch_prefill_wg(bf16 *out, const bf16 *qkv, const KT *kc, const KT
     // two stages of codes)
     const size_t smem = 1024 + (FP8 ? (WG_BM * WG_HD + 4 * TILE) * sizeof(bf16) + 4 * TILE
                                     : (WG_BM * WG_HD + 6 * TILE) * sizeof(bf16));
-    static bool attr_set = false; // once per instantiation (not a stream operation)
-    if (!attr_set) {
-        CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_wg_kernel<KT>,
+    const int mode = prefill_wg_mode(FP8);
+    const bool ws = mode >= 3; // warp-specialised
+    static bool attr_set[2];   // once per instantiation (not a stream operation)
+    if (!attr_set[ws]) {
+        CUDA_CHECK(cudaFuncSetAttribute(ws ? attn_prefill_ws_kernel<KT> : attn_prefill_wg_kernel<KT>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        attr_set = true;
+        attr_set[ws] = true;
     }
-    attn_prefill_wg_kernel<KT><<<dim3(n_heads, ceil_div(n_tokens, WG_BM)), WG_THREADS, smem,
-                                 st>>>(out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks,
-                                       n_tokens, n_seqs, n_heads, n_kv_heads, bs_shift, sl2,
-                                       v_mul, window, alibi, prefill_wg_mode(FP8) == 2);
+    const dim3 grid(n_heads, ceil_div(n_tokens, WG_BM));
+    static int n_sm = 0; // the persistent kernel's grid: one CTA per SM
+    if (ws && !n_sm) {
+        int dev;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
+    }
+    if (ws)
+        attn_prefill_ws_kernel<KT><<<(unsigned)std::min<long>(g_ws_ctas > 0 ? g_ws_ctas : n_sm,
+                                                              (long)grid.x * grid.y),
+                                     WS_THREADS, smem, st>>>(
+            out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,
+            n_kv_heads, bs_shift, sl2, v_mul, window, alibi, mode == 3);
+    else
+        attn_prefill_wg_kernel<KT><<<grid, WG_THREADS, smem, st>>>(
+            out, qkv, kc, vc, pos, seq_of, seq_start, bt, max_blocks, n_tokens, n_seqs, n_heads,
+            n_kv_heads, bs_shift, sl2, v_mul, window, alibi, mode == 2);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -197,11 +197,19 @@ void cuda_attention_fp8_decode_kernel(int kind);
 void cuda_attention_decode_ring(int stages);
 // Prefill attention kernel for head_dim 128 (16-byte aligned operands): 1 =
 // warpgroup MMAs (wgmma), 2 = the same with the two warpgroups' MMAs issued
-// in turns (ping-pong), 0 = the mma.sync kernel every other head dim takes;
-// -1 goes back to SLUICE_PREFILL_WG (the same values, read once), whose
-// default is 1 over a bf16 cache and 2 over an FP8 one. For tests and
-// comparisons; not thread-safe.
+// in turns (ping-pong), 3 = warp-specialised and persistent (a producer
+// warpgroup feeds two consumer warpgroups; ping-pong), 4 = the same without
+// ping-pong, 0 = the mma.sync kernel every other head dim takes; -1 goes
+// back to SLUICE_PREFILL_WG (the same values, read once), whose default is 1
+// over a bf16 cache and 3 over an FP8 one. For tests and comparisons; not
+// thread-safe.
 void cuda_attention_prefill_wg(int mode);
+// The mode in effect over a bf16 (0) or FP8 (1) cache.
+int cuda_attention_prefill_wg_mode(int fp8_cache);
+// Grid of the warp-specialised prefill kernel (modes 3, 4), which is
+// persistent: n CTAs, each taking every n-th work item (head x 128 rows);
+// 0 goes back to one CTA per SM. For tests; not thread-safe.
+void cuda_attention_prefill_ws_ctas(int n);
 
 #ifdef __cplusplus
 }

@@ -66,6 +66,38 @@ static __device__ __forceinline__ void wg_bar_arrive(int id, int n) {
 static __device__ __forceinline__ void fence_proxy_async() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
+// mbarriers in shared memory (the CTA's own): init with the arrivals a phase
+// needs; arrive (release); wait until the phase of the given parity has
+// completed (acquire). A waiter must be at most one phase behind.
+static __device__ __forceinline__ void mbar_init(uint64_t *b, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(
+                     (uint32_t)__cvta_generic_to_shared(b)),
+                 "r"(count)
+                 : "memory");
+}
+static __device__ __forceinline__ void mbar_arrive(uint64_t *b) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(
+                     (uint32_t)__cvta_generic_to_shared(b))
+                 : "memory");
+}
+static __device__ __forceinline__ void mbar_wait(uint64_t *b, uint32_t parity) {
+    // the loop stays inside the asm: to the compiler, no divergent branch
+    // (ptxas serialises wgmma chains in code it cannot prove warp-uniform)
+    asm volatile("{\n.reg .pred p;\n"
+                 "MBAR_WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra MBAR_WAIT;\n}\n" ::"r"((uint32_t)__cvta_generic_to_shared(b)),
+                 "r"(parity)
+                 : "memory");
+}
+// Hands registers between the warpgroups of a warp-specialised kernel
+// (every thread of the warpgroup executes it; N a multiple of 8, 24 .. 256).
+template <int N> static __device__ __forceinline__ void wg_setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N> static __device__ __forceinline__ void wg_setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
 // Keeps the compiler from moving accesses of these registers across an
 // in-flight wgmma (they are read or written asynchronously).
 template <int N> static __device__ __forceinline__ void wg_reg_fence(float (&d)[N]) {
