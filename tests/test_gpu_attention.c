@@ -366,9 +366,10 @@ static void test_mixed_shapes(void) {
 }
 
 // Head dim 128 has three prefill kernels: warpgroup MMAs (wgmma, which the
-// other tests here take at head_dim 128: in ping-pong over an FP8 cache, not
-// over bf16), the same warp-specialised (a producer warpgroup loads K/V into
-// a ring of buffers) and the mma.sync kernel of the other head dims
+// other tests here take at head_dim 128 over a bf16 cache), the same
+// warp-specialised and persistent (a producer warpgroup loads K/V into a
+// ring of buffers; the other tests' kernel over an FP8 cache, without
+// ping-pong) and the mma.sync kernel of the other head dims
 // (SLUICE_PREFILL_WG=0). Each mode, mma.sync (0), wgmma without (1) and
 // with (2) ping-pong, warp-specialised with (3) and without (4), on the
 // head_dim-128 cases: mixed calls, prefill only (a chunk mid-block; two
@@ -379,7 +380,10 @@ static void test_mixed_shapes(void) {
 static void test_prefill_mma_sync_hd128(void) {
     if (!tu_gpu_ready()) return;
     static const int hd128[] = {0, 2, 7};
+    // SLUICE_TEST_PREFILL_MODE=m: only mode m (e.g. one kernel under racecheck)
+    const char *only = getenv("SLUICE_TEST_PREFILL_MODE");
     for (int mode = 0; mode <= 4; mode++) { // mma.sync; wgmma; ping-pong; warp-specialised (+pp)
+        if (only && *only && atoi(only) != mode) continue;
         printf("  prefill kernel mode %d\n", mode);
         cuda_attention_prefill_wg(mode);
         for (int i = 0; i < 3; i++) run_case(&SHAPES[hd128[i]], MIXED, N_MIXED, 0, 1200 + i);
