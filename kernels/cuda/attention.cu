@@ -2219,8 +2219,10 @@ static int g_prefill_wg = -2; // -2: SLUICE_PREFILL_WG not read yet
 static int prefill_wg_mode(bool fp8) {
     if (g_prefill_wg == -2) {
         const char *e = getenv("SLUICE_PREFILL_WG");
-        const int m = e ? atoi(e) : -1;
-        g_prefill_wg = m >= 0 && m <= 4 ? m : -1;
+        if (e && *e && (e[0] < '0' || e[0] > '4' || e[1]))
+            SL_FATAL("sluice", "SLUICE_PREFILL_WG: expected a prefill kernel mode 0..4 (unset: "
+                     "the default for the cache type)", "cuda_paged_attention");
+        g_prefill_wg = e && *e ? e[0] - '0' : -1;
     }
     return g_prefill_wg >= 0 ? g_prefill_wg : fp8 ? 4 : 1;
 }
