@@ -368,7 +368,7 @@ static void test_mixed_shapes(void) {
 // Head dim 128 has three prefill kernels: warpgroup MMAs (wgmma, which the
 // other tests here take at head_dim 128 over a bf16 cache), the same
 // warp-specialised and persistent (a producer warpgroup loads K/V into a
-// ring of buffers; the other tests' kernel over an FP8 cache, without
+// ring of buffers; the other tests' kernel over an FP8 cache, with
 // ping-pong) and the mma.sync kernel of the other head dims
 // (SLUICE_PREFILL_WG=0). Each mode, mma.sync (0), wgmma without (1) and
 // with (2) ping-pong, warp-specialised with (3) and without (4), on the

@@ -1275,6 +1275,72 @@ static __global__ void __launch_bounds__(PF_THREADS)
 #define WG_HD 128
 #define WG_THREADS 256
 
+// One warpgroup's S tile of the wgmma prefill kernels, 64 rows x 8NJ keys
+// starting at key kh, as the m64n(8NJ) accumulator lays it out (block j:
+// the thread's rows A (elements 4j, 4j + 1) and B (4j + 2, 4j + 3), columns
+// kh + 8j + 2 (lane % 4) + {0, 1}). Adds ALiBi, masks the keys past each
+// row's position (pA, pB; -1 masks all) and outside the window, and runs
+// the online softmax of the thread's two rows: m and l move on, alpha is
+// what O must be rescaled by, and pn gets P in bf16, k-step kk's A fragment
+// in pn[kk] (blocks 2kk, 2kk + 1). Mask work is skipped when no key of the
+// tile can be masked (kh + 8NJ - 1 <= pmin, the window behind gmax).
+template <int NJ>
+static __device__ __forceinline__ void
+wg_softmax_tile(float (&sc)[4 * NJ], uint32_t (&pn)[NJ / 2][4], float (&m)[2], float (&l)[2],
+                float (&alpha)[2], int kh, int pA, int pB, int pmin, int gmax, int window,
+                const float *alibi, int h, int lane, float scale_log2) {
+    if (alibi) {
+        const float sa = alibi[h] * ATT_LOG2E / scale_log2;
+#pragma unroll
+        for (int j = 0; j < NJ; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int t = kh + j * 8 + (lane & 3) * 2 + e;
+                sc[4 * j + e] = fmaf(sa, (float)(t - pA), sc[4 * j + e]);
+                sc[4 * j + 2 + e] = fmaf(sa, (float)(t - pB), sc[4 * j + 2 + e]);
+            }
+    }
+    if (kh + 8 * NJ - 1 > pmin || (window > 0 && kh <= gmax - window)) {
+#pragma unroll
+        for (int j = 0; j < NJ; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int t = kh + j * 8 + (lane & 3) * 2 + e;
+                if (t > pA || (window > 0 && t <= pA - window)) sc[4 * j + e] = -INFINITY;
+                if (t > pB || (window > 0 && t <= pB - window)) sc[4 * j + 2 + e] = -INFINITY;
+            }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < NJ; j++) mx = fmaxf(mx, fmaxf(sc[4 * j + 2 * r], sc[4 * j + 2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mnew = fmaxf(m[r], mx * scale_log2);
+        const float ms = mnew == -INFINITY ? 0.f : mnew;
+        alpha[r] = ex2(m[r] - ms);
+        float rs = 0.f;
+#pragma unroll
+        for (int j = 0; j < NJ; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float p = ex2(fmaf(sc[4 * j + 2 * r + e], scale_log2, -ms));
+                sc[4 * j + 2 * r + e] = p;
+                rs += p;
+            }
+        l[r] = l[r] * alpha[r] + rs; // the thread's columns; summed over the quad at the end
+        m[r] = mnew;
+    }
+#pragma unroll
+    for (int kk = 0; kk < NJ / 2; kk++) {
+        pn[kk][0] = pack_bf16x2(sc[8 * kk + 0], sc[8 * kk + 1]);
+        pn[kk][1] = pack_bf16x2(sc[8 * kk + 2], sc[8 * kk + 3]);
+        pn[kk][2] = pack_bf16x2(sc[8 * kk + 4], sc[8 * kk + 5]);
+        pn[kk][3] = pack_bf16x2(sc[8 * kk + 6], sc[8 * kk + 7]);
+    }
+}
+
 template <typename KT>
 static __global__ void __launch_bounds__(WG_THREADS, 1)
     attn_prefill_wg_kernel(bf16 *__restrict__ out, const bf16 *__restrict__ qkv,
@@ -1484,62 +1550,10 @@ static __global__ void __launch_bounds__(WG_THREADS, 1)
                 if (pingpong) wg_bar_arrive(1 + (wg ^ 1), 2 * 128);
                 wg_wait<1>(); // S is done; the P.V may still run
                 wg_reg_fence(sc);
-                // the thread's columns of block j: kh + 8j + 2 (lane % 4) + {0, 1}
-                if (alibi) {
-                    const float sa = alibi[h] * ATT_LOG2E / scale_log2;
-#pragma unroll
-                    for (int j = 0; j < 8; j++)
-#pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            const int t = kh + j * 8 + (lane & 3) * 2 + e;
-                            sc[4 * j + e] = fmaf(sa, (float)(t - pA), sc[4 * j + e]);
-                            sc[4 * j + 2 + e] = fmaf(sa, (float)(t - pB), sc[4 * j + 2 + e]);
-                        }
-                }
-                if (kh + 63 > pmin || (window > 0 && kh <= gmax - window)) {
-#pragma unroll
-                    for (int j = 0; j < 8; j++)
-#pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            const int t = kh + j * 8 + (lane & 3) * 2 + e;
-                            if (t > pA || (window > 0 && t <= pA - window)) sc[4 * j + e] = -INFINITY;
-                            if (t > pB || (window > 0 && t <= pB - window))
-                                sc[4 * j + 2 + e] = -INFINITY;
-                        }
-                }
-                // online softmax of the thread's two rows (A: e 0-1, B: e 2-3)
                 float alpha[2];
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    float mx = -INFINITY;
-#pragma unroll
-                    for (int j = 0; j < 8; j++)
-                        mx = fmaxf(mx, fmaxf(sc[4 * j + 2 * r], sc[4 * j + 2 * r + 1]));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                    const float mnew = fmaxf(m[r], mx * scale_log2);
-                    const float ms = mnew == -INFINITY ? 0.f : mnew;
-                    alpha[r] = ex2(m[r] - ms);
-                    float rs = 0.f;
-#pragma unroll
-                    for (int j = 0; j < 8; j++)
-#pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            const float p = ex2(fmaf(sc[4 * j + 2 * r + e], scale_log2, -ms));
-                            sc[4 * j + 2 * r + e] = p;
-                            rs += p;
-                        }
-                    l[r] = l[r] * alpha[r] + rs; // the thread's columns; summed over the quad at the end
-                    m[r] = mnew;
-                }
-                uint32_t pn[4][4]; // this half's P: blocks 2kk, 2kk + 1 are k-step kk's A fragment
-#pragma unroll
-                for (int kk = 0; kk < 4; kk++) {
-                    pn[kk][0] = pack_bf16x2(sc[8 * kk + 0], sc[8 * kk + 1]);
-                    pn[kk][1] = pack_bf16x2(sc[8 * kk + 2], sc[8 * kk + 3]);
-                    pn[kk][2] = pack_bf16x2(sc[8 * kk + 4], sc[8 * kk + 5]);
-                    pn[kk][3] = pack_bf16x2(sc[8 * kk + 6], sc[8 * kk + 7]);
-                }
+                uint32_t pn[4][4]; // this half's P
+                wg_softmax_tile<8>(sc, pn, m, l, alpha, kh, pA, pB, pmin, gmax, window, alibi, h,
+                                   lane, scale_log2);
                 wg_wait<0>(); // the P.V is done: O may be rescaled, pp reused
                 wg_reg_fence(o);
 #pragma unroll
@@ -1768,6 +1782,17 @@ static __global__ void __launch_bounds__(WS_THREADS, 1)
         wg_setmaxnreg_inc<WS_CREG>();
         const int cw = wg - 1;
         const int wrow = cw * 64 + ((tid >> 5) & 3) * 16; // the warp's first row
+        // Ping-pong (named barriers 1 and 2, as in attn_prefill_wg_kernel):
+        // warpgroup cw waits on 1 + cw before issuing a tile's MMAs and then
+        // hands the turn over (bar.arrive on the other's barrier). Both
+        // warpgroups walk the same tiles, so the turn passes once per tile
+        // across segments and items: warpgroup 1 arrives once here, warpgroup
+        // 0 syncs once after the last item. Handing the turn out per segment
+        // instead (an arrive at each segment's start) is a deadlock: no CTA
+        // barrier separates the segments, so warpgroup 1 can reach the next
+        // segment's arrive before warpgroup 0 has synced on the previous one,
+        // and the two arrives then complete barrier 1 without warpgroup 0.
+        if (pingpong && cw == 1) wg_bar_arrive(1, 2 * 128);
         for (int item = blockIdx.x; item < n_items; item += gridDim.x) {
             const int h = item % n_heads, R0 = (n_rb - 1 - item / n_heads) * WG_BM;
             const int R1 = min(R0 + WG_BM, n_tokens);
@@ -1794,8 +1819,6 @@ static __global__ void __launch_bounds__(WS_THREADS, 1)
                 const int nkb = (kv_end + WG_BN - 1) / WG_BN;
                 const int pA = pos_of(wrow + (lane >> 2)), pB = pos_of(wrow + (lane >> 2) + 8);
                 const int pmin = min(pA, pB);
-                // ping-pong as in attn_prefill_wg_kernel (named barriers 1, 2)
-                if (pingpong && cw == 1) wg_bar_arrive(1, 2 * 128);
                 { // this warpgroup's Q rows (zero outside the segment); barrier 3 + cw
                     const int qc = tid & 15, qr = (tid & 127) >> 4;
 #pragma unroll
@@ -1847,64 +1870,12 @@ static __global__ void __launch_bounds__(WS_THREADS, 1)
                     if (pingpong) wg_bar_arrive(1 + (cw ^ 1), 2 * 128);
                     wg_wait<1>(); // S is done; the P.V may still run
                     wg_reg_fence(sc);
-                    // the thread's columns of block j: k0 + 8j + 2 (lane % 4) + {0, 1}
                     // (keys past the warpgroup's rows are computed and masked:
                     // skipping them would put the wgmma chains in divergent code)
-                    if (alibi) {
-                        const float sa = alibi[h] * ATT_LOG2E / scale_log2;
-#pragma unroll
-                        for (int j = 0; j < 16; j++)
-#pragma unroll
-                            for (int e = 0; e < 2; e++) {
-                                const int tt = k0 + j * 8 + (lane & 3) * 2 + e;
-                                sc[4 * j + e] = fmaf(sa, (float)(tt - pA), sc[4 * j + e]);
-                                sc[4 * j + 2 + e] = fmaf(sa, (float)(tt - pB), sc[4 * j + 2 + e]);
-                            }
-                    }
-                    if (k0 + WG_BN - 1 > pmin || (window > 0 && k0 <= gmax - window)) {
-#pragma unroll
-                        for (int j = 0; j < 16; j++)
-#pragma unroll
-                            for (int e = 0; e < 2; e++) {
-                                const int tt = k0 + j * 8 + (lane & 3) * 2 + e;
-                                if (tt > pA || (window > 0 && tt <= pA - window)) sc[4 * j + e] = -INFINITY;
-                                if (tt > pB || (window > 0 && tt <= pB - window))
-                                    sc[4 * j + 2 + e] = -INFINITY;
-                            }
-                    }
-                    // online softmax of the thread's two rows (A: e 0-1, B: e 2-3)
                     float alpha[2];
-#pragma unroll
-                    for (int r = 0; r < 2; r++) {
-                        float mx = -INFINITY;
-#pragma unroll
-                        for (int j = 0; j < 16; j++)
-                            mx = fmaxf(mx, fmaxf(sc[4 * j + 2 * r], sc[4 * j + 2 * r + 1]));
-                        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                        const float mnew = fmaxf(m[r], mx * scale_log2);
-                        const float ms = mnew == -INFINITY ? 0.f : mnew;
-                        alpha[r] = ex2(m[r] - ms);
-                        float rs = 0.f;
-#pragma unroll
-                        for (int j = 0; j < 16; j++)
-#pragma unroll
-                            for (int e = 0; e < 2; e++) {
-                                const float p = ex2(fmaf(sc[4 * j + 2 * r + e], scale_log2, -ms));
-                                sc[4 * j + 2 * r + e] = p;
-                                rs += p;
-                            }
-                        l[r] = l[r] * alpha[r] + rs; // the thread's columns; summed over the quad at the end
-                        m[r] = mnew;
-                    }
-                    uint32_t pn[8][4]; // this tile's P: blocks 2kk, 2kk + 1 are k-step kk's A fragment
-#pragma unroll
-                    for (int kk = 0; kk < 8; kk++) {
-                        pn[kk][0] = pack_bf16x2(sc[8 * kk + 0], sc[8 * kk + 1]);
-                        pn[kk][1] = pack_bf16x2(sc[8 * kk + 2], sc[8 * kk + 3]);
-                        pn[kk][2] = pack_bf16x2(sc[8 * kk + 4], sc[8 * kk + 5]);
-                        pn[kk][3] = pack_bf16x2(sc[8 * kk + 6], sc[8 * kk + 7]);
-                    }
+                    uint32_t pn[8][4]; // this tile's P
+                    wg_softmax_tile<16>(sc, pn, m, l, alpha, k0, pA, pB, pmin, gmax, window, alibi,
+                                        h, lane, scale_log2);
                     wg_wait<0>(); // the P.V is done: O may be rescaled, pp reused
                     wg_reg_fence(o);
 #pragma unroll
@@ -1931,7 +1902,6 @@ static __global__ void __launch_bounds__(WS_THREADS, 1)
                 for (int kk = 0; kk < 8; kk++)
                     wg_mma_rs_128_tb(o, pp[kk], wg_desc(pv_src + kk * 16 * 64, WG_BN * 128, 1024));
                 wg_commit();
-                if (pingpong && cw == 0) wg_bar_sync(1, 2 * 128);
                 wg_wait<0>();
                 wg_reg_fence(o);
 #pragma unroll
@@ -1957,6 +1927,7 @@ static __global__ void __launch_bounds__(WS_THREADS, 1)
                 it0 += nkb;
             }
         }
+        if (pingpong && cw == 0) wg_bar_sync(1, 2 * 128); // warpgroup 1's last hand-over
     }
 }
 
@@ -2209,12 +2180,9 @@ static void launch_prefill_hdp(bf16 *out, const bf16 *qkv, const KT *kc, const K
 // cuda_attention_prefill_wg(): 1 the wgmma kernel, 2 the same with the
 // warpgroups' MMAs in ping-pong, 3 the warp-specialised persistent kernel
 // (ping-pong), 4 the same without ping-pong, 0 the mma.sync one at head_dim
-// 128 too. Unset (-1): 1 over a bf16 cache and 4 over an FP8 one. Measured
+// 128 too. Unset (-1): 1 over a bf16 cache and 3 over an FP8 one. Measured
 // on an H200 (8 x 2048 tokens causal, TFLOP/s, modes 1 / 2 / 3 / 4): bf16
-// 300.9 / 298.4 / 296.9 / 279.8, FP8 249.1 / 257.8 / 304.4 / 288.3. Mode 3
-// is faster but compute-sanitizer's racecheck never finishes it (no hazard
-// reported before its time limit; mode 4 is clean), so it is not the
-// default until that is understood.
+// 300.2 / 299.5 / 298.3 / 280.6, FP8 248.3 / 258.2 / 305.5 / 286.2.
 static int g_prefill_wg = -2; // -2: SLUICE_PREFILL_WG not read yet
 static int prefill_wg_mode(bool fp8) {
     if (g_prefill_wg == -2) {
@@ -2224,7 +2192,7 @@ static int prefill_wg_mode(bool fp8) {
                      "the default for the cache type)", "cuda_paged_attention");
         g_prefill_wg = e && *e ? e[0] - '0' : -1;
     }
-    return g_prefill_wg >= 0 ? g_prefill_wg : fp8 ? 4 : 1;
+    return g_prefill_wg >= 0 ? g_prefill_wg : fp8 ? 3 : 1;
 }
 // CTAs of the warp-specialised kernel's grid; 0: one per SM (the default)
 static int g_ws_ctas = 0;
