@@ -431,6 +431,73 @@ static void test_gemm_fp8_f32(void) {
     CUDA_CHECK(cudaStreamDestroy(st));
 }
 
+// FP8 plans of n >= 1024 rows time cuBLASLt's candidates by default
+// (gemm.cu); whichever wins must agree with the twin as the first choice
+// does. Per-tensor (scalar scales) and per-channel / per-token scales, n
+// 1100 and 1300 (one size bucket: the second reuses the first's winners),
+// awkward out and in; then SLUICE_GEMM_TUNE=0 times nothing.
+static void test_gemm_fp8_tuned(void) {
+    if (!tu_gpu_ready()) return;
+    const char *env = getenv("SLUICE_GEMM_TUNE");
+    char *old = env ? strdup(env) : NULL;
+    uint64_t rng = 17;
+    const int out = 656, in = 1040, ns[2] = {1100, 1300};
+    float *w = sl_malloc(sizeof(float) * out * in);
+    fill(w, (size_t)out * in, &rng, 0.05f, 0);
+    for (int off = 0; off < 2; off++) {
+        if (off) setenv("SLUICE_GEMM_TUNE", "0", 1);
+        else unsetenv("SLUICE_GEMM_TUNE");
+        cudaStream_t st;
+        CUDA_CHECK(cudaStreamCreate(&st));
+        cuda_gemm *g = cuda_gemm_create(st, 0);
+        cuda_gemm_reserve_fp8(g, (size_t)1300 * out);
+        for (int pt = 0; pt < 2; pt++) // per-channel, per-tensor
+            for (int ni = 0; ni < 2; ni++) {
+                const int n = ns[ni];
+                const float sa = pt ? 4.0f / 448.0f : 0.0f;
+                float *x = sl_malloc(sizeof(float) * n * in);
+                fill(x, (size_t)n * in, &rng, 1.0f, 0);
+                uint8_t *xq = sl_malloc((size_t)n * in), *wq = sl_malloc((size_t)out * in);
+                float *xs = sl_malloc(sizeof(float) * n), *ws = sl_malloc(sizeof(float) * out);
+                cpu_quantize_fp8_rows(xq, xs, x, n, in, sa);
+                cpu_quantize_weight_fp8(wq, ws, w, out, in, !pt, NULL);
+                LinearWeight lw = {.fmt = WFMT_FP8_E4M3, .out_dim = out, .in_dim = in,
+                                   .scale_per_row = !pt, .in_scale = sa};
+                lw.data = dev_copy(wq, (size_t)out * in);
+                lw.scale = dev_copy(ws, sizeof(float) * out);
+                uint8_t *dxq = dev_copy(xq, (size_t)n * in);
+                float *dxs = dev_copy(xs, sizeof(float) * n);
+                float *ref = sl_malloc(sizeof(float) * n * out), *got = sl_malloc(sizeof(float) * n * out);
+                cpu_linear_fp8(ref, xq, xs, wq, ws, !pt, NULL, n, in, out);
+                void *dy = dev_poisoned((size_t)n * out * 4);
+                cuda_gemm_linear_ex(g, dy, GEMM_OUT_BF16, dxq, GEMM_IN_FP8, dxs, &lw, n);
+                CUDA_CHECK(cudaStreamSynchronize(st));
+                get_act(got, dy, (size_t)n * out, 0);
+                char what[96];
+                snprintf(what, sizeof what, "gemm fp8 %s n=%d tuning %s", pt ? "per-tensor" : "per-channel",
+                         n, off ? "off" : "default");
+                CU_ASSERT_EQUAL(tu_compare_f32(what, got, ref, (long)n * out, 5e-3f, 1.2e-2f), 0);
+                cudaFree(dy), cudaFree(lw.data), cudaFree(lw.scale), cudaFree(dxq), cudaFree(dxs);
+                free(x), free(xq), free(wq), free(xs), free(ws), free(ref), free(got);
+            }
+        printf("    tuning %s: %d plans timed, %d reused\n", off ? "off" : "default",
+               cuda_gemm_tuned_count(g), cuda_gemm_reused_count(g));
+        if (off) {
+            CU_ASSERT_EQUAL(cuda_gemm_tuned_count(g), 0);
+            CU_ASSERT_EQUAL(cuda_gemm_reused_count(g), 0);
+        } else { // the 1100-row plans timed (where cuBLASLt offers a choice), the 1300-row ones reuse
+            CU_ASSERT(cuda_gemm_tuned_count(g) >= 1);
+            CU_ASSERT_EQUAL(cuda_gemm_reused_count(g), cuda_gemm_tuned_count(g));
+        }
+        cuda_gemm_destroy(g);
+        CUDA_CHECK(cudaStreamDestroy(st));
+    }
+    if (old) setenv("SLUICE_GEMM_TUNE", old, 1);
+    else unsetenv("SLUICE_GEMM_TUNE");
+    free(old);
+    free(w);
+}
+
 // ----------------------------------------------------------------------------
 // rope + KV write into an FP8 / fp32 cache
 
@@ -916,6 +983,7 @@ int main(void) {
         {"rmsnorm -> fp8 / fp32", test_rmsnorm_fp8_f32},
         {"swiglu -> fp8 / fp32", test_swiglu_fp8_f32},
         {"gemm fp8 / fp32", test_gemm_fp8_f32},
+        {"gemm fp8 tuned by default", test_gemm_fp8_tuned},
         {"rope + kv write fp8 / fp32", test_rope_kv_fp8_f32},
         {"attention fp8 kv / fp32", test_attention_fp8_f32},
         {"attention fp8 kv, decode rows", test_attention_fp8_decode},

@@ -172,12 +172,13 @@ static void test_gemm_unaligned_rows(void) {
     free(w); free(x); free(ref); free(got); free(wb); free(xb);
 }
 
-// Autotuning (gemm.cu): a new plan for n >= 1024 rows times cuBLASLt's
-// candidates and keeps the fastest; a plan for another n of the same size
-// bucket takes that winner without timing. Whatever algorithm is chosen, the
-// results must match the CPU as closely as the heuristic's first choice does
-// (check_shape's tolerances only assume fp32 sums in some order). bf16 only:
-// this file has no FP8 data helpers (the FP8 GEMM is test_gpu_fp8's).
+// Autotuning (gemm.cu): with SLUICE_GEMM_TUNE=1 a new plan for n >= 1024
+// rows times cuBLASLt's candidates under load and keeps the fastest; a plan
+// for another n of the same size bucket takes that winner without timing.
+// Whatever algorithm is chosen, the results must match the CPU as closely
+// as the heuristic's first choice does (check_shape's tolerances only
+// assume fp32 sums in some order). bf16 only: this file has no FP8 data
+// helpers (the FP8 GEMM, tuned by default, is test_gpu_fp8's).
 static void test_gemm_autotune(void) {
     if (!tu_gpu_ready()) return;
     // tuning on with the default threshold, whatever the environment says
@@ -212,13 +213,17 @@ static void test_gemm_autotune(void) {
     CU_ASSERT_EQUAL(cuda_gemm_cache_size(g), 3 * 4);
     cuda_gemm_destroy(g);
 
-    // SLUICE_GEMM_TUNE=0: no timing, no reuse, same results
-    setenv("SLUICE_GEMM_TUNE", "0", 1);
-    g = cuda_gemm_create(st, 0);
-    check_shape(g, 1500, 1000, 1040, 41);
-    CU_ASSERT_EQUAL(cuda_gemm_tuned_count(g), 0);
-    CU_ASSERT_EQUAL(cuda_gemm_reused_count(g), 0);
-    cuda_gemm_destroy(g);
+    // SLUICE_GEMM_TUNE=0, and unset (the default tunes FP8 weights only):
+    // no timing, no reuse, same results
+    for (int off = 0; off < 2; off++) {
+        if (off == 0) setenv("SLUICE_GEMM_TUNE", "0", 1);
+        else unsetenv("SLUICE_GEMM_TUNE");
+        g = cuda_gemm_create(st, 0);
+        check_shape(g, 1500, 1000, 1040, 41);
+        CU_ASSERT_EQUAL(cuda_gemm_tuned_count(g), 0);
+        CU_ASSERT_EQUAL(cuda_gemm_reused_count(g), 0);
+        cuda_gemm_destroy(g);
+    }
     cudaStreamDestroy(st);
 
     if (old_tune) setenv("SLUICE_GEMM_TUNE", old_tune, 1);

@@ -14,19 +14,24 @@
 // descriptors in a small open-addressing hash map; a step only sets the bias
 // pointer and calls cublasLtMatmul.
 //
-// Autotuning. The heuristic's first choice is an estimate: on an H200 it was
-// up to 15% slower than the fastest of its top 8 candidates for FP8 prefill
-// GEMMs (e4m3, per-tensor scales, fast accumulation; n 8192, out 4096..28672,
-// in 4096/14336) and 0-7% slower for bf16 (test_gpu_gemm's SLUICE_GPU_BENCH=1
-// sweep). So a new plan for n >= SLUICE_GEMM_TUNE_MIN_N rows (default 1024;
-// smaller GEMMs are short, decode-sized, and gain less than timing costs)
-// asks for up to 8 candidates, times each on the call's own buffers (1
-// warm-up + 3 runs, CUDA events on the context's stream, the minimum) and
-// keeps the fastest. Running candidates on the real buffers is harmless:
-// every call has beta = 0, so the real call that follows overwrites y (or
-// the fallback's scratch). Candidates that fail to launch are skipped; the
-// real call still dies with the usual message if it fails. Timing waits for
-// the stream (a host synchronisation), once per tuned plan.
+// Autotuning. The heuristic's first choice is an estimate, and it ranks
+// the candidates by their speed at full clock. A prefill-heavy job runs the
+// GPU at its power limit, where the SM clock settles 20-25% lower and the
+// candidates rank differently: on an H200 (tests/gpu/gemm_power_probe.cu,
+// random data, 2.5 s of back-to-back GEMMs each) the first choice for the
+// 8B gate/up projection in FP8 (192x192 tiles) was the fastest in a burst
+// from idle and 8% slower than 168x128 / 176x128 tiles under sustained load.
+// So a new plan for n >= SLUICE_GEMM_TUNE_MIN_N rows (default 1024; smaller
+// GEMMs are short, decode-sized, and gain less than timing costs) asks for
+// up to 8 candidates and times them on the call's own buffers under load:
+// the context's first timing runs ~100 ms of GEMMs to bring the clock down,
+// then the candidates take turns (3 rounds of 2 runs each, CUDA events on
+// the context's stream), so each sees the same clock, and the lowest total
+// wins. Running candidates on the real buffers is harmless: every call has
+// beta = 0, so the real call that follows overwrites y (or the fallback's
+// scratch). Candidates that fail to launch are skipped; the real call still
+// dies with the usual message if it fails. Timing waits for the stream (a
+// host synchronisation), once per tuned plan.
 // Prefill steps see many distinct n, each a plan of its own, so the winners
 // are also kept per size bucket (tune_bucket): a new plan whose bucket has a
 // winner takes it without timing, once cublasLtMatmulAlgoCheck accepts it
@@ -34,14 +39,15 @@
 // While the stream is being captured into a CUDA graph nothing is timed and
 // nothing waits: a plan first made then takes its bucket's winner if there
 // is one, else the heuristic's first choice, and keeps it.
-// Tuning is OFF by default; SLUICE_GEMM_TUNE=1 turns it on (both variables
-// are read by cuda_gemm_create). Why off: the timing runs inside the job (up
-// to 8 buckets x 4 layer shapes x 8 candidates x 4 runs, ~0.6 s for the 8B
-// shape), and the one end-to-end run with it on (H200, 2048/128 BF16) gave
-// 1,885 tok/s against 1,944 without it in an earlier session; an A/B in one
-// run has not been made. Another algorithm sums in another order (tile
-// shape, split-K), so a tuned run can differ in the last bits from an
-// untuned one, and, since timings are noisy, between tuned runs.
+// Default: on for FP8 weights, off otherwise (SLUICE_GEMM_TUNE=1 / 0 turns
+// it on / off for all). Same-run A/B on H200s, Llama-3.1-8B shape: FP8
+// 2048/128 +1.5-1.8% end to end on two machines, FP8 128/128 +0.3%; BF16
+// -0.6% at 2048/128 and -0.4% at 128/128 (noise level; docs/PERF.md, tenth
+// session). The timing costs ~0.1-0.2 s per weight shape and bucket inside
+// the job (`sluice bench` warms up first, outside its timing). Another
+// algorithm sums in another order (tile shape, split-K), so a tuned run can
+// differ in the last bits from an untuned one, and, since timings are noisy,
+// between tuned runs.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <limits.h>
@@ -102,9 +108,14 @@ typedef struct {
 } GemmPlan;
 
 // Up to this many heuristic candidates are timed per tuned plan (the H200
-// sweep found the best within the top 8), each GEMM_TUNE_RUNS times.
+// sweep found the best within the top 8). Timing (plan_tune): a warm-up of
+// GEMM_TUNE_WARM_MS of back-to-back GEMMs, then GEMM_TUNE_ROUNDS rounds in
+// which each candidate runs GEMM_TUNE_RUNS times in a row.
 #define GEMM_TUNE_CANDIDATES 8
-#define GEMM_TUNE_RUNS 3
+#define GEMM_TUNE_RUNS 2
+#define GEMM_TUNE_ROUNDS 3
+#define GEMM_TUNE_WARM_MS 100.0f
+#define GEMM_TUNE_EVENTS (GEMM_TUNE_CANDIDATES * GEMM_TUNE_ROUNDS + 1)
 
 // A timed winner, shared by the plans of its size bucket.
 typedef struct {
@@ -124,9 +135,10 @@ struct cuda_gemm {
     float *fb;             // FP8 fallback's fp32 products, made with the first fallback plan
     size_t fb_cap;         // floats allocated
     size_t fb_want;        // floats to allocate then (cuda_gemm_reserve_fp8)
-    int tune;              // SLUICE_GEMM_TUNE ("1": on; off by default)
+    int tune;              // SLUICE_GEMM_TUNE: 1 on, 0 off, -1 unset (FP8 plans only)
     int tune_min_n;        // SLUICE_GEMM_TUNE_MIN_N (1024)
     int tuned, reused;     // plans chosen by timing / by their bucket's winner
+    int warmed;            // the first timing's warm-up is done
     // the heuristic's candidates for the plan plan_build just made
     cublasLtMatmulHeuristicResult_t cand[GEMM_TUNE_CANDIDATES];
     int ncand;
@@ -135,7 +147,7 @@ struct cuda_gemm {
     // entries per weight shape and bucket.
     GemmWinner *wins;
     int nwins, wins_cap;
-    cudaEvent_t ev[GEMM_TUNE_RUNS + 1]; // made with the first timing
+    cudaEvent_t ev[GEMM_TUNE_EVENTS]; // made with the first timing
 };
 
 static uint64_t key_hash(const GemmKey *k) {
@@ -262,6 +274,14 @@ static void plan_try(cuda_gemm *g, GemmPlan *p, const GemmKey *k, int fast_accum
 static void plan_release(GemmPlan *p);
 static void fb_alloc(cuda_gemm *g);
 
+// Whether a plan for k times its candidates: n of at least tune_min_n rows,
+// and SLUICE_GEMM_TUNE=1, or unset and an FP8 weight (the one case where
+// timing paid end to end; see the top of the file).
+static int tune_on(const cuda_gemm *g, const GemmKey *k) {
+    if (k->n < g->tune_min_n) return 0;
+    return g->tune == 1 || (g->tune < 0 && k->fmt == WFMT_FP8_E4M3);
+}
+
 // Builds the descriptors for k and asks the heuristic for the best algorithm
 // that fits the workspace and the alignment. FP8 tries fast accumulation
 // first (what FP8 inference engines use on Hopper; SLUICE_FP8_FAST_ACCUM=0
@@ -271,7 +291,7 @@ static void fb_alloc(cuda_gemm *g);
 static void plan_build(cuda_gemm *g, GemmPlan *p, const GemmKey *k) {
     cublasLtMatmulHeuristicResult_t *res = g->cand;
     int found = 0;
-    int want = g->tune && k->n >= g->tune_min_n ? GEMM_TUNE_CANDIDATES : 1;
+    int want = tune_on(g, k) ? GEMM_TUNE_CANDIDATES : 1;
     const char *fa_env = getenv("SLUICE_FP8_FAST_ACCUM");
     int fast_first = k->fmt == WFMT_FP8_E4M3 && !(fa_env && fa_env[0] == '0');
     int tried = 0, attempt = fast_first ? 0 : 1;
@@ -341,27 +361,16 @@ static GemmWinner *winner_find(cuda_gemm *g, const GemmKey *bk, int variant) {
     return NULL;
 }
 
-// Enqueues 1 warm-up and GEMM_TUNE_RUNS timed runs of algo on p's descriptors
-// and pointers (alpha 1, beta 0) and returns the fastest run in ms, or -1 when
-// cuBLASLt refuses the algorithm. Waits for the stream.
-static float time_candidate(cuda_gemm *g, GemmPlan *p, const cublasLtMatmulAlgo_t *algo,
-                            const void *a, const void *b, void *d) {
+// Enqueues `runs` GEMMs with algo on p's descriptors and pointers (alpha 1,
+// beta 0); 0 when cuBLASLt refuses the algorithm.
+static int run_candidate(cuda_gemm *g, GemmPlan *p, const cublasLtMatmulAlgo_t *algo,
+                         const void *a, const void *b, void *d, int runs) {
     const float one = 1.0f, zero = 0.0f;
-    for (int r = 0; r <= GEMM_TUNE_RUNS; r++) {
+    for (int r = 0; r < runs; r++)
         if (cublasLtMatmul(g->lt, p->op, &one, a, p->a, b, p->b, &zero, d, p->d, d, p->d, algo,
                            g->workspace, g->ws_bytes, g->stream) != CUBLAS_STATUS_SUCCESS)
-            return -1.0f;
-        // run 0 is the warm-up; ev[r - 1] .. ev[r] frames run r
-        CUDA_CHECK(cudaEventRecord(g->ev[r], g->stream));
-    }
-    CUDA_CHECK(cudaEventSynchronize(g->ev[GEMM_TUNE_RUNS]));
-    float best = -1.0f;
-    for (int r = 1; r <= GEMM_TUNE_RUNS; r++) {
-        float ms = 0.0f;
-        CUDA_CHECK(cudaEventElapsedTime(&ms, g->ev[r - 1], g->ev[r]));
-        if (best < 0.0f || ms < best) best = ms;
-    }
-    return best;
+            return 0;
+    return 1;
 }
 
 // Chooses the algorithm of the plan just made (p, its candidates in g->cand),
@@ -371,7 +380,7 @@ static float time_candidate(cuda_gemm *g, GemmPlan *p, const cublasLtMatmulAlgo_
 // tuning is off, n is small, or the stream is being captured.
 static void plan_tune(cuda_gemm *g, GemmPlan *p, const void *a, const void *b, void *d) {
     const GemmKey *k = &p->key;
-    if (!g->tune || k->n < g->tune_min_n) return;
+    if (!tune_on(g, k)) return;
     GemmKey bk = *k;
     bk.n = tune_bucket(k->n);
     GemmWinner *win = winner_find(g, &bk, p->variant);
@@ -402,23 +411,76 @@ static void plan_tune(cuda_gemm *g, GemmPlan *p, const void *a, const void *b, v
     }
     if (cs != cudaStreamCaptureStatusNone) return;
     if (!g->ev[0])
-        for (int i = 0; i <= GEMM_TUNE_RUNS; i++) CUDA_CHECK(cudaEventCreate(&g->ev[i]));
-    int best = -1;
-    float best_ms = 0.0f, first_ms = -1.0f;
+        for (int i = 0; i < GEMM_TUNE_EVENTS; i++) CUDA_CHECK(cudaEventCreate(&g->ev[i]));
+    // Sustained load, not a burst: a prefill-heavy job runs the GPU at its
+    // power limit, with the SM clock well below its maximum, and the
+    // candidates rank differently there (gemm_power_probe on an H200: the
+    // heuristic's first choice for the 8B gate/up projection was fastest in
+    // a burst from idle and 8% slower than another tile shape once the clock
+    // had settled). So: one launch of each candidate (drops the ones cuBLASLt
+    // refuses; loads their kernels), GEMM_TUNE_WARM_MS of the first one to
+    // bring the clock down to where the job runs, then rounds in which the
+    // candidates take turns, so that each sees the same clock.
+    int ok[GEMM_TUNE_CANDIDATES], nok = 0, first = -1;
     for (int i = 0; i < g->ncand; i++) {
         const cublasLtMatmulHeuristicResult_t *c = &g->cand[i];
-        if (c->state != CUBLAS_STATUS_SUCCESS || c->workspaceSize > g->ws_bytes) continue;
-        float ms = time_candidate(g, p, &c->algo, a, b, d);
-        if (i == 0) first_ms = ms;
-        if (ms >= 0.0f && (best < 0 || ms < best_ms)) best = i, best_ms = ms;
+        ok[i] = c->state == CUBLAS_STATUS_SUCCESS && c->workspaceSize <= g->ws_bytes &&
+                run_candidate(g, p, &c->algo, a, b, d, 1);
+        if (ok[i] && first < 0) first = i;
+        nok += ok[i];
     }
-    if (best < 0) return; // none ran: the real call reports why
+    if (nok == 0) return; // none ran: the real call reports why
+    CUDA_CHECK(cudaEventRecord(g->ev[0], g->stream));
+    run_candidate(g, p, &g->cand[first].algo, a, b, d, 2);
+    CUDA_CHECK(cudaEventRecord(g->ev[1], g->stream));
+    CUDA_CHECK(cudaEventSynchronize(g->ev[1]));
+    float ms2 = 0.0f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms2, g->ev[0], g->ev[1]));
+    // The first timing of the context warms up; later ones come while the
+    // job keeps the GPU busy, its clock already where the load puts it.
+    if (!g->warmed) {
+        int warm = ms2 > 0.0f ? (int)(GEMM_TUNE_WARM_MS / (ms2 / 2)) + 1 : 1;
+        if (warm > 4096) warm = 4096;
+        run_candidate(g, p, &g->cand[first].algo, a, b, d, warm);
+        g->warmed = 1;
+    }
+    CUDA_CHECK(cudaEventRecord(g->ev[0], g->stream));
+    int ne = 1;
+    for (int r = 0; r < GEMM_TUNE_ROUNDS; r++)
+        for (int i = 0; i < g->ncand; i++) {
+            if (!ok[i]) continue;
+            run_candidate(g, p, &g->cand[i].algo, a, b, d, GEMM_TUNE_RUNS);
+            CUDA_CHECK(cudaEventRecord(g->ev[ne++], g->stream));
+        }
+    CUDA_CHECK(cudaEventSynchronize(g->ev[ne - 1]));
+    float tot[GEMM_TUNE_CANDIDATES] = {0};
+    ne = 1;
+    for (int r = 0; r < GEMM_TUNE_ROUNDS; r++)
+        for (int i = 0; i < g->ncand; i++) {
+            if (!ok[i]) continue;
+            float ms = 0.0f;
+            CUDA_CHECK(cudaEventElapsedTime(&ms, g->ev[ne - 1], g->ev[ne]));
+            tot[i] += ms;
+            ne++;
+        }
+    int best = -1;
+    float best_ms = 0.0f;
+    const float scale = 1.0f / (GEMM_TUNE_ROUNDS * GEMM_TUNE_RUNS);
+    for (int i = 0; i < g->ncand; i++)
+        if (ok[i] && (best < 0 || tot[i] < best_ms)) best = i, best_ms = tot[i];
+    best_ms *= scale;
+    const float first_ms = tot[first] * scale;
     p->algo = g->cand[best].algo;
     p->tuned = PLAN_TIMED;
     p->rank = best;
     g->tuned++;
-    LOGD("GEMM y (%d, %d) = x @ W^T (in %d, %s): candidate %d of %d, %.3f ms (first choice "
-         "%.3f ms)", k->n, k->out, k->in, fmt_name(k->fmt), best, g->ncand, best_ms, first_ms);
+    int tile = -1;
+    size_t wr = 0;
+    cublasLtMatmulAlgoConfigGetAttribute(&p->algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile,
+                                         &wr);
+    LOGD("GEMM y (%d, %d) = x @ W^T (in %d, %s): candidate %d of %d (tile id %d), %.3f ms "
+         "(first choice %.3f ms, sustained load)", k->n, k->out, k->in, fmt_name(k->fmt), best,
+         g->ncand, tile, best_ms, first_ms);
     if (!win) {
         if (g->nwins == g->wins_cap) {
             g->wins_cap = g->wins_cap ? 2 * g->wins_cap : 32;
@@ -448,7 +510,9 @@ extern "C" cuda_gemm *cuda_gemm_create(cudaStream_t stream, size_t workspace_byt
     g->stream = stream;
     g->ws_bytes = workspace_bytes ? workspace_bytes : CUDA_GEMM_WORKSPACE_BYTES;
     const char *tune = getenv("SLUICE_GEMM_TUNE");
-    g->tune = tune && strcmp(tune, "1") == 0;
+    g->tune = !tune || !*tune ? -1 : strcmp(tune, "1") == 0 ? 1 : 0;
+    if (tune && *tune && strcmp(tune, "0") && strcmp(tune, "1"))
+        LOGW("SLUICE_GEMM_TUNE=%s is neither 0 nor 1: tuning off", tune);
     g->tune_min_n = 1024;
     const char *min_n = getenv("SLUICE_GEMM_TUNE_MIN_N");
     if (min_n && *min_n) {
@@ -486,7 +550,7 @@ extern "C" void cuda_gemm_destroy(cuda_gemm *g) {
         if (g->plans[i].used) plan_release(&g->plans[i]);
     free(g->plans);
     free(g->wins);
-    for (int i = 0; i <= GEMM_TUNE_RUNS; i++)
+    for (int i = 0; i < GEMM_TUNE_EVENTS; i++)
         if (g->ev[i]) CUDA_CHECK(cudaEventDestroy(g->ev[i]));
     if (g->workspace) CUDA_CHECK(cudaFree(g->workspace));
     CUBLAS_CHECK(cublasLtDestroy(g->lt));

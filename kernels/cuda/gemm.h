@@ -50,13 +50,14 @@ typedef enum {
 // grows (host memory, rehashing) the first time a shape is seen: with a
 // scheduler that packs any number of rows per step it grows with the number
 // of distinct n values, i.e. at most max_tokens entries per weight shape.
-// With SLUICE_GEMM_TUNE=1 (off by default), a new entry for n >=
-// SLUICE_GEMM_TUNE_MIN_N (1024) rows times up to 8 of cuBLASLt's candidates
-// on the call's own buffers and keeps the fastest (waiting for the stream
-// once; never while the stream is being captured into a CUDA graph), or
-// reuses the winner of an earlier n of the same size bucket; otherwise it
-// keeps cuBLASLt's first choice (gemm.cu says more, including why it is off
-// and why tuned results can differ in the last bits).
+// A new entry for n >= SLUICE_GEMM_TUNE_MIN_N (1024) rows of an FP8 weight
+// (any weight with SLUICE_GEMM_TUNE=1; none with 0) times up to 8 of
+// cuBLASLt's candidates under sustained load on the call's own buffers and
+// keeps the fastest (waiting for the stream once; never while the stream is
+// being captured into a CUDA graph), or reuses the winner of an earlier n of
+// the same size bucket; otherwise it keeps cuBLASLt's first choice (gemm.cu
+// says more, including why only FP8 by default and why tuned results can
+// differ in the last bits).
 typedef struct cuda_gemm cuda_gemm;
 
 // Default workspace: enough for every split-K / stream-K algorithm cuBLASLt

@@ -81,6 +81,13 @@ readprobe)
     # HBM read bandwidth by access pattern (the W4A16 GEMV's ceiling)
     nvcc -O3 -gencode=arch=compute_90a,code=sm_90a tests/gpu/read_probe.cu -o build/read_probe \
         2>"$OUT/readprobe-build.log" && build/read_probe | tee "$OUT/readprobe.log" ;;
+gemmpower)
+    # cuBLASLt's candidates for the prefill GEMMs under sustained load (power-limited clocks)
+    nvcc -O3 -gencode=arch=compute_90a,code=sm_90a tests/gpu/gemm_power_probe.cu -lcublasLt \
+        -o build/gemm_power_probe 2>"$OUT/gemmpower-build.log" || tail -5 "$OUT/gemmpower-build.log"
+    for dt in ${GP_TYPES:-fp8 bf16}; do
+        build/gemm_power_probe $dt ${GP_SECS:-2.5} | tee "$OUT/gemmpower-$dt.log"
+    done ;;
 bench-180)
     # Falcon-180B shape, INT4 weights + FP8 KV cache, on this one GPU
     timeout ${B180_TIMEOUT:-200} build/sluice bench --arch falcon-180b --isl 128 --osl 128 --requests ${N180:-512} \
