@@ -61,7 +61,12 @@ static void bench_usage(FILE *f) {
         "  --tp T                 tensor-parallel ranks (start the job with mpirun -np T);\n"
         "                         the roofline then counts T GPUs\n"
         "  --cuda-graphs on|off   replay decode steps from CUDA graphs (default on; cuda only)\n"
-        "  --output FILE          also write the results as JSON\n");
+        "  --output FILE          also write the results as JSON\n"
+        "  --warmup N             untimed requests (same isl, 2 output tokens) run first;\n"
+        "                         default: enough to fill one step of --max-num-tokens\n"
+        "                         (at most --requests), so one-time work (GEMM plans, kernel\n"
+        "                         loading) stays out of the timing; 0: none\n"
+        "  -v, --verbose          debug logging (e.g. the GEMM tuner's choices)\n");
 }
 
 static double matmul_params(const ModelConfig *c) {
@@ -74,7 +79,7 @@ static double matmul_params(const ModelConfig *c) {
 enum {
     B_ARCH = 1000, B_MODEL, B_ISL, B_OSL, B_REQ, B_SEED, B_BACKEND, B_MAXB, B_MAXT, B_BLOCK,
     B_KVB, B_KVF, B_KVM, B_SCHED, B_PEAK, B_THREADS, B_OUT, B_TP, B_HELP, B_DTYPE, B_GROUP,
-    B_KV_DTYPE, B_GRAPHS, B_FP8_PT
+    B_KV_DTYPE, B_GRAPHS, B_FP8_PT, B_WARMUP, B_VERBOSE = 'v'
 };
 
 int cli_bench(int argc, char **argv, Comm *comm) {
@@ -98,6 +103,8 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         {"peak-tflops", required_argument, 0, B_PEAK},
         {"threads", required_argument, 0, B_THREADS},
         {"cuda-graphs", required_argument, 0, B_GRAPHS},
+        {"verbose", no_argument, 0, B_VERBOSE},
+        {"warmup", required_argument, 0, B_WARMUP},
         {"fp8-per-tensor", no_argument, 0, B_FP8_PT},
         {"output", required_argument, 0, B_OUT},
         {"tp", required_argument, 0, B_TP},
@@ -108,6 +115,7 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     };
     const char *arch = NULL, *model_dir = NULL, *backend = "auto", *out = NULL;
     long isl = 128, osl = 128, nreq = 1000, seed = 1, threads = 0, kv_blocks = 0, tp = 1, v;
+    long warmup = -1; // -1: one step's worth (see --warmup)
     const char *dtype = "auto", *kv_dtype = "auto";
     CliDtype dt;
     long int4_group = 128;
@@ -120,7 +128,7 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     optind = 1;
     opterr = 0;
     for (;;) {
-        int c = getopt_long(argc, argv, "", longopts, NULL);
+        int c = getopt_long(argc, argv, "v", longopts, NULL);
         if (c == -1) break;
         switch (c) {
         case B_ARCH: arch = optarg; break;
@@ -175,6 +183,8 @@ int cli_bench(int argc, char **argv, Comm *comm) {
         case B_PEAK: if (cli_float(C, "--peak-tflops", optarg, 1e-3, 1e6, &peak)) return EXIT_USAGE; peak_set = 1; break;
         case B_THREADS: if (cli_int(C, "--threads", optarg, 1, 4096, &threads)) return EXIT_USAGE; break;
         case B_OUT: out = optarg; break;
+        case B_VERBOSE: sl_log_set_level(LOG_DEBUG); break;
+        case B_WARMUP: if (cli_int(C, "--warmup", optarg, 0, 1L << 30, &warmup)) return EXIT_USAGE; break;
         case B_TP: if (cli_int(C, "--tp", optarg, 1, 1 << 16, &tp)) return EXIT_USAGE; break;
         case B_GROUP:
             if (cli_int(C, "--int4-group", optarg, 32, 1 << 20, &int4_group)) return EXIT_USAGE;
@@ -312,6 +322,24 @@ int cli_bench(int argc, char **argv, Comm *comm) {
     LOGI("bench %s on %s: %s", arch ? arch_path : model_dir, be->name, desc);
     LOGI("%ld requests, isl %ld, osl %ld; KV pool %d blocks x %d; max batch %d, max tokens %d",
          nreq, isl, osl, eo.kv_blocks, eo.block_size, eo.max_batch, eo.max_tokens);
+    // warm-up: the first prompts, 2 output tokens each, untimed
+    if (warmup < 0) warmup = (eo.max_tokens + isl - 1) / isl;
+    if (warmup > nreq) warmup = nreq;
+    double t_warm = sl_now();
+    if (warmup > 0) {
+        PromptSet wps = ps;
+        wps.n = warmup;
+        wps.n_tokens = warmup * isl;
+        EngineOptions wo = eo;
+        wo.max_new_tokens = osl < 2 ? (int)osl : 2;
+        wo.progress_every = 0;
+        EngineStats wst;
+        memset(&wst, 0, sizeof wst);
+        int wrc = engine_run(m, &wps, NULL, wps.n, &wo, NULL, &wst, &err);
+        engine_stats_free(&wst);
+        if (wrc) goto fail;
+    }
+    t_warm = sl_now() - t_warm;
     if (engine_run(m, &ps, NULL, ps.n, &eo, NULL, &st, &err)) goto fail;
 
     double secs = st.seconds > 0 ? st.seconds : 1e-9;
@@ -335,7 +363,8 @@ int cli_bench(int argc, char **argv, Comm *comm) {
            st.max_seqs_seen, st.max_rows_seen, st.steps, st.preemptions);
     printf("  memory used          %10.2f GiB per rank (weights, activations, KV pool)\n",
            used / 1073741824.0);
-    printf("  wall                 %10.2f s (+ %.2f s setup)\n", st.seconds, t_load);
+    printf("  wall                 %10.2f s (+ %.2f s setup, %.2f s warm-up of %ld requests)\n",
+           st.seconds, t_load, t_warm, warmup);
     int graphs_used = st.graph_steps > 0;
     if (graphs_used)
         printf("  CUDA graphs          %10s (%ld captured; %ld of %ld steps replayed)\n", "used",
@@ -366,6 +395,8 @@ int cli_bench(int argc, char **argv, Comm *comm) {
             sl_errf(&err, "%s: cannot build the JSON report", out);
             goto fail;
         }
+        json_object_set_new(j, "warmup_requests", json_integer(warmup));
+        json_object_set_new(j, "warmup_s", json_real(t_warm));
         json_object_set_new(j, "cuda_graphs", json_boolean(graphs_used));
         json_object_set_new(j, "cuda_graph_captures", json_integer(st.graph_captures));
         json_object_set_new(j, "cuda_graph_steps", json_integer(st.graph_steps));
