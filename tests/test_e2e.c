@@ -7,7 +7,8 @@
 //   a tight KV pool (forcing preemption), small chunks (splitting prompts) and
 //   either policy give identical tokens, greedy and seeded sampling alike;
 // - bad input (flags, model directories, prompt files, requests) gives a
-//   clear error naming the culprit, a non-zero exit, and no completions.h5.
+//   clear error naming the culprit, a non-zero exit, and no completions.h5;
+// - `sluice bench` keeps its warm-up requests out of the report.
 #include <hdf5.h>
 #include <jansson.h>
 #include <math.h>
@@ -589,6 +590,34 @@ static void test_export(void) {
     CU_ASSERT(sluice("export %s/nothing-here", tu_tmpdir()) == 1);
 }
 
+// `sluice bench` on the CPU: the JSON report counts the timed requests only;
+// the warm-up defaults to one step's worth of requests (ceil(max-num-tokens
+// / isl), at most --requests) and --warmup 0 turns it off.
+static void test_bench_warmup(void) {
+    const char *js = tmp("bench.json");
+    struct {
+        const char *flags;
+        long warm;
+    } cases[] = {{"--max-num-tokens 64", 3}, {"--max-num-tokens 4096", 5}, {"--warmup 0", 0},
+                 {"--warmup 2", 2}};
+    for (int i = 0; i < 4; i++) {
+        CU_ASSERT_FATAL(sluice("bench --backend cpu --model %s --isl 30 --osl 3 --requests 5 %s "
+                               "--output %s",
+                               model_dir(), cases[i].flags, js) == 0);
+        CU_ASSERT(strstr(g_out, "warm-up of") != NULL);
+        json_error_t je;
+        json_t *j = json_load_file(js, 0, &je);
+        CU_ASSERT_FATAL(j != NULL);
+        CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "warmup_requests")), cases[i].warm);
+        CU_ASSERT_EQUAL(json_integer_value(json_object_get(j, "requests")), 5);
+        CU_ASSERT(json_real_value(json_object_get(j, "output_tokens_per_s")) > 0);
+        json_decref(j);
+    }
+    CU_ASSERT(sluice("bench --backend cpu --model %s --isl 30 --osl 3 --requests 5 --warmup -1",
+                     model_dir()) == 2);
+    CU_ASSERT(strstr(g_out, "--warmup") != NULL);
+}
+
 int main(void) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     static const tu_test golden[] = {{"golden_greedy_and_eos", test_golden_greedy},
@@ -602,6 +631,7 @@ int main(void) {
                                   {"bad_prompt_files", test_bad_prompts},
                                   {"bad_requests_and_strict", test_bad_requests},
                                   {"export_jsonl", test_export},
+                                  {"bench_warmup", test_bench_warmup},
                                   {NULL, NULL}};
     tu_suite("e2e_golden", golden);
     tu_suite("e2e_batching", batching);
