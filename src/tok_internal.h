@@ -56,6 +56,9 @@ int tok_bpe_add_token(tok_bpe *m, const char *s, size_t n, int32_t id, const cha
                       sl_err *err);
 
 // Sizes the hash tables for n tokens / merges; call before adding.
+// The largest vocabulary id accepted (the id -> token tables are sized by
+// the largest id; real vocabularies stop at a few hundred thousand).
+#define TOK_MAX_ID ((1 << 24) - 1)
 void tok_bpe_reserve(tok_bpe *m, int n_tokens, int n_merges, int32_t max_id);
 
 // Adds one merge (a, b) with rank; a later duplicate overwrites, as HF's map does.

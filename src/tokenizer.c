@@ -1477,6 +1477,12 @@ static int load_model(Tokenizer *t, json_t *m, sl_err *err) {
             json_integer_value(val) > INT32_MAX - 1)
             return sl_errf(err, "%s: model.vocab[\"%s\"]: id must be a non-negative integer",
                            path, key);
+        // the id -> token tables are sized by the largest id: a stray huge id
+        // would allocate gigabytes (found by fuzz_tokenizer)
+        if (json_integer_value(val) > TOK_MAX_ID)
+            return sl_errf(err, "%s: model.vocab[\"%s\"]: id %lld is past the largest id sluice "
+                           "takes (%d; vocabularies have up to a few hundred thousand tokens)",
+                           path, key, (long long)json_integer_value(val), TOK_MAX_ID);
         if (json_integer_value(val) > max_id) max_id = (int32_t)json_integer_value(val);
     }
     tok_bpe *b = &t->bpe;

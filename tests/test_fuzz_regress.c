@@ -51,6 +51,19 @@ static void test_regress_huge_index(void) {
     CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "'prompt_index' claims 1099511627266 elements"));
 }
 
+// A tokenizer.json whose vocabulary holds the id 1777777770: the id -> token
+// tables are sized by the largest id, and loading it asked for 14 GB
+// (fuzz_tokenizer: out of memory in tok_bpe_reserve; fixed by TOK_MAX_ID).
+static void test_regress_huge_vocab_id(void) {
+    const char *p = tu_path("tests/fuzz/corpus/tokenizer/regress-huge-vocab-id.json");
+    Tokenizer *t = NULL;
+    sl_err err = {0};
+    CU_ASSERT_EQUAL(tok_load(&t, p, &err), -1);
+    CU_ASSERT_PTR_NULL(t);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "regress-huge-vocab-id.json"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "model.vocab[\"<0xA7>\"]: id 1777777770 is past"));
+}
+
 // ----------------------------------------------------------------------------
 // seeds
 
@@ -208,6 +221,7 @@ static void test_replay_all(void) {
 int main(void) {
     static const tu_test regress[] = {{"huge_prompt_offsets", test_regress_huge_offsets},
                                       {"huge_prompt_index", test_regress_huge_index},
+                                      {"huge_vocab_id", test_regress_huge_vocab_id},
                                       {NULL, NULL}};
     static const tu_test seeds[] = {{"safetensors_seed", test_seed_safetensors},
                                     {"config_seed", test_seed_config},
