@@ -558,24 +558,47 @@ static __device__ __forceinline__ void ld_bytes(uint32_t w[NB / 4], const uint8_
 }
 
 
+static __device__ __forceinline__ void mma_bf16_16816(float c[4], const uint32_t a[4], uint32_t b0,
+                                                      uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// NB bytes (a multiple of 8) from global memory as 32-bit words, or zeros
+template <int NB>
+static __device__ __forceinline__ void ld_words(uint32_t *w, const uint8_t *p, bool ok) {
+#pragma unroll
+    for (int i = 0; i < NB / 16; i++) ld_bytes<16>(w + 4 * i, p + 16 * i, ok);
+    if constexpr (NB % 16) ld_bytes<8>(w + 4 * (NB / 16), p + 16 * (NB / 16), ok);
+}
+
 static __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t a) {
     uint32_t d;
     asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(a));
     return d;
 }
 
-template <int HD, int D>
-static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 4 : 3)
+// KT = uint8_t: e4m3 codes (fp16 MMAs); KT = bf16: a bf16 cache, whose rows
+// are the MMAs' operands as loaded (bf16 MMAs; Q unscaled, S scaled after),
+// twice the registers of loads in flight. MINB: CTAs per SM the registers
+// are fitted to.
+template <int HD, int D, typename KT, int MINB>
+static __global__ void __launch_bounds__(DEC_THREADS, MINB)
     attn_decode_tn_kernel(bf16 *__restrict__ out, float *__restrict__ ws,
-                          const bf16 *__restrict__ qkv, const uint8_t *__restrict__ k_cache,
-                          const uint8_t *__restrict__ v_cache, const int32_t *__restrict__ pos,
+                          const bf16 *__restrict__ qkv, const KT *__restrict__ k_cache,
+                          const KT *__restrict__ v_cache, const int32_t *__restrict__ pos,
                           const int32_t *__restrict__ seq_start,
                           const int32_t *__restrict__ block_tables, int max_blocks, int n_seqs,
                           int n_heads, int n_kv_heads, int bs_shift, int n_sub, int n_splits,
                           int chunk, float scale_log2, float v_mul, int window,
                           const float *__restrict__ alibi) {
-    constexpr int KB = HD / 4;   // K bytes per lane per position
-    constexpr int VB = HD / 8;   // V bytes per lane per position
+    constexpr bool F8 = sizeof(KT) == 1;
+    constexpr int KE = HD / 4;             // K elements per lane per position
+    constexpr int VE = HD / 8;             // V elements per lane per position
+    constexpr int KB = KE * sizeof(KT);    // and their bytes
+    constexpr int VB = VE * sizeof(KT);
     constexpr int NKS = HD / 16; // k-steps of S^T
     constexpr int NMO = HD / 16; // m16 tiles of O^T
     constexpr int STEP = 16 * DEC_WARPS;
@@ -606,24 +629,29 @@ static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 4 : 3)
         return;
     }
 
-    // Q^T fragments (head g of this CTA), scaled, in fp16
+    // Q^T fragments (head g of this CTA): FP8, scaled, in fp16; bf16 as stored
     uint32_t qb[NKS][2];
     {
         const bf16 *qrow = qkv + (size_t)row * (n_heads + 2 * n_kv_heads) * HD;
-        uint32_t w[KB / 2]; // KB bf16 = dims [t * KB, (t + 1) * KB)
+        uint32_t w[KE / 2]; // KE bf16 = dims [t * KE, (t + 1) * KE)
 #pragma unroll
-        for (int i = 0; i < KB / 8; i++) {
+        for (int i = 0; i < KE / 8; i++) {
             uint4 v = make_uint4(0, 0, 0, 0);
             if (g < gvalid)
-                v = __ldg(reinterpret_cast<const uint4 *>(qrow + (size_t)(h0 + g) * HD + t * KB + 8 * i));
+                v = __ldg(reinterpret_cast<const uint4 *>(qrow + (size_t)(h0 + g) * HD + t * KE + 8 * i));
             w[4 * i] = v.x, w[4 * i + 1] = v.y, w[4 * i + 2] = v.z, w[4 * i + 3] = v.w;
         }
 #pragma unroll
         for (int ks = 0; ks < NKS; ks++) {
-            qb[ks][0] = pack_f16x2(bf_lo(w[2 * ks]) * scale_log2, bf_hi(w[2 * ks]) * scale_log2);
-            qb[ks][1] = pack_f16x2(bf_lo(w[2 * ks + 1]) * scale_log2, bf_hi(w[2 * ks + 1]) * scale_log2);
+            if constexpr (F8) {
+                qb[ks][0] = pack_f16x2(bf_lo(w[2 * ks]) * scale_log2, bf_hi(w[2 * ks]) * scale_log2);
+                qb[ks][1] = pack_f16x2(bf_lo(w[2 * ks + 1]) * scale_log2, bf_hi(w[2 * ks + 1]) * scale_log2);
+            } else {
+                qb[ks][0] = w[2 * ks], qb[ks][1] = w[2 * ks + 1];
+            }
         }
     }
+    const float s_mul = F8 ? 1.0f : scale_log2; // S in log2 units
     // this lane's heads: columns 2t and 2t + 1
     float slope[2];
 #pragma unroll
@@ -647,16 +675,14 @@ static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 4 : 3)
         for (int j = 0; j < 2; j++) { // K rows of positions p0 + 8j + g
             const int tp = p0 + 8 * j + g;
             const bool ok = valid(tp);
-            const uint8_t *kp = k_cache + (ok ? cache_row(tp) * HD : 0) + t * KB;
-#pragma unroll
-            for (int i = 0; i < KB / 16; i++) ld_bytes<16>(&kw[j][4 * i], kp + 16 * i, ok);
-            if constexpr (KB % 16) ld_bytes<8>(&kw[j][4 * (KB / 16)], kp + 16 * (KB / 16), ok);
+            const KT *kp = k_cache + (ok ? cache_row(tp) * HD : 0) + t * KE;
+            ld_words<KB>(kw[j], reinterpret_cast<const uint8_t *>(kp), ok);
         }
 #pragma unroll
         for (int u = 0; u < 4; u++) { // V rows of positions p0 + {2t, 2t+1, 2t+8, 2t+9}
             const int tp = p0 + 2 * t + (u & 1) + 8 * (u >> 1);
             const bool ok = valid(tp);
-            ld_bytes<VB>(vw[u], v_cache + (ok ? cache_row(tp) * HD : 0) + g * VB, ok);
+            ld_words<VB>(vw[u], reinterpret_cast<const uint8_t *>(v_cache + (ok ? cache_row(tp) * HD : 0) + g * VE), ok);
         }
     };
     auto compute = [&](int base, const uint32_t (&kc)[2][KB / 4], const uint32_t (&vc)[4][VB / 4]) {
@@ -664,9 +690,14 @@ static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 4 : 3)
         float sa[4] = {0.f, 0.f, 0.f, 0.f}, sb[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
         for (int ks = 0; ks < NKS; ks++) {
-            const uint32_t a[4] = {e4m3x2_to_f16x2(kc[0][ks]), e4m3x2_to_f16x2(kc[1][ks]),
-                                   e4m3x2_to_f16x2(kc[0][ks] >> 16), e4m3x2_to_f16x2(kc[1][ks] >> 16)};
-            mma_f16_16816(ks & 1 ? sb : sa, a, qb[ks][0], qb[ks][1]);
+            if constexpr (F8) {
+                const uint32_t a[4] = {e4m3x2_to_f16x2(kc[0][ks]), e4m3x2_to_f16x2(kc[1][ks]),
+                                       e4m3x2_to_f16x2(kc[0][ks] >> 16), e4m3x2_to_f16x2(kc[1][ks] >> 16)};
+                mma_f16_16816(ks & 1 ? sb : sa, a, qb[ks][0], qb[ks][1]);
+            } else { // elements 4ks, 4ks + 1 (k = 2t, 2t + 1) and 4ks + 2, 4ks + 3 (2t + 8, 2t + 9)
+                const uint32_t a[4] = {kc[0][2 * ks], kc[1][2 * ks], kc[0][2 * ks + 1], kc[1][2 * ks + 1]};
+                mma_bf16_16816(ks & 1 ? sb : sa, a, qb[ks][0], qb[ks][1]);
+            }
         }
         // element e: position p0 + g + 8 (e >> 1), head column 2t + (e & 1)
         const int p0 = base + 16 * warp;
@@ -674,7 +705,8 @@ static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 4 : 3)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int tp = p0 + g + 8 * (e >> 1);
-            sc[e] = valid(tp) ? fmaf(slope[e & 1], (float)(tp - (ctx - 1)), sa[e] + sb[e]) : -INFINITY;
+            sc[e] = valid(tp) ? fmaf(slope[e & 1], (float)(tp - (ctx - 1)), (sa[e] + sb[e]) * s_mul)
+                              : -INFINITY;
         }
         // online softmax per head column c (positions across the 8 lanes g)
 #pragma unroll
@@ -694,17 +726,25 @@ static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 4 : 3)
             for (int j = 0; j < NMO; j++) o[j][c] *= alpha, o[j][c + 2] *= alpha;
         }
         // P^T's B fragment: S^T's C fragment (rows g and g + 8) transposed
-        const uint32_t b0 = movmatrix_trans(pack_f16x2(sc[0], sc[1]));
-        const uint32_t b1 = movmatrix_trans(pack_f16x2(sc[2], sc[3]));
-        // O^T += V^T P^T: tile j's rows g, g + 8 = bytes 2j, 2j + 1 of the lane's V pieces
+        const uint32_t b0 = movmatrix_trans(F8 ? pack_f16x2(sc[0], sc[1]) : pack_bf16x2(sc[0], sc[1]));
+        const uint32_t b1 = movmatrix_trans(F8 ? pack_f16x2(sc[2], sc[3]) : pack_bf16x2(sc[2], sc[3]));
+        // O^T += V^T P^T: tile j's rows g, g + 8 = elements 2j, 2j + 1 of the lane's V pieces
 #pragma unroll
         for (int j = 0; j < NMO; j++) {
-            const uint32_t sel = j & 1 ? 0x7362u : 0x5140u;
-            const uint32_t lo = __byte_perm(vc[0][j >> 1], vc[1][j >> 1], sel); // positions 2t, 2t+1
-            const uint32_t hi = __byte_perm(vc[2][j >> 1], vc[3][j >> 1], sel); // 2t+8, 2t+9
-            const uint32_t a[4] = {e4m3x2_to_f16x2(lo), e4m3x2_to_f16x2(lo >> 16),
-                                   e4m3x2_to_f16x2(hi), e4m3x2_to_f16x2(hi >> 16)};
-            mma_f16_16816(o[j], a, b0, b1);
+            if constexpr (F8) {
+                const uint32_t sel = j & 1 ? 0x7362u : 0x5140u;
+                const uint32_t lo = __byte_perm(vc[0][j >> 1], vc[1][j >> 1], sel); // positions 2t, 2t+1
+                const uint32_t hi = __byte_perm(vc[2][j >> 1], vc[3][j >> 1], sel); // 2t+8, 2t+9
+                const uint32_t a[4] = {e4m3x2_to_f16x2(lo), e4m3x2_to_f16x2(lo >> 16),
+                                       e4m3x2_to_f16x2(hi), e4m3x2_to_f16x2(hi >> 16)};
+                mma_f16_16816(o[j], a, b0, b1);
+            } else { // word j of a row: elements 2j (low half), 2j + 1
+                const uint32_t a[4] = {__byte_perm(vc[0][j], vc[1][j], 0x5410u),
+                                       __byte_perm(vc[0][j], vc[1][j], 0x7632u),
+                                       __byte_perm(vc[2][j], vc[3][j], 0x5410u),
+                                       __byte_perm(vc[2][j], vc[3][j], 0x7632u)};
+                mma_bf16_16816(o[j], a, b0, b1);
+            }
         }
     };
 #pragma unroll
@@ -748,7 +788,7 @@ static __global__ void __launch_bounds__(DEC_THREADS, D == 1 ? 4 : 3)
     __syncthreads();
     dec_merge_warps<DTN_GB, ACC_ROW>(out, ws, sm_acc, sm_m, sm_l, sp, s, h0, gvalid, HD, n_seqs,
                                      n_heads, n_splits, v_mul, [](int dd) {
-                                         return ((dd % VB) >> 1) * 16 + (dd / VB) * 2 + (dd & 1);
+                                         return ((dd % VE) >> 1) * 16 + (dd / VE) * 2 + (dd & 1);
                                      });
 }
 
@@ -2062,6 +2102,40 @@ extern "C" void cuda_attention_fp8_decode_kernel(int kind) {
     g_fp8_decode_kind = kind >= 0 && kind <= 2 ? kind : -1;
 }
 
+// Which kernel the decode rows over a bf16 cache (head_dim 64/128, 16-byte
+// rows) take: 0 the CUDA-core kernel with its shared-memory ring, 1 the
+// tensor-core kernel of the FP8 cache on bf16 operands at 3 CTAs per SM, 2
+// the same at 2 (208 registers, no spills). Unset (-1): 2 for steps whose
+// context bound is DEC_TC_BF16_MIN_CTX or more, else 0. Measured on an H200
+// (test_gpu_attention's benchmark, 32/8 heads, hd 128, GB/s of K/V against
+// the ring's): 4,077 / 3,750 at 256 x 2048, 4,256 / 3,871 at 256 x 8192,
+// 3,507 / 3,354 at 64 x 2048, but 2,781 / 3,104 at 512 x 192; kind 1 was
+// slower than the ring everywhere (spills). SLUICE_DECODE_TC_BF16 sets it,
+// read once; cuda_attention_bf16_decode_kernel overrides it.
+#define DEC_TC_BF16_MIN_CTX 1024
+static int g_bf16_decode_kind = -2; // -2: SLUICE_DECODE_TC_BF16 not read yet
+
+static int bf16_decode_kind(int max_kv_len) {
+    if (g_bf16_decode_kind == -2) {
+        const char *e = getenv("SLUICE_DECODE_TC_BF16");
+        if (e && *e && (e[0] < '0' || e[0] > '2' || e[1]))
+            SL_FATAL("sluice", "SLUICE_DECODE_TC_BF16: expected 0 (CUDA cores), 1 or 2 (tensor "
+                     "cores at 3 or 2 CTAs per SM); unset: 2 from contexts of 1024",
+                     "cuda_paged_attention");
+        g_bf16_decode_kind = e && *e ? e[0] - '0' : -1;
+    }
+    if (g_bf16_decode_kind >= 0) return g_bf16_decode_kind;
+    return max_kv_len >= DEC_TC_BF16_MIN_CTX ? 2 : 0;
+}
+
+extern "C" void cuda_attention_bf16_decode_kernel(int kind) {
+    g_bf16_decode_kind = kind >= -1 && kind <= 2 ? kind : -2;
+}
+
+extern "C" int cuda_attention_bf16_decode_uses_tc(int head_dim, int max_kv_len) {
+    return (head_dim == 64 || head_dim == 128) && bf16_decode_kind(max_kv_len) != 0;
+}
+
 template <typename KT>
 static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, const KT *vc,
                           const int32_t *pos, const int32_t *seq_start, const int32_t *bt,
@@ -2069,9 +2143,10 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, c
                           int n_kv_heads, int hd, int bs_shift, float sl2, float v_mul, bool v16,
                           int window, const float *alibi, cudaStream_t st) {
     const int group = n_heads / n_kv_heads;
-    if constexpr (sizeof(KT) == 1) {
-        // FP8 cache, head_dim 64/128: the tensor-core kernel (cuda_attention_fp8_decode_kernel)
-        const int kind = fp8_decode_kind();
+    {
+        // head_dim 64/128: the tensor-core kernel, by default over an FP8
+        // cache (cuda_attention_fp8_decode_kernel, cuda_attention_bf16_decode_kernel)
+        const int kind = sizeof(KT) == 1 ? fp8_decode_kind() : bf16_decode_kind(max_kv_len);
         if (kind != 0 && v16 && (hd == 128 || hd == 64)) {
             const int n_sub = ceil_div(group, DTN_GB);
             int n_splits, chunk;
@@ -2081,15 +2156,19 @@ static void launch_decode(bf16 *out, float *ws, const bf16 *qkv, const KT *kc, c
 #define DTN_ARGS                                                                              \
     out, ws, qkv, kc, vc, pos, seq_start, bt, max_blocks, n_seqs, n_heads, n_kv_heads, bs_shift, \
         n_sub, n_splits, chunk, sl2, v_mul, window, alibi
-            const bool d1 = kind == 1;
-            if (hd == 128 && d1)
-                attn_decode_tn_kernel<128, 1><<<grid, DEC_THREADS, 0, st>>>(DTN_ARGS);
+            // FP8: kind 1 one step of loads ahead at 4 CTAs per SM, 2 two steps
+            // at 3; bf16: one step ahead at 3 (1) or 2 (2) CTAs per SM
+            constexpr bool F8 = sizeof(KT) == 1;
+            constexpr int D2 = F8 ? 2 : 1, M1 = F8 ? 4 : 3, M2 = F8 ? 3 : 2;
+            const bool k1 = kind == 1;
+            if (hd == 128 && k1)
+                attn_decode_tn_kernel<128, 1, KT, M1><<<grid, DEC_THREADS, 0, st>>>(DTN_ARGS);
             else if (hd == 128)
-                attn_decode_tn_kernel<128, 2><<<grid, DEC_THREADS, 0, st>>>(DTN_ARGS);
-            else if (d1)
-                attn_decode_tn_kernel<64, 1><<<grid, DEC_THREADS, 0, st>>>(DTN_ARGS);
+                attn_decode_tn_kernel<128, D2, KT, M2><<<grid, DEC_THREADS, 0, st>>>(DTN_ARGS);
+            else if (k1)
+                attn_decode_tn_kernel<64, 1, KT, M1><<<grid, DEC_THREADS, 0, st>>>(DTN_ARGS);
             else
-                attn_decode_tn_kernel<64, 2><<<grid, DEC_THREADS, 0, st>>>(DTN_ARGS);
+                attn_decode_tn_kernel<64, D2, KT, M2><<<grid, DEC_THREADS, 0, st>>>(DTN_ARGS);
 #undef DTN_ARGS
             CUDA_CHECK_LAUNCH();
             if (n_splits > 1) {

@@ -190,6 +190,16 @@ void cuda_paged_attention_ex(void *out, const void *qkv, const void *k_cache,
 // flight, 0 the CUDA-core kernel; -1 goes back to SLUICE_DECODE_TC (the same
 // values), read once. For A/B tests and benchmarks; not thread-safe.
 void cuda_attention_fp8_decode_kernel(int kind);
+// The same over a bf16 cache: 0 the CUDA-core kernel, 1 / 2 the tensor-core
+// kernel on bf16 operands at 3 / 2 CTAs per SM, -1 the default (2 for steps
+// whose context bound max_kv_len is 1024 or more, else 0); -2 goes back to
+// SLUICE_DECODE_TC_BF16 (the same values), read once. For A/B tests and
+// benchmarks; not thread-safe.
+void cuda_attention_bf16_decode_kernel(int kind);
+// Whether a bf16-cache call's decode rows take the tensor-core kernel (which
+// rounds P to bf16, as prefill does) at this head_dim and max_kv_len (16-byte
+// aligned rows assumed).
+int cuda_attention_bf16_decode_uses_tc(int head_dim, int max_kv_len);
 // Stages of the bf16-cache decode kernel's shared-memory ring of K/V loads
 // (head_dim 64/128): 3 (default), 4 or 6; 0 loads into registers instead;
 // -1 goes back to SLUICE_DECODE_RING (the same values), read once. For A/B
