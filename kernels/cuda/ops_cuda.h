@@ -211,7 +211,7 @@ void cuda_attention_decode_ring(int stages);
 // warpgroup feeds two consumer warpgroups; ping-pong), 4 = the same without
 // ping-pong, 0 = the mma.sync kernel every other head dim takes; -1 goes
 // back to SLUICE_PREFILL_WG (the same values, read once), whose default is 1
-// over a bf16 cache and 4 over an FP8 one. For tests and comparisons; not
+// over a bf16 cache and 3 over an FP8 one. For tests and comparisons; not
 // thread-safe.
 void cuda_attention_prefill_wg(int mode);
 // The mode in effect over a bf16 (0) or FP8 (1) cache.
